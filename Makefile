@@ -1,0 +1,51 @@
+# imgsim: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 50061
+SHARED ?= ../shared/data
+PROTO := protos/imgsim/v1/similarity.proto
+GENERATED := protos/imgsim/v1/similarity_pb2.py protos/imgsim/v1/similarity_pb2_grpc.py \
+             protos/imgsim/v1/similarity_pb2.pyi
+
+.DEFAULT_GOAL := help
+.PHONY: help install generate-protos demo test check bench study report soak clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install the package with its pinned dependencies
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+generate-protos: $(STAMP) ## Regenerate the Python modules and .pyi stubs from protos/
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos \
+	  --grpc_python_out=protos $(PROTO)
+
+datasets/demo/pairs.csv: datasets/imgsim_pairs.py | $(STAMP)
+	$(PY) datasets/imgsim_pairs.py near-dup --out datasets/demo
+
+demo: $(STAMP) datasets/demo/pairs.csv ## Build the demo pairs, serve, score them over a stream, print the AUC
+	@set -euo pipefail; \
+	$(VENV)/bin/imgsim-server --port $(PORT) --log-level WARNING & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
+	$(VENV)/bin/imgsim-client datasets/demo/pairs.csv -o results/demo_scores.csv \
+	  --server 127.0.0.1:$(PORT) --timeout 120; \
+	$(VENV)/bin/imgsim-client evaluate results/demo_scores.csv
+
+test: $(STAMP) ## Run the test suite (real server on loopback, real model, real images)
+	$(PY) -m pytest -q
+
+check: $(STAMP) ## Lint with ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check imgsim_server imgsim_client tests datasets
+
+clean: ## Remove the venv, generated demo data and caches
+	rm -rf $(VENV) datasets/demo .pytest_cache .ruff_cache

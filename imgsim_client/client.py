@@ -1,0 +1,149 @@
+"""A context-managed gRPC client for imgsim.v1.ImageSimilarity.
+
+Every call has a timeout; grpc.RpcError becomes ImgsimError with the status code kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+from imgsim.v1 import similarity_pb2 as pb
+from imgsim.v1 import similarity_pb2_grpc as pb_grpc
+
+_CODES_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
+
+
+class ImgsimError(Exception):
+    """A failed call, with the gRPC status code that the server (or channel) gave."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def from_rpc(cls, err: grpc.RpcError) -> ImgsimError:
+        return cls(err.code(), err.details() or "")
+
+
+@dataclass(frozen=True)
+class PairRequest:
+    """One pair to score. Each image is bytes, or (in a stream) a ref to an earlier image id.
+
+    `id_a`/`id_b` name bytes so that later pairs can send `ref_a`/`ref_b` instead.
+    """
+
+    pair_id: str
+    data_a: bytes | None = None
+    data_b: bytes | None = None
+    ref_a: str = ""
+    ref_b: str = ""
+    id_a: str = ""
+    id_b: str = ""
+    model: str = ""
+
+    def to_proto(self) -> pb.CompareRequest:
+        def image(data: bytes | None, ref: str, image_id: str) -> pb.Image:
+            return pb.Image(ref=ref) if ref else pb.Image(data=data or b"", id=image_id)
+
+        return pb.CompareRequest(
+            pair_id=self.pair_id,
+            model=self.model,
+            image_a=image(self.data_a, self.ref_a, self.id_a),
+            image_b=image(self.data_b, self.ref_b, self.id_b),
+        )
+
+
+@dataclass(frozen=True)
+class PairResult:
+    pair_id: str
+    score: float | None
+    model: str = ""
+    error_code: grpc.StatusCode | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None
+
+    @classmethod
+    def from_proto(cls, resp: pb.CompareResponse) -> PairResult:
+        if resp.HasField("error"):
+            code = _CODES_BY_VALUE.get(resp.error.code, grpc.StatusCode.UNKNOWN)
+            return cls(resp.pair_id, None, resp.model, code, resp.error.message)
+        return cls(resp.pair_id, resp.score, resp.model)
+
+
+class ImgsimClient:
+    """Client for an imgsim server. Use as a context manager to close the channel."""
+
+    def __init__(
+        self, target: str = "127.0.0.1:50051", timeout: float = 60.0, max_message_mb: int = 64
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        max_bytes = max_message_mb * 1024 * 1024
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", max_bytes),
+                ("grpc.max_receive_message_length", max_bytes),
+            ],
+        )
+        self._stub = pb_grpc.ImageSimilarityStub(self._channel)
+
+    def __enter__(self) -> ImgsimClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the channel connects; ImgsimError(UNAVAILABLE) after `timeout`."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout or self.timeout)
+        except grpc.FutureTimeoutError:
+            raise ImgsimError(
+                grpc.StatusCode.UNAVAILABLE, f"no server answering at {self.target}"
+            ) from None
+
+    def compare(
+        self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
+    ) -> float:
+        """Score one pair with the unary Compare call."""
+        req = PairRequest("", image_a, image_b, model=model).to_proto()
+        try:
+            return self._stub.Compare(req, timeout=timeout or self.timeout).score
+        except grpc.RpcError as err:
+            raise ImgsimError.from_rpc(err) from None
+
+    def compare_stream(
+        self, pairs: Iterable[PairRequest], timeout: float | None = None
+    ) -> Iterator[PairResult]:
+        """Stream pairs; yields one result per pair as the server computes them (any order).
+
+        `timeout` bounds the whole stream (default: none, since streams may be long).
+        """
+        requests = (p.to_proto() for p in pairs)
+        try:
+            for resp in self._stub.CompareStream(requests, timeout=timeout):
+                yield PairResult.from_proto(resp)
+        except grpc.RpcError as err:
+            raise ImgsimError.from_rpc(err) from None
+
+    def list_models(self) -> pb.ListModelsResponse:
+        try:
+            return self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise ImgsimError.from_rpc(err) from None
+
+    def stats(self) -> pb.GetStatsResponse:
+        try:
+            return self._stub.GetStats(pb.GetStatsRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise ImgsimError.from_rpc(err) from None

@@ -1,0 +1,157 @@
+"""Server configuration: a frozen dataclass built from command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgsim_server.core import CoreConfig
+from imgsim_server.images import DecodeLimits
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    grace_s: float = 10.0
+    max_workers: int = 32
+    max_message_mb: int = 64
+    max_stream_inflight: int = 256
+    log_level: str = "INFO"
+    core: CoreConfig = field(default_factory=CoreConfig)
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def resolve_device(device: str) -> str:
+    """'auto' becomes 'cuda' when a GPU is visible to torch, else 'cpu'."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _weights(values: list[str], default_model: str) -> tuple[tuple[str, Path], ...]:
+    out = []
+    for v in values:
+        model, sep, path = v.partition("=")
+        out.append((model, Path(path)) if sep else (default_model, Path(v)))
+    return tuple(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(
+        prog="imgsim-server",
+        description="Serve image similarity over gRPC (service imgsim.v1.ImageSimilarity). "
+        "Images from all calls are embedded in dynamic batches by a pretrained CNN or a "
+        "classical baseline; pairs are scored by the model's similarity (cosine by default).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--host",
+        default=env("IMGSIM_HOST", "127.0.0.1"),
+        help="address to bind; use 0.0.0.0 to accept remote clients",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(env("IMGSIM_PORT", "50051")),
+        help="port to bind; 0 picks a free port (printed at start)",
+    )
+    p.add_argument(
+        "--model",
+        default=env("IMGSIM_MODEL", "efficientnet-lite0"),
+        help="default model for requests that name none (see imgsim-client models)",
+    )
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="[MODEL=]FILE",
+        help="weights file for MODEL (default: --model); repeatable",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where CNNs run; auto uses CUDA when available",
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, default=32, help="largest batch the dynamic batcher forms"
+    )
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=5.0,
+        help="longest wait for a batch to fill once its first image is ready",
+    )
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=256,
+        help="images admitted at once (decoding, queued, in the model); when full, "
+        "streams stop being read and unary calls get RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--cache-mb",
+        type=float,
+        default=256.0,
+        help="memory bound of the embedding cache (LRU, keyed by model and content)",
+    )
+    p.add_argument(
+        "--decode-workers",
+        type=int,
+        default=2,
+        help="threads that decode and preprocess images in parallel with the model",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=64_000_000,
+        help="refuse images with more pixels than this, from the header",
+    )
+    p.add_argument(
+        "--max-message-mb", type=int, default=64, help="largest gRPC message accepted, in MiB"
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds in-flight calls get to finish on SIGTERM/SIGINT",
+    )
+    p.add_argument(
+        "--log-level",
+        default=env("IMGSIM_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    core = CoreConfig(
+        default_model=args.model,
+        device=resolve_device(args.device),
+        weights=_weights(args.weights, args.model),
+        max_batch_size=args.max_batch_size,
+        max_delay_ms=args.max_delay_ms,
+        queue_size=args.queue_size,
+        cache_mb=args.cache_mb,
+        decode_workers=args.decode_workers,
+        limits=DecodeLimits(max_pixels=args.max_pixels),
+    )
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        grace_s=args.grace,
+        max_message_mb=args.max_message_mb,
+        log_level=args.log_level,
+        core=core,
+    )

@@ -1,0 +1,273 @@
+"""The dataplane: embeds images and scores pairs. Knows nothing of gRPC.
+
+Flow of one image: content digest -> embedding cache -> (in-flight dedup) -> admission (bounded)
+-> decode + preprocess on the decode pool -> the model's dynamic batcher -> cache.
+A pair's score future resolves as soon as both of its embeddings exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imgsim_server.batcher import BatchStats, DynamicBatcher
+from imgsim_server.cache import EmbeddingCache
+from imgsim_server.embedders import SIMILARITIES, Embedder, EmbedderOptions, ModelCfg
+from imgsim_server.embedders import registry as reg
+from imgsim_server.errors import InvalidRequestError, OverloadedError
+from imgsim_server.images import DecodeLimits, decode_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Settings of the dataplane (built from the server's flags)."""
+
+    default_model: str = "efficientnet-lite0"
+    device: str = "cpu"
+    weights: tuple[tuple[str, Path], ...] = ()  # (model, file) overrides
+    max_batch_size: int = 32
+    max_delay_ms: float = 5.0
+    queue_size: int = 256  # images admitted at once: decoding, queued or in the model
+    cache_mb: float = 256.0
+    decode_workers: int = 2
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """An image as a request names it: bytes, or a reference to bytes sent earlier."""
+
+    data: bytes | None = None
+    ref: str = ""
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    cfg: ModelCfg
+    weights_path: Path | None
+    weights_available: bool
+    loaded: bool
+
+
+class _Engine:
+    """A loaded embedder with its batcher."""
+
+    def __init__(self, embedder: Embedder, cfg: CoreConfig) -> None:
+        self.embedder = embedder
+        self.batcher = DynamicBatcher(
+            embedder.cfg.name, embedder.embed, cfg.max_batch_size, cfg.max_delay_ms / 1000.0
+        )
+
+
+class SimilarityCore:
+    """Embeds and compares images with any registry model, batching across all callers."""
+
+    def __init__(self, cfg: CoreConfig) -> None:
+        self.cfg = cfg
+        reg.get_cfg(cfg.default_model)  # fail fast on an unknown default
+        self.cache = EmbeddingCache(int(cfg.cache_mb * 1024 * 1024))
+        self._engines: dict[str, _Engine] = {}
+        self._load_lock = threading.Lock()
+        self._inflight: dict[tuple[str, bytes], Future] = {}
+        self._inflight_lock = threading.Lock()
+        self._admission = threading.BoundedSemaphore(cfg.queue_size)
+        self._decode_pool = ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="decode")
+        self.pairs_scored = 0
+        self.pairs_failed = 0
+        self.dedup_hits = 0
+        self._counter_lock = threading.Lock()
+
+    # ---- models -----------------------------------------------------------------------------
+
+    def options_for(self, name: str) -> EmbedderOptions:
+        weights = dict(self.cfg.weights).get(name)
+        return EmbedderOptions(device=self.cfg.device, weights_file=weights)
+
+    def resolve(self, name: str) -> ModelCfg:
+        """The config for a request's model name ('' means the default)."""
+        return reg.get_cfg(name or self.cfg.default_model)
+
+    def models(self) -> list[ModelStatus]:
+        out = []
+        for mcfg in reg.list_models():
+            opts = self.options_for(mcfg.name)
+            out.append(
+                ModelStatus(
+                    mcfg,
+                    mcfg.weights_path(opts),
+                    mcfg.weights_available(opts),
+                    mcfg.name in self._engines,
+                )
+            )
+        return out
+
+    def engine(self, name: str) -> _Engine:
+        """The loaded engine for a model, loading it on first use and keeping it."""
+        mcfg = self.resolve(name)
+        eng = self._engines.get(mcfg.name)
+        if eng is not None:
+            return eng
+        with self._load_lock:
+            eng = self._engines.get(mcfg.name)
+            if eng is None:
+                started = time.perf_counter()
+                embedder = reg.create(mcfg.name, self.options_for(mcfg.name))
+                eng = _Engine(embedder, self.cfg)
+                self._engines[mcfg.name] = eng
+                log.info(
+                    "loaded model %s on %s in %.1fs",
+                    mcfg.name,
+                    self.cfg.device,
+                    time.perf_counter() - started,
+                )
+        return eng
+
+    # ---- embedding --------------------------------------------------------------------------
+
+    def embed_async(
+        self, model: str, data: bytes, block: bool = True, timeout: float | None = None
+    ) -> Future:
+        """Future of one image's embedding. Raises OverloadedError if admission times out."""
+        eng = self.engine(model)
+        name = eng.embedder.cfg.name
+        key = (name, hashlib.blake2b(data, digest_size=16).digest())
+        cached = self.cache.get(key)
+        if cached is not None:
+            fut: Future = Future()
+            fut.set_result(cached)
+            return fut
+        with self._inflight_lock:
+            existing = self._inflight.get(key)
+            if existing is not None:
+                self.dedup_hits += 1
+                return existing
+            fut = Future()
+            self._inflight[key] = fut
+        if not self._admission.acquire(blocking=block, timeout=timeout if block else None):
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+            err = OverloadedError(f"server queue is full ({self.cfg.queue_size} images)")
+            fut.set_exception(err)
+            raise err
+        fut.add_done_callback(lambda _f: self._finish(key))
+        self._decode_pool.submit(self._prepare, eng, data, key, fut)
+        return fut
+
+    def _finish(self, key: tuple[str, bytes]) -> None:
+        with self._inflight_lock:
+            self._inflight.pop(key, None)
+        self._admission.release()
+
+    def _prepare(self, eng: _Engine, data: bytes, key: tuple[str, bytes], fut: Future) -> None:
+        try:
+            img = decode_image(data, self.cfg.limits, eng.embedder.draft_size())
+            x = eng.embedder.preprocess(img)
+        except Exception as exc:
+            fut.set_exception(exc)
+            return
+        inner = eng.batcher.submit(x)
+
+        def done(f: Future) -> None:
+            exc = f.exception()
+            if exc is not None:
+                fut.set_exception(exc)
+                return
+            value = np.asarray(f.result())
+            self.cache.put(key, value)
+            fut.set_result(value)
+
+        inner.add_done_callback(done)
+
+    # ---- pairs ------------------------------------------------------------------------------
+
+    def compare_async(
+        self, model: str, a: bytes, b: bytes, block: bool = True, timeout: float | None = None
+    ) -> Future:
+        """Future of the pair's score; it resolves when both embeddings exist."""
+        mcfg = self.resolve(model)
+        similarity = SIMILARITIES[mcfg.similarity]
+        fa = self.embed_async(mcfg.name, a, block, timeout)
+        fb = self.embed_async(mcfg.name, b, block, timeout)
+        out: Future = Future()
+        remaining = [2]
+        lock = threading.Lock()
+
+        def one_done(_f: Future) -> None:
+            with lock:
+                remaining[0] -= 1
+                if remaining[0]:
+                    return
+            exc = fa.exception() or fb.exception()
+            if exc is not None:
+                self._count(failed=True)
+                out.set_exception(exc)
+            else:
+                self._count(failed=False)
+                out.set_result(similarity(fa.result(), fb.result()))
+
+        fa.add_done_callback(one_done)
+        fb.add_done_callback(one_done)
+        return out
+
+    def compare(self, model: str, a: bytes, b: bytes, timeout: float | None = None) -> float:
+        """Score one pair, refusing (OverloadedError) rather than waiting when the queue is full."""
+        return self.compare_async(model, a, b, block=False).result(timeout=timeout)
+
+    def _count(self, failed: bool) -> None:
+        with self._counter_lock:
+            if failed:
+                self.pairs_failed += 1
+            else:
+                self.pairs_scored += 1
+
+    # ---- introspection and lifecycle --------------------------------------------------------
+
+    def batch_stats(self) -> dict[str, BatchStats]:
+        return {name: eng.batcher.stats for name, eng in self._engines.items()}
+
+    def queue_depth(self) -> int:
+        return sum(eng.batcher.qsize() for eng in self._engines.values())
+
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        for eng in self._engines.values():
+            eng.batcher.close()
+
+
+class StreamSession:
+    """Per-stream state: the table of images sent with an `id`, for later `ref`s."""
+
+    def __init__(self, max_bytes: int = 512 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._images: dict[str, bytes] = {}
+        self._bytes = 0
+
+    def resolve(self, spec: ImageSpec, which: str) -> bytes:
+        """The bytes a spec stands for; records specs that carry an id."""
+        if spec.ref:
+            try:
+                return self._images[spec.ref]
+            except KeyError:
+                raise InvalidRequestError(
+                    f"{which}: reference {spec.ref!r} names no image sent earlier in this stream"
+                ) from None
+        if spec.data is None:
+            raise InvalidRequestError(f"{which}: no image given (set data or ref)")
+        if spec.id and spec.id not in self._images:
+            if self._bytes + len(spec.data) > self.max_bytes:
+                raise OverloadedError(
+                    f"{which}: this stream's image table is full ({self.max_bytes} bytes)"
+                )
+            self._images[spec.id] = spec.data
+            self._bytes += len(spec.data)
+        return spec.data

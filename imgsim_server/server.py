@@ -1,0 +1,97 @@
+"""Server lifecycle: build, start, wait, graceful stop; health and reflection services."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from imgsim.v1 import similarity_pb2 as pb
+from imgsim.v1 import similarity_pb2_grpc as pb_grpc
+
+from imgsim_server.config import ServerConfig
+from imgsim_server.core import SimilarityCore
+from imgsim_server.servicer import ImageSimilarityServicer
+from imgsim_server.status import ExceptionToStatusInterceptor
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageSimilarity"].full_name
+
+
+@dataclass
+class RunningServer:
+    """A started server and the objects a caller may need (tests use `core` and `port`)."""
+
+    server: grpc.Server
+    core: SimilarityCore
+    health: health.HealthServicer
+    port: int
+
+    def stop(self, grace: float | None = None) -> None:
+        """Health goes NOT_SERVING, new calls are refused, in-flight calls get `grace` seconds."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.core.close()
+
+
+def start_server(cfg: ServerConfig, core: SimilarityCore | None = None) -> RunningServer:
+    """Create and start a server on cfg.host:cfg.port (port 0 picks a free one)."""
+    core = core or SimilarityCore(cfg.core)
+    max_bytes = cfg.max_message_mb * 1024 * 1024
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
+        interceptors=[ExceptionToStatusInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+        ],
+    )
+    pb_grpc.add_ImageSimilarityServicer_to_server(
+        ImageSimilarityServicer(core, cfg.max_stream_inflight), server
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(cfg.address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {cfg.address}")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, core, health_servicer, port)
+
+
+def serve(cfg: ServerConfig) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    running = start_server(cfg)
+    host = cfg.host
+    print(
+        f"imgsim-server listening on {host}:{running.port} "
+        f"(default model {cfg.core.default_model}, device {cfg.core.device})",
+        flush=True,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info(
+            "received %s, shutting down (grace %.1fs)", signal.Signals(signum).name, cfg.grace_s
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # Load the default model before serving traffic arrives, so the first call is not slow.
+    try:
+        running.core.engine(cfg.core.default_model)
+    except Exception as exc:
+        log.warning("default model not loaded: %s", exc)
+    stop.wait()
+    running.stop(cfg.grace_s)
+    log.info("stopped")

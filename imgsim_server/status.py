@@ -1,0 +1,61 @@
+"""The one place that maps core exceptions to gRPC status codes (as KServe's interceptors do).
+
+Unary handlers get the mapping through `ExceptionToStatusInterceptor`; stream handlers use
+`status_for` to fill each failed pair's `PairError`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+
+import grpc
+
+from imgsim_server import errors
+
+log = logging.getLogger(__name__)
+
+_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (errors.InvalidImageError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (errors.WeightsUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.CancelledError, grpc.StatusCode.CANCELLED),
+    (concurrent.futures.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (concurrent.futures.CancelledError, grpc.StatusCode.CANCELLED),
+)
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message that report `exc` to a caller."""
+    for exc_type, code in _CODES:
+        if isinstance(exc, exc_type):
+            return code, str(exc) or exc_type.__name__
+    log.error("internal error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
+    """Turns exceptions escaping unary handlers into statuses with clear messages."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        def wrapped(request, context):
+            try:
+                return inner(request, context)
+            except Exception as exc:
+                if context.code() is not None:  # already aborted by the handler
+                    raise
+                code, message = status_for(exc)
+                context.abort(code, message)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,125 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Image(_message.Message):
+    __slots__ = ("data", "ref", "id")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    ref: str
+    id: str
+    def __init__(self, data: _Optional[bytes] = ..., ref: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class CompareRequest(_message.Message):
+    __slots__ = ("pair_id", "image_a", "image_b", "model")
+    PAIR_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_A_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_B_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    pair_id: str
+    image_a: Image
+    image_b: Image
+    model: str
+    def __init__(self, pair_id: _Optional[str] = ..., image_a: _Optional[_Union[Image, _Mapping]] = ..., image_b: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class PairError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class CompareResponse(_message.Message):
+    __slots__ = ("pair_id", "score", "model", "error")
+    PAIR_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    pair_id: str
+    score: float
+    model: str
+    error: PairError
+    def __init__(self, pair_id: _Optional[str] = ..., score: _Optional[float] = ..., model: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "kind", "embedding_dim", "input_size", "weights_source", "weights_available", "loaded", "similarity", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    embedding_dim: int
+    input_size: int
+    weights_source: str
+    weights_available: bool
+    loaded: bool
+    similarity: str
+    description: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., input_size: _Optional[int] = ..., weights_source: _Optional[str] = ..., weights_available: _Optional[bool] = ..., loaded: _Optional[bool] = ..., similarity: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "default_model")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    default_model: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelStats(_message.Message):
+    __slots__ = ("model", "batches", "images_embedded", "mean_batch_size", "max_batch_size_seen", "mean_queue_ms", "mean_inference_ms")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    MEAN_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    batches: int
+    images_embedded: int
+    mean_batch_size: float
+    max_batch_size_seen: int
+    mean_queue_ms: float
+    mean_inference_ms: float
+    def __init__(self, model: _Optional[str] = ..., batches: _Optional[int] = ..., images_embedded: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., max_batch_size_seen: _Optional[int] = ..., mean_queue_ms: _Optional[float] = ..., mean_inference_ms: _Optional[float] = ...) -> None: ...
+
+class GetStatsResponse(_message.Message):
+    __slots__ = ("models", "cache_hits", "cache_misses", "cache_entries", "cache_bytes", "pairs_scored", "pairs_failed", "queue_depth")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_SCORED_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelStats]
+    cache_hits: int
+    cache_misses: int
+    cache_entries: int
+    cache_bytes: int
+    pairs_scored: int
+    pairs_failed: int
+    queue_depth: int
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., cache_entries: _Optional[int] = ..., cache_bytes: _Optional[int] = ..., pairs_scored: _Optional[int] = ..., pairs_failed: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...

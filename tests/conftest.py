@@ -1,0 +1,58 @@
+"""Shared fixtures: one real server on 127.0.0.1:0 per session, real model, real photos."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "datasets"))
+
+import imgsim_pairs  # noqa: E402
+
+from imgsim_client import ImgsimClient  # noqa: E402
+from imgsim_server.config import ServerConfig  # noqa: E402
+from imgsim_server.core import CoreConfig  # noqa: E402
+from imgsim_server.server import start_server  # noqa: E402
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Path]:
+    """Real photos shipped by installed packages, by stem."""
+    found = {p.stem: p for p in imgsim_pairs.shipped_photos()}
+    assert len(found) >= 10, "expected the photos of scikit-image, scikit-learn and matplotlib"
+    return found
+
+
+@pytest.fixture(scope="session")
+def server():
+    """A real server with the default model, on a free loopback port."""
+    cfg = ServerConfig(
+        host="127.0.0.1", port=0, core=CoreConfig(max_batch_size=32, max_delay_ms=20.0)
+    )
+    running = start_server(cfg)
+    running.core.engine(cfg.core.default_model)  # load once for the session
+    yield running
+    running.stop(grace=1.0)
+
+
+@pytest.fixture(scope="session")
+def address(server) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="session")
+def client(address):
+    with ImgsimClient(address, timeout=120) as c:
+        c.wait_ready(10)
+        yield c
