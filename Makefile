@@ -49,3 +49,6 @@ check: $(STAMP) ## Lint with ruff
 
 clean: ## Remove the venv, generated demo data and caches
 	rm -rf $(VENV) datasets/demo .pytest_cache .ruff_cache
+
+bench: $(STAMP) ## Throughput/latency benchmark -> results/bench.md, results/bench.json
+	$(PY) -m imgsim_client.bench

@@ -45,7 +45,7 @@ _STOP = object()
 
 
 class DynamicBatcher:
-    """Collects single inputs into batches for `embed_fn` on a dedicated worker thread."""
+    """Collects single inputs into batches for `embed_fn` on dedicated worker threads."""
 
     def __init__(
         self,
@@ -53,6 +53,7 @@ class DynamicBatcher:
         embed_fn: Callable[[np.ndarray], np.ndarray],
         max_batch_size: int = 32,
         max_delay_s: float = 0.005,
+        workers: int = 1,
     ) -> None:
         self.name = name
         self.embed_fn = embed_fn
@@ -60,8 +61,15 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.stats = BatchStats()
         self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self._stats_lock = threading.Lock()
+        # Several workers run batches concurrently when the embedder supports it (ONNX Runtime
+        # sessions with one thread each): a stalled worker then delays only its own batch.
+        self._threads = [
+            threading.Thread(target=self._run, name=f"batcher-{name}-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        for t in self._threads:
+            t.start()
 
     def submit(self, x: np.ndarray) -> Future:
         """Queue one preprocessed input; the future resolves to its embedding row."""
@@ -73,8 +81,10 @@ class DynamicBatcher:
         return self._queue.qsize()
 
     def close(self, timeout: float | None = 5.0) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for t in self._threads:
+            t.join(timeout)
 
     def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
         jobs = [first]
@@ -114,12 +124,13 @@ class DynamicBatcher:
                     j.future.set_exception(exc)
                 continue
             finished = time.perf_counter()
-            s = self.stats
-            s.batches += 1
-            s.items += len(jobs)
-            s.max_batch_seen = max(s.max_batch_seen, len(jobs))
-            s.inference_s += finished - started
-            s.queue_s += sum(started - j.enqueued for j in jobs)
-            s.histogram[len(jobs)] = s.histogram.get(len(jobs), 0) + 1
+            with self._stats_lock:
+                s = self.stats
+                s.batches += 1
+                s.items += len(jobs)
+                s.max_batch_seen = max(s.max_batch_seen, len(jobs))
+                s.inference_s += finished - started
+                s.queue_s += sum(started - j.enqueued for j in jobs)
+                s.histogram[len(jobs)] = s.histogram.get(len(jobs), 0) + 1
             for j, row in zip(jobs, out, strict=True):
                 j.future.set_result(row)

@@ -32,6 +32,8 @@ def resolve_device(device: str) -> str:
     """'auto' becomes 'cuda' when a GPU is visible to torch, else 'cpu'."""
     if device != "auto":
         return device
+    if not Path("/proc/driver/nvidia").exists() and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return "cpu"  # no NVIDIA driver: decide without importing torch
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -82,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "cpu", "cuda"],
         default="auto",
         help="where CNNs run; auto uses CUDA when available",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="CNN runtime; auto = ONNX Runtime on CPU when installed, torch on CUDA",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="int8 = ONNX Runtime quantised graph (onnx backend only)",
     )
     p.add_argument(
         "--max-batch-size", type=int, default=32, help="largest batch the dynamic batcher forms"
@@ -139,6 +153,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     core = CoreConfig(
         default_model=args.model,
         device=resolve_device(args.device),
+        backend=args.backend,
+        precision=args.precision,
         weights=_weights(args.weights, args.model),
         max_batch_size=args.max_batch_size,
         max_delay_ms=args.max_delay_ms,

@@ -33,6 +33,8 @@ class CoreConfig:
 
     default_model: str = "efficientnet-lite0"
     device: str = "cpu"
+    backend: str = "auto"  # torch | onnx | auto (onnx on CPU when installed)
+    precision: str = "fp32"  # fp32 | int8 (onnx)
     weights: tuple[tuple[str, Path], ...] = ()  # (model, file) overrides
     max_batch_size: int = 32
     max_delay_ms: float = 5.0
@@ -65,7 +67,11 @@ class _Engine:
     def __init__(self, embedder: Embedder, cfg: CoreConfig) -> None:
         self.embedder = embedder
         self.batcher = DynamicBatcher(
-            embedder.cfg.name, embedder.embed, cfg.max_batch_size, cfg.max_delay_ms / 1000.0
+            embedder.cfg.name,
+            embedder.embed,
+            cfg.max_batch_size,
+            cfg.max_delay_ms / 1000.0,
+            workers=embedder.concurrency(),
         )
 
 
@@ -91,7 +97,12 @@ class SimilarityCore:
 
     def options_for(self, name: str) -> EmbedderOptions:
         weights = dict(self.cfg.weights).get(name)
-        return EmbedderOptions(device=self.cfg.device, weights_file=weights)
+        return EmbedderOptions(
+            device=self.cfg.device,
+            weights_file=weights,
+            backend=self.cfg.backend,
+            precision=self.cfg.precision,
+        )
 
     def resolve(self, name: str) -> ModelCfg:
         """The config for a request's model name ('' means the default)."""

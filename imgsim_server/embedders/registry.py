@@ -23,6 +23,16 @@ class EmbedderOptions:
 
     device: str = "cpu"  # "cpu" or "cuda"
     weights_file: Path | None = None  # overrides the registry's weights location
+    backend: str = "auto"  # "torch", "onnx", or "auto": onnx on CPU when installed, else torch
+    precision: str = "fp32"  # "fp32" or "int8" (onnx only)
+
+    def resolved_backend(self) -> str:
+        """The backend CNNs run on: 'auto' picks onnx on CPU when onnxruntime is installed."""
+        if self.backend != "auto":
+            return self.backend
+        from imgsim_server.embedders import onnx_backend
+
+        return "onnx" if self.device == "cpu" and onnx_backend.available() else "torch"
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,10 @@ class Embedder(abc.ABC):
     @abc.abstractmethod
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """A stacked batch of preprocessed arrays to an (N, embedding_dim) float32 array."""
+
+    def concurrency(self) -> int:
+        """How many batches may run at once (one batcher worker each)."""
+        return 1
 
     def draft_size(self) -> int | None:
         """Smallest side the decoder may reduce a large JPEG to (None: decode at full size)."""

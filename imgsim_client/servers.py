@@ -1,0 +1,72 @@
+"""Start and stop `imgsim-server` subprocesses (for benchmarks, the study and the soak)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+class ServerProcess:
+    """An `imgsim-server` child on a free loopback port; a context manager."""
+
+    def __init__(self, *flags: str, ready_timeout: float = 180.0) -> None:
+        self.flags = flags
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.log_tail: list[str] = []
+
+    def __enter__(self) -> ServerProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "imgsim_server",
+            "--port",
+            "0",
+            "--log-level",
+            "WARNING",
+            *self.flags,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        deadline = time.monotonic() + self.ready_timeout
+        lines = []
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = re.search(r"listening on .*:(\d+)", line)
+            if match:
+                self.port = int(match.group(1))
+                # Keep draining the pipe so that server logging can never block on it.
+                threading.Thread(target=self._drain, daemon=True).start()
+                return self
+        self.__exit__()
+        raise RuntimeError("server did not start:\n" + "".join(lines))
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.log_tail = [*self.log_tail[-50:], line]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory (VmHWM) of the server process, in MiB."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

@@ -1,0 +1,94 @@
+"""The torch side of the CNN embedders: networks, pooling, weight loading.
+
+Imported only when a model runs on torch or its ONNX graph must be exported, so that an ONNX
+server with a cached graph never loads torch (about 640 MiB of resident memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def gem_pool(x: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
+    """Generalised-mean pooling over H, W (Radenović et al. 2018): p=1 is average, p→∞ is max."""
+    return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+def avg_pool(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=(-2, -1))
+
+
+POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"avg": avg_pool, "gem": gem_pool}
+
+
+class EmbedNet(nn.Module):
+    """uint8 NHWC pixels -> normalised input -> trunk -> pooled, L2-normalised embedding."""
+
+    def __init__(self, trunk: nn.Module, mean: tuple, std: tuple, pooling: str) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.pool = POOLINGS[pooling]
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+        return nn.functional.normalize(self.pool(self.trunk(x)), dim=1)
+
+
+class TorchRunner:
+    """Runs an EmbedNet on CPU (channels_last) or CUDA (fp16 autocast, pinned host memory)."""
+
+    def __init__(self, net: EmbedNet, device: str) -> None:
+        self.device = torch.device(device)
+        self.net = net.eval().to(self.device).to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.float16):
+                out = self.net(x)
+            return out.float().cpu().numpy()
+        return self.net(x).numpy()
+
+
+class _Lite0Trunk(nn.Module):
+    """EfficientNet-Lite's convolutional trunk (stem, blocks, head conv), without pool and FC."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+
+def lite0_trunk(weights: Path) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    # Do not call net.set_swish(): Lite models use ReLU6, which set_swish would replace.
+    return _Lite0Trunk(net)
+
+
+def torchvision_trunk(arch: str, weights: Path) -> nn.Module:
+    """A torchvision ImageNet model up to its last feature map (no global pool, no classifier)."""
+    import torchvision.models as tvm
+
+    net = getattr(tvm, arch)(weights=None)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    if arch.startswith("resnet"):
+        return nn.Sequential(*list(net.children())[:-2])
+    return net.features
+
+
+def hub_dir() -> Path:
+    return Path(torch.hub.get_dir())
