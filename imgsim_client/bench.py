@@ -137,9 +137,11 @@ def stream_run(
         for i in range(0, len(data) - 1, 2):
             client.compare(data[i], data[i + 1])
         before = client.stats()
+        cpu0 = srv.cpu_seconds()
         out = csv.with_suffix(".scored.csv")
         summary = score_pairs(client, csv, out, progress=False, send_once=send_once)
         after = client.stats()
+        cpu = srv.cpu_seconds() - cpu0
         embedded = sum(m.images_embedded for m in after.models) - sum(
             m.images_embedded for m in before.models
         )
@@ -152,6 +154,8 @@ def stream_run(
             "images_embedded_per_pair": embedded / summary.pairs,
             "bytes_sent_per_pair": summary.bytes_sent / summary.pairs,
             "mean_batch": embedded / batches if batches else 0.0,
+            "server_cores_busy": cpu / summary.seconds,
+            "server_cpu_ms_per_image": 1000 * cpu / max(1, embedded),
             "peak_rss_mb": srv.peak_rss_mb(),
         }
 
@@ -287,8 +291,8 @@ def render(r: dict) -> str:
         "## End to end (stream client, CSV in, scored CSV out)",
         "",
         "| run | server flags | pairs/s | images embedded / pair | bytes sent / pair | "
-        "mean batch | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|",
+        "mean batch | server cores busy | server CPU ms / image | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     flags = {
         "b_default": "defaults (max batch 32)",
@@ -302,6 +306,7 @@ def render(r: dict) -> str:
             f"| {name} | {flags[name]} | {run['pairs_per_s']:.1f} | "
             f"{run['images_embedded_per_pair']:.2f} | "
             f"{run['bytes_sent_per_pair'] / 1024:.1f} KiB | {run['mean_batch']:.1f} | "
+            f"{run['server_cores_busy']:.2f} | {run['server_cpu_ms_per_image']:.1f} | "
             f"{run['peak_rss_mb']:.0f} |"
         )
     u = r["unary"]
@@ -325,6 +330,15 @@ def render(r: dict) -> str:
         f"{2 * a['single_forward_ms']:.1f} ms.",
         "",
         f"Server peak RSS over all runs: **{r['server_peak_rss_mb']:.0f} MiB** (default cache).",
+        "",
+        "Why the efficiency stops short: in (b) the server keeps both cores busy (column 'server "
+        "cores busy') and spends the CPU time per image shown above, against "
+        f"{2000 / a['limit']:.1f} core-ms per image for the model alone at the limit. The rest "
+        "is JPEG decode, resize and crop (about 1 ms per 320x240 photo on one core) plus gRPC "
+        "and Python bookkeeping, on the same two cores as the model. The client process uses "
+        "little CPU. Batching does not raise throughput on this CPU (batch 1 is as fast per "
+        "image as any), so the gains over the naive peers come from the runtime (ONNX) and from "
+        "embedding each image once.",
         "",
     ]
     return "\n".join(lines)
