@@ -52,3 +52,9 @@ clean: ## Remove the venv, generated demo data and caches
 
 bench: $(STAMP) ## Throughput/latency benchmark -> results/bench.md, results/bench.json
 	$(PY) -m imgsim_client.bench
+
+study: $(STAMP) ## Comparative study of every approach -> results/study.md, ROC charts
+	$(PY) -m imgsim_client.study
+
+report: $(STAMP) ## Build results/report.pdf from the study's files (no server needed)
+	$(PY) -m imgsim_client.report

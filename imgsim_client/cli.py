@@ -17,7 +17,7 @@ EPILOG = """\
 examples:
   imgsim-client pairs.csv -o scores.csv          score a CSV (shorthand for 'score')
   imgsim-client compare cat.jpg cat_small.jpg    print the score of one pair
-  imgsim-client evaluate scores.csv              ROC AUC of a scored CSV with labels
+  imgsim-client evaluate scores.csv --out m/     AUC, EER, TPR@FPR, best-F1 threshold, plots
   imgsim-client models                           the server's models
 
 The pairs CSV has columns image_a,image_b and optionally pair_id and label; other columns are
@@ -78,10 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser(
         "evaluate",
-        help="ROC AUC of a scored CSV with a label column",
-        description="Metrics of a scored CSV (rows with an error are left out).",
+        help="ROC AUC, EER, TPR at low FPR and best-F1 threshold of a scored CSV",
+        description="Metrics of a scored CSV with a label column (1 same, 0 different). Rows "
+        "without a score (errors) are left out and counted. With --out, writes metrics.json, "
+        "roc.png and score_hist.png.",
     )
-    e.add_argument("scores", type=Path, help="CSV with 'score' and 'label' (1 same, 0 different)")
+    e.add_argument("scores", type=Path, help="CSV with 'score' and 'label' columns")
+    e.add_argument("--out", type=Path, help="folder for metrics.json and the plots")
+    e.add_argument("--group-by", metavar="COLUMN", help="also report metrics per value of COLUMN")
     e.add_argument("--label-column", default="label")
 
     m = sub.add_parser("models", help="list the server's models and whether they can load")
@@ -139,9 +143,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from imgsim_client.evaluate import roc_auc
+    from imgsim_client.evaluate import evaluate_file, format_result
 
-    print(f"ROC AUC: {roc_auc(args.scores, args.label_column):.4f}")
+    result = evaluate_file(args.scores, args.out, args.label_column, args.group_by)
+    print(format_result(result))
+    if args.out:
+        print(f"wrote {args.out}/metrics.json, roc.png, score_hist.png")
     return 0
 
 

@@ -1,41 +1,46 @@
-"""Metrics of a scored pairs CSV with labels (sklearn)."""
+"""Metrics of a scored pairs CSV with labels: ROC AUC, EER, TPR at low FPR, best-F1 threshold.
+
+All metrics come from sklearn (roc_curve, roc_auc_score, precision_recall_curve); plots from
+matplotlib. Rows with an error (no score) are left out and counted.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 
 class EvaluationError(ValueError):
     """The scored CSV cannot be evaluated (no labels, one class only, ...)."""
 
 
-def load_scored(
-    csv_path: Path, label_col: str = "label"
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Rows with a score, their 0/1 labels and scores. Clear errors for unusable input."""
-    try:
-        df = pd.read_csv(csv_path, keep_default_na=False, dtype={"error": str})
-    except FileNotFoundError:
-        raise EvaluationError(f"scored file not found: {csv_path}") from None
-    for col in (label_col, "score"):
-        if col not in df.columns:
-            raise EvaluationError(
-                f"{csv_path} has no {col!r} column; it has: {', '.join(map(str, df.columns))}"
-            )
-    scores = pd.to_numeric(df["score"], errors="coerce")
-    df = df[scores.notna()].copy()
-    df["score"] = scores[scores.notna()].astype(float)
-    labels = _parse_labels(df[label_col], label_col)
-    if len(np.unique(labels)) < 2:
-        raise EvaluationError(
-            f"labels are all {int(labels[0]) if len(labels) else 'missing'}: ROC needs both "
-            "positive (1) and negative (0) pairs"
-        )
-    return df, labels, df["score"].to_numpy(dtype=float)
+@dataclass(frozen=True)
+class Metrics:
+    n: int
+    positives: int
+    negatives: int
+    auc: float
+    eer: float
+    eer_threshold: float
+    tpr_at_fpr_1pct: float
+    tpr_at_fpr_0_1pct: float
+    best_f1: float
+    best_f1_threshold: float
+
+    def lines(self) -> list[str]:
+        return [
+            f"pairs: {self.n} ({self.positives} positive, {self.negatives} negative)",
+            f"ROC AUC: {self.auc:.4f}",
+            f"EER: {self.eer:.4f} at threshold {self.eer_threshold:.4f}",
+            f"TPR at FPR 1%: {self.tpr_at_fpr_1pct:.4f}",
+            f"TPR at FPR 0.1%: {self.tpr_at_fpr_0_1pct:.4f}",
+            f"best F1: {self.best_f1:.4f} at threshold {self.best_f1_threshold:.4f}",
+        ]
 
 
 def _parse_labels(col: pd.Series, name: str) -> np.ndarray:
@@ -50,7 +55,162 @@ def _parse_labels(col: pd.Series, name: str) -> np.ndarray:
     return text.map(mapping).to_numpy(dtype=int)
 
 
-def roc_auc(csv_path: Path, label_col: str = "label") -> float:
-    """ROC AUC of the scored rows."""
-    _, labels, scores = load_scored(csv_path, label_col)
-    return float(roc_auc_score(labels, scores))
+def load_scored(csv_path: Path, label_col: str = "label") -> tuple[pd.DataFrame, int]:
+    """The rows that have a score, with an int `_label` column, and how many rows had none."""
+    try:
+        df = pd.read_csv(csv_path, keep_default_na=False, dtype=str)
+    except FileNotFoundError:
+        raise EvaluationError(f"scored file not found: {csv_path}") from None
+    except pd.errors.EmptyDataError:
+        raise EvaluationError(f"scored file is empty: {csv_path}") from None
+    for col in (label_col, "score"):
+        if col not in df.columns:
+            raise EvaluationError(
+                f"{csv_path} has no {col!r} column; it has: {', '.join(map(str, df.columns))}"
+            )
+    scores = pd.to_numeric(df["score"], errors="coerce")
+    skipped = int(scores.isna().sum())
+    df = df[scores.notna()].copy()
+    df["score"] = scores[scores.notna()].astype(float)
+    df["_label"] = _parse_labels(df[label_col], label_col)
+    return df, skipped
+
+
+def compute_metrics(labels: np.ndarray, scores: np.ndarray) -> Metrics:
+    """All metrics of one set of (label, score) pairs; higher score means 'same'."""
+    labels = np.asarray(labels, dtype=int)
+    scores = np.asarray(scores, dtype=float)
+    n_pos = int(labels.sum())
+    if n_pos == 0 or n_pos == len(labels):
+        only = "positive (1)" if n_pos else "negative (0)"
+        raise EvaluationError(f"all {len(labels)} scored pairs are {only}: ROC needs both classes")
+    fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
+    fnr = 1 - tpr
+    i = int(np.nanargmin(np.abs(fnr - fpr)))
+    precision, recall, pr_thr = precision_recall_curve(labels, scores)
+    f1 = np.divide(
+        2 * precision * recall,
+        precision + recall,
+        out=np.zeros_like(precision),
+        where=(precision + recall) > 0,
+    )[:-1]
+    j = int(np.argmax(f1))
+    return Metrics(
+        n=len(labels),
+        positives=n_pos,
+        negatives=len(labels) - n_pos,
+        auc=float(roc_auc_score(labels, scores)),
+        eer=float((fpr[i] + fnr[i]) / 2),
+        eer_threshold=float(thr[i]),
+        tpr_at_fpr_1pct=float(tpr[fpr <= 0.01].max()),
+        tpr_at_fpr_0_1pct=float(tpr[fpr <= 0.001].max()),
+        best_f1=float(f1[j]),
+        best_f1_threshold=float(pr_thr[j]),
+    )
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> None:
+    """One ROC chart with a curve per name (labels, scores)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.2), dpi=120)
+    for name, (labels, scores) in curves.items():
+        fpr, tpr, _ = roc_curve(labels, scores)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(labels, scores):.3f})", lw=1.4)
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("false positive rate (symlog)")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_histogram(
+    labels: np.ndarray, scores: np.ndarray, path: Path, title: str, threshold: float | None = None
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    bins = np.linspace(min(scores.min(), 0), max(scores.max(), 1), 50)
+    ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label="positive (same)", color="tab:green")
+    ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="negative", color="tab:red")
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"best-F1 threshold {threshold:.3f}")
+    ax.set_xlabel("score")
+    ax.set_ylabel("pairs")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def evaluate_file(
+    csv_path: Path,
+    out_dir: Path | None = None,
+    label_col: str = "label",
+    group_by: str | None = None,
+) -> dict:
+    """Metrics (overall and per group), written with plots to out_dir when given."""
+    df, skipped = load_scored(csv_path, label_col)
+    labels, scores = df["_label"].to_numpy(), df["score"].to_numpy()
+    overall = compute_metrics(labels, scores)
+    result: dict = {
+        "file": str(csv_path),
+        "skipped_rows_without_score": skipped,
+        "overall": asdict(overall),
+    }
+    if group_by:
+        if group_by not in df.columns:
+            raise EvaluationError(f"no column {group_by!r} to group by")
+        groups = {}
+        for value, part in df.groupby(group_by, sort=True):
+            try:
+                groups[str(value)] = asdict(compute_metrics(part["_label"], part["score"]))
+            except EvaluationError as exc:
+                groups[str(value)] = {"error": str(exc)}
+        result["groups"] = {"column": group_by, "metrics": groups}
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        plot_roc({csv_path.stem: (labels, scores)}, out_dir / "roc.png", f"ROC: {csv_path.name}")
+        plot_histogram(
+            labels,
+            scores,
+            out_dir / "score_hist.png",
+            f"scores: {csv_path.name}",
+            overall.best_f1_threshold,
+        )
+    return result
+
+
+def format_result(result: dict) -> str:
+    lines = Metrics(**result["overall"]).lines()
+    if result["skipped_rows_without_score"]:
+        lines.append(f"rows without a score (left out): {result['skipped_rows_without_score']}")
+    if "groups" in result:
+        lines += [
+            "",
+            f"by {result['groups']['column']}:",
+            f"  {'value':<16}{'n':>6}{'AUC':>8}{'EER':>8}{'TPR@1%':>8}{'F1':>8}",
+        ]
+        for value, m in result["groups"]["metrics"].items():
+            if "error" in m:
+                lines.append(f"  {value:<16} {m['error']}")
+            else:
+                lines.append(
+                    f"  {value:<16}{m['n']:>6}{m['auc']:>8.4f}{m['eer']:>8.4f}"
+                    f"{m['tpr_at_fpr_1pct']:>8.4f}{m['best_f1']:>8.4f}"
+                )
+    return "\n".join(lines)

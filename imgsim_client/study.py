@@ -1,0 +1,268 @@
+"""`make study`: every approach whose weights are present, on every dataset that is present,
+through a real server and the stream client. Writes results/study.{md,json}, one ROC chart per
+dataset, and thumbnails of failing pairs.
+
+Datasets: the demo near-duplicate set (metrics per transform), ../shared/data/ukbench_sample
+(same object; plus the N-S retrieval score), ../shared/data/caltech101_subset (same category).
+N-S needs all 1000x999 similarities, so it is computed in-process from the same registry
+embedders and similarity functions the server uses, not over 500k RPC pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from imgsim_client.client import ImgsimClient
+from imgsim_client.evaluate import compute_metrics, load_scored, plot_roc
+from imgsim_client.scoring import score_pairs
+from imgsim_client.servers import ServerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+DEFAULT_CNN = "efficientnet-lite0"
+
+
+def _pairs_module():
+    sys.path.insert(0, str(ROOT / "datasets"))
+    import imgsim_pairs
+
+    return imgsim_pairs
+
+
+def build_datasets(work: Path, shared: Path) -> tuple[dict[str, dict], list[str]]:
+    """name -> {csv, group_by, task, images}; plus notes for datasets that were skipped."""
+    pairs = _pairs_module()
+    out: dict[str, dict] = {}
+    notes: list[str] = []
+    demo_csv = ROOT / "datasets" / "demo" / "pairs.csv"
+    if not demo_csv.is_file():
+        pairs.build_near_dup(pairs.shipped_photos(), demo_csv.parent, list(pairs.TRANSFORMS))
+    out["demo near-dup"] = {"csv": demo_csv, "group_by": "transform", "task": "near-duplicate"}
+    uk = shared / "ukbench_sample"
+    if uk.is_dir():
+        items = pairs.labelled_images(uk, "ukbench")
+        rows = pairs.build_group_pairs(items, neg_ratio=1.0, seed=0)
+        csv = work / "ukbench_pairs.csv"
+        pd.DataFrame(rows).assign(pair_id=[f"u{i}" for i in range(len(rows))]).to_csv(
+            csv, index=False
+        )
+        out["ukbench"] = {
+            "csv": csv,
+            "group_by": None,
+            "task": "same object",
+            "images": [(str(p), g) for p, g in items],
+        }
+    else:
+        notes.append(f"ukbench_sample skipped: {uk} not found")
+    cal = shared / "caltech101_subset"
+    if cal.is_dir():
+        items = pairs.labelled_images(cal, "folder")
+        rows = pairs.build_group_pairs(items, neg_ratio=1.0, seed=0, max_pos_per_group=300)
+        csv = work / "caltech_pairs.csv"
+        pd.DataFrame(rows).assign(pair_id=[f"c{i}" for i in range(len(rows))]).to_csv(
+            csv, index=False
+        )
+        out["caltech101"] = {"csv": csv, "group_by": None, "task": "same category"}
+    else:
+        notes.append(f"caltech101_subset skipped: {cal} not found")
+    return out, notes
+
+
+def similarity_matrix(kind: str, emb: np.ndarray) -> np.ndarray:
+    """All-pairs similarity with the registry's similarity functions, vectorised."""
+    if kind == "cosine":
+        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return unit @ unit.T
+    if kind == "hamming":
+        bits = emb.astype(np.float32)
+        agree = bits @ bits.T + (1 - bits) @ (1 - bits).T
+        return agree / bits.shape[1]
+    raise ValueError(kind)
+
+
+def ns_score(model: str, images: list[tuple[str, str]]) -> float:
+    """UKBench N-S: for each image, how many of its group's 4 images (itself included) are in
+    its top 4 by similarity; averaged over all queries (4.0 is perfect)."""
+    from imgsim_server.embedders import create, get_cfg
+    from imgsim_server.images import decode_image
+
+    emb = create(model)
+    xs = [emb.preprocess(decode_image(Path(p).read_bytes())) for p, _ in images]
+    vecs = np.concatenate([emb.embed(np.stack(xs[i : i + 32])) for i in range(0, len(xs), 32)])
+    sim = similarity_matrix(get_cfg(model).similarity, vecs)
+    groups = np.array([g for _, g in images])
+    np.fill_diagonal(sim, np.inf)  # the query itself ranks first
+    top4 = np.argsort(-sim, axis=1, kind="stable")[:, :4]
+    return float((groups[top4] == groups[:, None]).sum(axis=1).mean())
+
+
+def failure_strip(scored: pd.DataFrame, base: Path, path: Path, title: str, k: int = 3) -> None:
+    """Thumbnails of the k worst positives (lowest scores) and k worst negatives (highest)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    pos = scored[scored["_label"] == 1].nsmallest(k, "score")
+    neg = scored[scored["_label"] == 0].nlargest(k, "score")
+    rows = [("missed (positive, low score)", r) for _, r in pos.iterrows()]
+    rows += [("false alarm (negative, high score)", r) for _, r in neg.iterrows()]
+    fig, axes = plt.subplots(len(rows), 2, figsize=(4.2, 1.9 * len(rows)), dpi=100)
+    for (kind, r), ax_pair in zip(rows, np.atleast_2d(axes), strict=True):
+        for ax, col in zip(ax_pair, ("image_a", "image_b"), strict=True):
+            p = Path(r[col])
+            img = Image.open(p if p.is_absolute() else base / p).convert("RGB")
+            img.thumbnail((160, 160))
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        extra = f" [{r['transform']}]" if "transform" in r else ""
+        ax_pair[0].set_title(f"{kind}{extra}: score {r['score']:.3f}", fontsize=7, loc="left")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--shared", type=Path, default=SHARED)
+    ap.add_argument("--models", help="comma-separated subset of approaches (default: all present)")
+    args = ap.parse_args(argv)
+    work = args.out / "cache" / "study"
+    work.mkdir(parents=True, exist_ok=True)
+    datasets, notes = build_datasets(work, args.shared)
+    for n in notes:
+        print(n)
+    results: dict = {"datasets": {}, "notes": notes, "approaches": []}
+    with ServerProcess() as srv, ImgsimClient(srv.address, timeout=300) as client:
+        client.wait_ready(60)
+        models = client.list_models().models
+        approaches = [m.name for m in models if m.weights_available]
+        if args.models:
+            approaches = [a for a in approaches if a in args.models.split(",")]
+        missing = [m.name for m in models if not m.weights_available]
+        if missing:
+            results["notes"].append(f"skipped (weights absent): {', '.join(missing)}")
+        results["approaches"] = [
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "similarity": m.similarity,
+                "description": m.description,
+            }
+            for m in models
+            if m.name in approaches
+        ]
+        # Load (and for ONNX, export) every model before timing anything.
+        demo_images = sorted((ROOT / "datasets" / "demo" / "images").glob("*.jpg"))[:2]
+        warm = [p.read_bytes() for p in demo_images]
+        for model in approaches:
+            client.compare(warm[0], warm[1], model=model)
+        for ds, spec in datasets.items():
+            curves, per = {}, {}
+            for model in approaches:
+                out = work / f"{ds.replace(' ', '_')}__{model}.csv"
+                t0 = time.perf_counter()
+                summary = score_pairs(client, spec["csv"], out, model=model, progress=False)
+                seconds = time.perf_counter() - t0
+                df, _ = load_scored(out)
+                m = asdict(compute_metrics(df["_label"], df["score"]))
+                n_images = len(set(df["image_a"]) | set(df["image_b"]))
+                m.update(
+                    images=n_images,
+                    seconds=seconds,
+                    images_per_s=n_images / seconds,
+                    failed=summary.failed,
+                )
+                if spec["group_by"]:
+                    m["groups"] = {
+                        str(v): compute_metrics(p["_label"], p["score"]).auc
+                        for v, p in df.groupby(spec["group_by"])
+                    }
+                if "images" in spec:
+                    m["ns"] = ns_score(model, spec["images"])
+                per[model] = m
+                curves[model] = (df["_label"].to_numpy(), df["score"].to_numpy())
+                ns = f", N-S {m['ns']:.2f}" if "ns" in m else ""
+                print(
+                    f"{ds:<16} {model:<24} AUC {m['auc']:.4f} EER {m['eer']:.4f} "
+                    f"TPR@1% {m['tpr_at_fpr_1pct']:.3f}{ns}  {m['images_per_s']:.0f} img/s"
+                )
+                if model in (DEFAULT_CNN, "phash"):
+                    failure_strip(
+                        df,
+                        spec["csv"].parent,
+                        args.out / f"failures_{ds.split()[0]}_{model}.png",
+                        f"{model} on {ds}",
+                    )
+            roc = args.out / f"roc_{ds.split()[0]}.png"
+            plot_roc(curves, roc, f"{ds} ({spec['task']})")
+            results["datasets"][ds] = {
+                "task": spec["task"],
+                "pairs": len(curves[approaches[0]][0]),
+                "metrics": per,
+                "roc": roc.name,
+            }
+    (args.out / "study.json").write_text(json.dumps(results, indent=2))
+    (args.out / "study.md").write_text(render(results))
+    print(f"wrote {args.out / 'study.md'}")
+    return 0
+
+
+def render(r: dict) -> str:
+    lines = [
+        "# imgsim comparative study",
+        "",
+        "Every approach through the real server and stream client. AUC, EER and TPR at 1% "
+        "FPR from sklearn on the pair sets; N-S (UKBench retrieval, 4.0 perfect) from the "
+        "same embedders in-process; img/s is the end-to-end rate of the run (distinct "
+        "images / wall time, this 2-core CPU).",
+        "",
+    ]
+    for note in r["notes"]:
+        lines.append(f"- {note}")
+    lines.append("")
+    for ds, d in r["datasets"].items():
+        lines += [
+            f"## {ds} ({d['task']}, {d['pairs']} pairs)",
+            "",
+            "| approach | AUC | EER | TPR@1%FPR | N-S | img/s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for model, m in sorted(d["metrics"].items(), key=lambda kv: -kv[1]["auc"]):
+            ns = f"{m['ns']:.2f}" if "ns" in m else "–"
+            lines.append(
+                f"| {model} | {m['auc']:.4f} | {m['eer']:.4f} | "
+                f"{m['tpr_at_fpr_1pct']:.3f} | {ns} | {m['images_per_s']:.0f} |"
+            )
+        lines += ["", f"![ROC]({d['roc']})", ""]
+        groups = {k: m["groups"] for k, m in d["metrics"].items() if "groups" in m}
+        if groups:
+            names = sorted(next(iter(groups.values())))
+            lines += [
+                "AUC per transform:",
+                "",
+                "| approach | " + " | ".join(names) + " |",
+                "|---|" + "---|" * len(names),
+            ]
+            for model, g in groups.items():
+                lines.append(f"| {model} | " + " | ".join(f"{g[n]:.3f}" for n in names) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
