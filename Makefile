@@ -11,7 +11,7 @@ GENERATED := protos/imgsim/v1/similarity_pb2.py protos/imgsim/v1/similarity_pb2_
              protos/imgsim/v1/similarity_pb2.pyi
 
 .DEFAULT_GOAL := help
-.PHONY: help install generate-protos demo test check bench study report soak clean
+.PHONY: help install generate-protos demo test check bench study report export soak clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -58,3 +58,6 @@ study: $(STAMP) ## Comparative study of every approach -> results/study.md, ROC 
 
 report: $(STAMP) ## Build results/report.pdf from the study's files (no server needed)
 	$(PY) -m imgsim_client.report
+
+export: $(STAMP) ## Build the cached ONNX graphs (fp32 and int8) ahead of first use
+	$(PY) -m imgsim_server.export

@@ -88,13 +88,13 @@ def similarity_matrix(kind: str, emb: np.ndarray) -> np.ndarray:
     raise ValueError(kind)
 
 
-def ns_score(model: str, images: list[tuple[str, str]]) -> float:
+def ns_score(model: str, images: list[tuple[str, str]], opts: dict | None = None) -> float:
     """UKBench N-S: for each image, how many of its group's 4 images (itself included) are in
     its top 4 by similarity; averaged over all queries (4.0 is perfect)."""
-    from imgsim_server.embedders import create, get_cfg
+    from imgsim_server.embedders import EmbedderOptions, create, get_cfg
     from imgsim_server.images import decode_image
 
-    emb = create(model)
+    emb = create(model, EmbedderOptions(**(opts or {})))
     xs = [emb.preprocess(decode_image(Path(p).read_bytes())) for p, _ in images]
     vecs = np.concatenate([emb.embed(np.stack(xs[i : i + 32])) for i in range(0, len(xs), 32)])
     sim = similarity_matrix(get_cfg(model).similarity, vecs)
@@ -133,6 +133,43 @@ def failure_strip(scored: pd.DataFrame, base: Path, path: Path, title: str, k: i
     plt.close(fig)
 
 
+# Runtime variants of the default CNN: (label suffix, server flags, embedder options).
+VARIANTS = (
+    ("", (), {}),
+    (" [torch]", ("--backend", "torch"), {"backend": "torch"}),
+    (" [onnx-int8]", ("--precision", "int8"), {"precision": "int8"}),
+)
+
+
+def run_approach(
+    client, ds: str, spec: dict, model: str, label: str, work: Path, opts: dict
+) -> tuple[dict, tuple[np.ndarray, np.ndarray], pd.DataFrame]:
+    """Score one dataset with one approach through the server; metrics, ROC data, scored rows."""
+    out = work / f"{ds.replace(' ', '_')}__{label.replace(' ', '_')}.csv"
+    t0 = time.perf_counter()
+    summary = score_pairs(client, spec["csv"], out, model=model, progress=False)
+    seconds = time.perf_counter() - t0
+    df, _ = load_scored(out)
+    m = asdict(compute_metrics(df["_label"], df["score"]))
+    n_images = len(set(df["image_a"]) | set(df["image_b"]))
+    m.update(
+        images=n_images, seconds=seconds, images_per_s=n_images / seconds, failed=summary.failed
+    )
+    if spec["group_by"]:
+        m["groups"] = {
+            str(v): compute_metrics(p["_label"], p["score"]).auc
+            for v, p in df.groupby(spec["group_by"])
+        }
+    if "images" in spec:
+        m["ns"] = ns_score(model, spec["images"], opts)
+    ns = f", N-S {m['ns']:.2f}" if "ns" in m else ""
+    print(
+        f"{ds:<16} {label:<30} AUC {m['auc']:.4f} EER {m['eer']:.4f} "
+        f"TPR@1% {m['tpr_at_fpr_1pct']:.3f}{ns}  {m['images_per_s']:.0f} img/s"
+    )
+    return m, (df["_label"].to_numpy(), df["score"].to_numpy()), df
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -140,82 +177,67 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--models", help="comma-separated subset of approaches (default: all present)")
+    ap.add_argument(
+        "--no-variants", action="store_true", help="skip the torch and int8 runs of the default CNN"
+    )
     args = ap.parse_args(argv)
     work = args.out / "cache" / "study"
     work.mkdir(parents=True, exist_ok=True)
     datasets, notes = build_datasets(work, args.shared)
     for n in notes:
         print(n)
-    results: dict = {"datasets": {}, "notes": notes, "approaches": []}
-    with ServerProcess() as srv, ImgsimClient(srv.address, timeout=300) as client:
-        client.wait_ready(60)
-        models = client.list_models().models
-        approaches = [m.name for m in models if m.weights_available]
-        if args.models:
-            approaches = [a for a in approaches if a in args.models.split(",")]
-        missing = [m.name for m in models if not m.weights_available]
-        if missing:
-            results["notes"].append(f"skipped (weights absent): {', '.join(missing)}")
-        results["approaches"] = [
-            {
-                "name": m.name,
-                "kind": m.kind,
-                "similarity": m.similarity,
-                "description": m.description,
-            }
-            for m in models
-            if m.name in approaches
-        ]
-        # Load (and for ONNX, export) every model before timing anything.
-        demo_images = sorted((ROOT / "datasets" / "demo" / "images").glob("*.jpg"))[:2]
-        warm = [p.read_bytes() for p in demo_images]
-        for model in approaches:
-            client.compare(warm[0], warm[1], model=model)
-        for ds, spec in datasets.items():
-            curves, per = {}, {}
-            for model in approaches:
-                out = work / f"{ds.replace(' ', '_')}__{model}.csv"
-                t0 = time.perf_counter()
-                summary = score_pairs(client, spec["csv"], out, model=model, progress=False)
-                seconds = time.perf_counter() - t0
-                df, _ = load_scored(out)
-                m = asdict(compute_metrics(df["_label"], df["score"]))
-                n_images = len(set(df["image_a"]) | set(df["image_b"]))
-                m.update(
-                    images=n_images,
-                    seconds=seconds,
-                    images_per_s=n_images / seconds,
-                    failed=summary.failed,
-                )
-                if spec["group_by"]:
-                    m["groups"] = {
-                        str(v): compute_metrics(p["_label"], p["score"]).auc
-                        for v, p in df.groupby(spec["group_by"])
+    results: dict = {
+        "datasets": {ds: {"task": spec["task"], "metrics": {}} for ds, spec in datasets.items()},
+        "notes": notes,
+        "approaches": [],
+    }
+    curves: dict[str, dict] = {ds: {} for ds in datasets}
+    demo_images = sorted((ROOT / "datasets" / "demo" / "images").glob("*.jpg"))[:2]
+    warm = [p.read_bytes() for p in demo_images]
+    for suffix, flags, opts in VARIANTS[: 1 if args.no_variants else None]:
+        with ServerProcess(*flags) as srv, ImgsimClient(srv.address, timeout=600) as client:
+            client.wait_ready(60)
+            models = client.list_models().models
+            if suffix:
+                approaches = [DEFAULT_CNN]
+            else:
+                approaches = [m.name for m in models if m.weights_available]
+                if args.models:
+                    approaches = [a for a in approaches if a in args.models.split(",")]
+                missing = [m.name for m in models if not m.weights_available]
+                if missing:
+                    results["notes"].append(f"skipped (weights absent): {', '.join(missing)}")
+                results["approaches"] = [
+                    {
+                        "name": m.name,
+                        "kind": m.kind,
+                        "similarity": m.similarity,
+                        "description": m.description,
                     }
-                if "images" in spec:
-                    m["ns"] = ns_score(model, spec["images"])
-                per[model] = m
-                curves[model] = (df["_label"].to_numpy(), df["score"].to_numpy())
-                ns = f", N-S {m['ns']:.2f}" if "ns" in m else ""
-                print(
-                    f"{ds:<16} {model:<24} AUC {m['auc']:.4f} EER {m['eer']:.4f} "
-                    f"TPR@1% {m['tpr_at_fpr_1pct']:.3f}{ns}  {m['images_per_s']:.0f} img/s"
-                )
-                if model in (DEFAULT_CNN, "phash"):
-                    failure_strip(
-                        df,
-                        spec["csv"].parent,
-                        args.out / f"failures_{ds.split()[0]}_{model}.png",
-                        f"{model} on {ds}",
-                    )
-            roc = args.out / f"roc_{ds.split()[0]}.png"
-            plot_roc(curves, roc, f"{ds} ({spec['task']})")
-            results["datasets"][ds] = {
-                "task": spec["task"],
-                "pairs": len(curves[approaches[0]][0]),
-                "metrics": per,
-                "roc": roc.name,
-            }
+                    for m in models
+                    if m.name in approaches
+                ]
+            # Load (and for ONNX, export) every model before timing anything.
+            for model in approaches:
+                client.compare(warm[0], warm[1], model=model)
+            for ds, spec in datasets.items():
+                for model in approaches:
+                    label = model + suffix
+                    m, curve, df = run_approach(client, ds, spec, model, label, work, opts)
+                    results["datasets"][ds]["metrics"][label] = m
+                    results["datasets"][ds]["pairs"] = len(curve[0])
+                    curves[ds][label] = curve
+                    if label in (DEFAULT_CNN, "phash"):
+                        failure_strip(
+                            df,
+                            spec["csv"].parent,
+                            args.out / f"failures_{ds.split()[0]}_{model}.png",
+                            f"{model} on {ds}",
+                        )
+    for ds, spec in datasets.items():
+        roc = args.out / f"roc_{ds.split()[0]}.png"
+        plot_roc(curves[ds], roc, f"{ds} ({spec['task']})")
+        results["datasets"][ds]["roc"] = roc.name
     (args.out / "study.json").write_text(json.dumps(results, indent=2))
     (args.out / "study.md").write_text(render(results))
     print(f"wrote {args.out / 'study.md'}")
