@@ -16,6 +16,7 @@ import json
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -39,8 +40,6 @@ def photo_pool(n: int, workdir: Path) -> tuple[list[Path], str]:
         files = sorted(UKBENCH.glob("*.jpg"))[:n]
         if len(files) >= n:
             return files, f"ukbench_sample ({n} distinct 320x240 JPEGs)"
-    import sys
-
     sys.path.insert(0, str(ROOT / "datasets"))
     from imgsim_pairs import shipped_photos
 
@@ -177,6 +176,79 @@ def unary_latency(files: list[Path], flags: tuple[str, ...], n: int = 60) -> dic
         }
 
 
+def decode_rates(seconds: float = 3.0) -> dict:
+    """Decode + preprocess img/s on one thread for 4000x3000 JPEGs, with and without draft."""
+    import io
+
+    from imgsim_server.embedders.cnn import LITE0_PRESET
+    from imgsim_server.images import decode_image
+
+    sys.path.insert(0, str(ROOT / "datasets"))
+    from imgsim_pairs import shipped_photos
+
+    big = []
+    for p in shipped_photos()[:6]:
+        buf = io.BytesIO()
+        Image.open(p).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC).save(
+            buf, "JPEG", quality=90
+        )
+        big.append(buf.getvalue())
+    rates = {}
+    for name, draft in (("full decode", None), ("draft mode", LITE0_PRESET.resize)):
+        n, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            LITE0_PRESET.apply(decode_image(big[n % len(big)], draft_size=draft))
+            n += 1
+        rates[name] = n / (time.perf_counter() - started)
+    return {"rates": rates, "mean_kib": sum(map(len, big)) / len(big) / 1024}
+
+
+def _has_weights(model: str) -> bool:
+    from imgsim_server.embedders import EmbedderOptions, get_cfg, list_models
+
+    names = [m.name for m in list_models()]
+    return model in names and get_cfg(model).weights_available(EmbedderOptions())
+
+
+def backend_table(models: list[str], files: list[Path], csv: Path, warm: list[Path]) -> list:
+    """Raw img/s and end-to-end pairs/s for torch, onnx fp32 and onnx int8."""
+    from imgsim_server.embedders import EmbedderOptions, create
+    from imgsim_server.images import decode_image
+
+    rows = []
+    variants = (
+        ("torch", ("--backend", "torch"), {"backend": "torch"}),
+        ("onnx", ("--backend", "onnx"), {"backend": "onnx"}),
+        (
+            "onnx-int8",
+            ("--backend", "onnx", "--precision", "int8"),
+            {"backend": "onnx", "precision": "int8"},
+        ),
+    )
+    for model in models:
+        for name, flags, opts in variants:
+            emb = create(model, EmbedderOptions(**opts))
+            xs = np.stack([emb.preprocess(decode_image(p.read_bytes())) for p in files[:16]])
+            raw = max(
+                _rate([lambda b=xs[:bs], e=emb: (e.embed(b), len(b))[1]] * emb.concurrency())
+                for bs in (1, 8)
+            )
+            run = stream_run(csv, ("--model", model, "--max-batch-size", "8", *flags), warm)
+            rows.append(
+                {
+                    "model": model,
+                    "backend": name,
+                    "raw_img_per_s": raw,
+                    "pairs_per_s": run["pairs_per_s"],
+                    "peak_rss_mb": run["peak_rss_mb"],
+                }
+            )
+            print(
+                f"{model} {name}: raw {raw:.0f} img/s, end to end {run['pairs_per_s']:.1f} pairs/s"
+            )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=500)
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument(
+        "--skip-backends",
+        action="store_true",
+        help="skip the torch / onnx / int8 comparison (the slowest part)",
+    )
     args = ap.parse_args(argv)
     n = args.pairs
     tmp = Path(tempfile.mkdtemp(prefix="imgsim-bench-"))
@@ -235,6 +312,21 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     lat = unary_latency(measured, tuned)
+    decode = decode_rates()
+    print(
+        "decode + preprocess of 4000x3000 JPEGs:",
+        ", ".join(f"{k} {v:.1f} img/s" for k, v in decode["rates"].items()),
+    )
+    backends = (
+        []
+        if args.skip_backends
+        else backend_table(
+            [m for m in (args.model, f"{args.model}-gem") if _has_weights(m)],
+            measured,
+            distinct,
+            warm,
+        )
+    )
     b = max(runs["b_default"]["pairs_per_s"], runs["b_tuned"]["pairs_per_s"])
     ratios = {
         "efficiency_b_over_a_half": b / (lim["limit"] / 2),
@@ -259,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         "unary": lat,
         "ratios": ratios,
         "server_peak_rss_mb": peak,
+        "decode": decode,
+        "backends": backends,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(result, indent=2))
@@ -341,6 +435,40 @@ def render(r: dict) -> str:
         "embedding each image once.",
         "",
     ]
+    d = r.get("decode")
+    if d:
+        full, draft = d["rates"]["full decode"], d["rates"]["draft mode"]
+        lines += [
+            f"## Decode + preprocess (one thread, 4000x3000 JPEGs, {d['mean_kib']:.0f} KiB each)",
+            "",
+            "| | img/s |",
+            "|---|---|",
+            f"| full decode, then resize | {full:.1f} |",
+            f"| Pillow draft mode (JPEG DCT scaling to >= 256 px), then resize | {draft:.1f} |",
+            "",
+            f"Draft mode speed-up: **{draft / full:.1f}x**.",
+            "",
+        ]
+    if r.get("backends"):
+        lines += [
+            "## Backends (same model, same photos; end to end with --max-batch-size 8)",
+            "",
+            "| model | backend | raw img/s | end-to-end pairs/s | x torch (e2e) |",
+            "|---|---|---|---|---|",
+        ]
+        torch_e2e = {b["model"]: b["pairs_per_s"] for b in r["backends"] if b["backend"] == "torch"}
+        for b in r["backends"]:
+            lines.append(
+                f"| {b['model']} | {b['backend']} | {b['raw_img_per_s']:.0f} | "
+                f"{b['pairs_per_s']:.1f} | "
+                f"{b['pairs_per_s'] / torch_e2e[b['model']]:.1f} |"
+            )
+        lines += [
+            "",
+            "GPU: no accelerator was lent to this run; on CUDA the torch backend "
+            "uses fp16 autocast, channels_last and pinned host memory.",
+            "",
+        ]
     return "\n".join(lines)
 
 
