@@ -39,6 +39,14 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds allowed for connecting and for each unary call",
     )
+    p.add_argument(
+        "--auth-token",
+        default=os.environ.get("IMGSIM_AUTH_TOKEN", ""),
+        help="bearer token for a server started with --auth-token (default: $IMGSIM_AUTH_TOKEN)",
+    )
+    p.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server cert (enables TLS)")
+    p.add_argument("--tls-cert", type=Path, help="PEM client certificate (mTLS)")
+    p.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +112,14 @@ def _normalise_argv(argv: list[str]) -> list[str]:
 
 
 def _connect(args: argparse.Namespace) -> ImgsimClient:
-    client = ImgsimClient(args.server, timeout=args.timeout)
+    client = ImgsimClient(
+        args.server,
+        timeout=args.timeout,
+        auth_token=args.auth_token,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
     client.wait_ready()
     return client
 

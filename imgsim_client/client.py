@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from imgsim.v1 import similarity_pb2 as pb
@@ -80,18 +81,34 @@ class ImgsimClient:
     """Client for an imgsim server. Use as a context manager to close the channel."""
 
     def __init__(
-        self, target: str = "127.0.0.1:50051", timeout: float = 60.0, max_message_mb: int = 64
+        self,
+        target: str = "127.0.0.1:50051",
+        timeout: float = 60.0,
+        max_message_mb: int = 64,
+        auth_token: str = "",
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
     ) -> None:
+        """`tls_ca` turns on TLS (the CA that signed the server); `tls_cert`/`tls_key` add a
+        client certificate for mTLS. `auth_token` is sent as `authorization: Bearer ...`."""
         self.target = target
         self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
         max_bytes = max_message_mb * 1024 * 1024
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", max_bytes),
-                ("grpc.max_receive_message_length", max_bytes),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.max_receive_message_length", max_bytes),
+        ]
+        if tls_ca or tls_cert:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=tls_ca.read_bytes() if tls_ca else None,
+                private_key=tls_key.read_bytes() if tls_key else None,
+                certificate_chain=tls_cert.read_bytes() if tls_cert else None,
+            )
+            self._channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.ImageSimilarityStub(self._channel)
 
     def __enter__(self) -> ImgsimClient:
@@ -118,7 +135,9 @@ class ImgsimClient:
         """Score one pair with the unary Compare call."""
         req = PairRequest("", image_a, image_b, model=model).to_proto()
         try:
-            return self._stub.Compare(req, timeout=timeout or self.timeout).score
+            return self._stub.Compare(
+                req, timeout=timeout or self.timeout, metadata=self._metadata
+            ).score
         except grpc.RpcError as err:
             raise ImgsimError.from_rpc(err) from None
 
@@ -131,19 +150,25 @@ class ImgsimClient:
         """
         requests = (p.to_proto() for p in pairs)
         try:
-            for resp in self._stub.CompareStream(requests, timeout=timeout):
+            for resp in self._stub.CompareStream(
+                requests, timeout=timeout, metadata=self._metadata
+            ):
                 yield PairResult.from_proto(resp)
         except grpc.RpcError as err:
             raise ImgsimError.from_rpc(err) from None
 
     def list_models(self) -> pb.ListModelsResponse:
         try:
-            return self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+            return self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as err:
             raise ImgsimError.from_rpc(err) from None
 
     def stats(self) -> pb.GetStatsResponse:
         try:
-            return self._stub.GetStats(pb.GetStatsRequest(), timeout=self.timeout)
+            return self._stub.GetStats(
+                pb.GetStatsRequest(), timeout=self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as err:
             raise ImgsimError.from_rpc(err) from None

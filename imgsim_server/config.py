@@ -19,7 +19,12 @@ class ServerConfig:
     max_workers: int = 32
     max_message_mb: int = 64
     max_stream_inflight: int = 256
+    max_concurrent_rpcs: int = 64
     log_level: str = "INFO"
+    auth_token: str = ""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     core: CoreConfig = field(default_factory=CoreConfig)
 
     @property
@@ -146,6 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging verbosity",
     )
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=64,
+        help="calls served at once; more get RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--auth-token",
+        default=env("IMGSIM_AUTH_TOKEN", ""),
+        help="require 'authorization: Bearer TOKEN' on every call except health "
+        "(default: $IMGSIM_AUTH_TOKEN; empty = no auth)",
+    )
+    p.add_argument("--tls-cert", type=Path, help="PEM server certificate (enables TLS)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    p.add_argument(
+        "--tls-client-ca", type=Path, help="PEM CA bundle; clients must present a cert (mTLS)"
+    )
     return p
 
 
@@ -168,6 +190,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=args.port,
         grace_s=args.grace,
         max_message_mb=args.max_message_mb,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
         log_level=args.log_level,
+        auth_token=args.auth_token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
         core=core,
     )

@@ -26,6 +26,9 @@ def decode_image(
 ) -> Image.Image:
     """Decode encoded bytes into an RGB image with EXIF orientation applied.
 
+    The size is checked from the header, before any pixel is decoded. Multi-frame files
+    (animated GIF/WebP, multi-page TIFF) give their first frame.
+
     `draft_size` lets JPEG decode at a reduced scale (Pillow draft mode) when the file is much
     larger than the model input. Raises InvalidImageError with a message naming the problem.
     """
@@ -33,6 +36,8 @@ def decode_image(
         raise InvalidImageError("empty image bytes")
     try:
         img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise InvalidImageError(f"refused as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
         raise InvalidImageError(
             f"not a decodable image in an allowed format ({', '.join(ALLOWED_FORMATS)})"

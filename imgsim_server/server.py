@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from imgsim.v1 import similarity_pb2 as pb
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
+from imgsim_server.auth import BearerTokenInterceptor
 from imgsim_server.config import ServerConfig
 from imgsim_server.core import SimilarityCore
 from imgsim_server.servicer import ImageSimilarityServicer
@@ -31,21 +32,28 @@ class RunningServer:
     core: SimilarityCore
     health: health.HealthServicer
     port: int
+    owns_core: bool = True
 
     def stop(self, grace: float | None = None) -> None:
         """Health goes NOT_SERVING, new calls are refused, in-flight calls get `grace` seconds."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
-        self.core.close()
+        if self.owns_core:
+            self.core.close()
 
 
 def start_server(cfg: ServerConfig, core: SimilarityCore | None = None) -> RunningServer:
     """Create and start a server on cfg.host:cfg.port (port 0 picks a free one)."""
+    owns_core = core is None
     core = core or SimilarityCore(cfg.core)
     max_bytes = cfg.max_message_mb * 1024 * 1024
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
-        interceptors=[ExceptionToStatusInterceptor()],
+        interceptors=[
+            *([BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []),
+            ExceptionToStatusInterceptor(),
+        ],
+        maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -59,13 +67,29 @@ def start_server(cfg: ServerConfig, core: SimilarityCore | None = None) -> Runni
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(cfg.address)
+    if cfg.tls_cert:
+        if not cfg.tls_key:
+            raise ValueError("--tls-cert needs --tls-key")
+        creds = grpc.ssl_server_credentials(
+            [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
+            root_certificates=cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None,
+            require_client_auth=cfg.tls_client_ca is not None,
+        )
+        port = server.add_secure_port(cfg.address, creds)
+    else:
+        port = server.add_insecure_port(cfg.address)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.tls_cert or cfg.auth_token):
+        log.warning(
+            "listening on %s without TLS or auth: anyone who can reach it can use it "
+            "(see --tls-cert/--tls-key and --auth-token)",
+            cfg.address,
+        )
     if port == 0:
         raise RuntimeError(f"could not bind {cfg.address}")
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, core, health_servicer, port)
+    return RunningServer(server, core, health_servicer, port, owns_core)
 
 
 def serve(cfg: ServerConfig) -> None:

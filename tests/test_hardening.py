@@ -1,0 +1,248 @@
+"""Bad input, limits, auth, TLS, health and reflection, over loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import struct
+import time
+import zlib
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from imgsim_client import ImgsimClient, ImgsimError, PairRequest
+from imgsim_server.config import ServerConfig
+from imgsim_server.server import start_server
+from tests.conftest import jpeg_bytes
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def bomb_png(side: int = 20000) -> bytes:
+    """A valid grayscale PNG of side x side zeros: tiny on disk, side^2 bytes when decoded."""
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)
+    body = b"".join(comp.compress(row * 1000) for _ in range(side // 1000)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", body)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cat(photos) -> Image.Image:
+    return Image.open(photos["chelsea"]).convert("RGB")
+
+
+def bad_inputs(cat: Image.Image) -> dict[str, tuple[bytes, str]]:
+    jpeg = jpeg_bytes(cat)
+    return {
+        "empty": (b"", "empty image bytes"),
+        "random": (np.random.default_rng(0).bytes(5000), "not a decodable image"),
+        "truncated jpeg": (jpeg[: len(jpeg) // 2], "truncated"),
+        "1x1": (_encode(Image.new("RGB", (1, 1)), "PNG"), "smaller than"),
+        "bomb": (bomb_png(), "pixels"),  # Pillow's guard or ours, both from the header
+        "eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "not a decodable"),
+        "pdf": (_encode(cat, "PDF"), "not a decodable"),
+    }
+
+
+def test_bad_images_fail_only_their_pair(client, cat):
+    good = jpeg_bytes(cat)
+    cases = bad_inputs(cat)
+    pairs = [PairRequest("good-0", good, good)]
+    pairs += [PairRequest(name, good, data) for name, (data, _) in cases.items()]
+    pairs += [PairRequest("good-1", good, good)]
+    got = {r.pair_id: r for r in client.compare_stream(pairs)}
+    assert len(got) == len(pairs)
+    assert got["good-0"].ok and got["good-1"].ok
+    for name, (_, message) in cases.items():
+        assert got[name].error_code == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert message in got[name].error, (name, got[name].error)
+
+
+@pytest.mark.parametrize("case", ["random", "truncated jpeg", "bomb", "pdf"])
+def test_bad_image_unary_is_invalid_argument(client, cat, case):
+    data, message = bad_inputs(cat)[case]
+    started = time.perf_counter()
+    with pytest.raises(ImgsimError) as err:
+        client.compare(jpeg_bytes(cat), data)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.message
+    if case == "bomb":
+        assert time.perf_counter() - started < 1.0  # refused from the header
+
+
+def test_unusual_modes_are_scored(client, cat):
+    upright = jpeg_bytes(cat, 95)
+    gray16 = Image.fromarray(np.asarray(cat.convert("L"), dtype=np.uint16) * 257)
+    rgba = cat.convert("RGBA")
+    frames = [cat, cat.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    cases = {
+        "16-bit gray png": _encode(gray16, "PNG"),
+        "cmyk jpeg": _encode(cat.convert("CMYK"), "JPEG", quality=95),
+        # transparency on the one palette index the image does not use
+        "palette+transparency png": _encode(
+            cat.convert("P", palette=Image.Palette.ADAPTIVE, colors=255), "PNG", transparency=255
+        ),
+        "rgba png": _encode(rgba, "PNG"),
+        "animated gif (first frame)": _encode(
+            frames[0], "GIF", save_all=True, append_images=frames[1:]
+        ),
+        "webp": _encode(cat, "WEBP", quality=90),
+    }
+    for name, data in cases.items():
+        score = client.compare(upright, data)
+        floor = 0.85 if "gray" in name else 0.95  # grayscale loses colour, not content
+        assert score >= floor, (name, score)
+
+
+@pytest.fixture()
+def extra_server(server):
+    """Start a second server sharing the session's core, with its own settings."""
+    started = []
+
+    def make(**kw) -> str:
+        running = start_server(ServerConfig(host="127.0.0.1", port=0, **kw), core=server.core)
+        started.append(running)
+        return f"127.0.0.1:{running.port}"
+
+    yield make
+    for running in started:
+        running.stop(0.5)
+
+
+def test_oversized_message_is_resource_exhausted(extra_server, cat):
+    address = extra_server(max_message_mb=1)
+    with ImgsimClient(address, timeout=30) as c:
+        big = np.random.default_rng(1).bytes(2 * 1024 * 1024)
+        with pytest.raises(ImgsimError) as err:
+            c.compare(big, big)
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        good = jpeg_bytes(cat)
+        assert c.compare(good, good) >= 0.999  # still healthy
+
+
+def test_bearer_token(extra_server, cat):
+    address = extra_server(auth_token="s3cret")
+    good = jpeg_bytes(cat)
+    for token in ("", "wrong"):
+        with ImgsimClient(address, timeout=10, auth_token=token) as c:
+            with pytest.raises(ImgsimError) as err:
+                c.compare(good, good)
+            assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(ImgsimError) as err:
+                list(c.compare_stream([PairRequest("p", good, good)]))
+            assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with ImgsimClient(address, timeout=10, auth_token="s3cret") as c:
+        assert c.compare(good, good) >= 0.999
+    with grpc.insecure_channel(address) as ch:  # health stays open, by design
+        resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _certs(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def make(name, issuer_key=None, issuer_name=None, ca=False, san=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer_name or subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        return key, cert
+
+    def write(stem, key, cert):
+        (tmp_path / f"{stem}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        (tmp_path / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    import ipaddress
+
+    ca_key, ca_cert = make("imgsim test CA", ca=True)
+    write("ca", ca_key, ca_cert)
+    srv = make(
+        "localhost",
+        ca_key,
+        ca_cert.subject,
+        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    write("server", *srv)
+    write("client", *make("client", ca_key, ca_cert.subject))
+    return {
+        n: tmp_path / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+    }
+
+
+def test_tls_and_mtls(extra_server, tmp_path, cat):
+    f = _certs(tmp_path)
+    good = jpeg_bytes(cat)
+    tls = extra_server(tls_cert=f["server.pem"], tls_key=f["server.key"])
+    with ImgsimClient(tls, timeout=10, tls_ca=f["ca.pem"]) as c:
+        assert c.compare(good, good) >= 0.999
+    with ImgsimClient(tls, timeout=3) as c:  # plaintext client to a TLS server
+        with pytest.raises(ImgsimError) as err:
+            c.compare(good, good)
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+    mtls = extra_server(
+        tls_cert=f["server.pem"], tls_key=f["server.key"], tls_client_ca=f["ca.pem"]
+    )
+    with ImgsimClient(
+        mtls, timeout=10, tls_ca=f["ca.pem"], tls_cert=f["client.pem"], tls_key=f["client.key"]
+    ) as c:
+        assert c.compare(good, good) >= 0.999
+    with ImgsimClient(mtls, timeout=3, tls_ca=f["ca.pem"]) as c:  # no client certificate
+        with pytest.raises(ImgsimError) as err:
+            c.compare(good, good)
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_health_and_reflection(address):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        resp = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="imgsim.v1.ImageSimilarity"), timeout=5
+        )
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        req = reflection_pb2.ServerReflectionRequest(list_services="")
+        [answer] = list(stub.ServerReflectionInfo(iter([req]), timeout=5))
+        names = {s.name for s in answer.list_services_response.service}
+        assert "imgsim.v1.ImageSimilarity" in names
