@@ -246,3 +246,55 @@ def test_health_and_reflection(address):
         [answer] = list(stub.ServerReflectionInfo(iter([req]), timeout=5))
         names = {s.name for s in answer.list_services_response.service}
         assert "imgsim.v1.ImageSimilarity" in names
+
+
+def test_overload_gets_resource_exhausted(extra_server, cat):
+    import threading
+
+    address = extra_server(max_concurrent_rpcs=1)
+    good = jpeg_bytes(cat)
+    release = threading.Event()
+    first_sent = threading.Event()
+
+    def slow_requests():
+        yield PairRequest("held", good, good)
+        first_sent.set()
+        release.wait(10)  # keep the stream (and the only RPC slot) open
+
+    with ImgsimClient(address, timeout=10) as holder, ImgsimClient(address, timeout=10) as c:
+        results = []
+        t = threading.Thread(target=lambda: results.extend(holder.compare_stream(slow_requests())))
+        t.start()
+        assert first_sent.wait(10)
+        time.sleep(0.2)
+        with pytest.raises(ImgsimError) as err:
+            c.compare(good, good)
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        release.set()
+        t.join(10)
+        assert [r.pair_id for r in results] == ["held"] and results[0].ok
+        assert c.compare(good, good) >= 0.999  # the slot is free again
+
+
+def test_sigterm_finishes_in_flight_pairs(cat):
+    import signal
+
+    from imgsim_client.servers import ServerProcess
+
+    images = [
+        jpeg_bytes(cat.crop((k, k, cat.width - k, cat.height - k)), 85) for k in range(3, 123)
+    ]
+    pairs = [PairRequest(str(i), images[2 * i], images[2 * i + 1]) for i in range(60)]
+    with ServerProcess("--grace", "20") as srv, ImgsimClient(srv.address, timeout=30) as c:
+        c.wait_ready(30)
+        results = []
+        for res in c.compare_stream(pairs):
+            if not results:
+                srv.proc.send_signal(signal.SIGTERM)
+            results.append(res)
+        assert sorted(int(r.pair_id) for r in results) == list(range(60))
+        assert all(r.ok for r in results)
+        assert srv.proc.wait(30) == 0
+        with pytest.raises(ImgsimError) as err:
+            c.compare(images[0], images[1], timeout=3)
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
