@@ -11,7 +11,7 @@ GENERATED := protos/imgsim/v1/similarity_pb2.py protos/imgsim/v1/similarity_pb2_
              protos/imgsim/v1/similarity_pb2.pyi
 
 .DEFAULT_GOAL := help
-.PHONY: help install generate-protos demo test check bench study report export soak clean
+.PHONY: help install generate-protos demo test check bench study report export clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
