@@ -109,13 +109,19 @@ def compute_metrics(labels: np.ndarray, scores: np.ndarray) -> Metrics:
     )
 
 
-def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> None:
-    """One ROC chart with a curve per name (labels, scores)."""
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (no display here or in CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> None:
+    """One ROC chart with a curve per name (labels, scores)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.2), dpi=120)
     for name, (labels, scores) in curves.items():
         fpr, tpr, _ = roc_curve(labels, scores)
@@ -136,11 +142,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title
 def plot_histogram(
     labels: np.ndarray, scores: np.ndarray, path: Path, title: str, threshold: float | None = None
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     bins = np.linspace(min(scores.min(), 0), max(scores.max(), 1), 50)
     ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label="positive (same)", color="tab:green")

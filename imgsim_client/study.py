@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from imgsim_client.client import ImgsimClient
-from imgsim_client.evaluate import compute_metrics, load_scored, plot_roc
+from imgsim_client.evaluate import compute_metrics, load_scored, plot_roc, pyplot
 from imgsim_client.scoring import score_pairs
 from imgsim_client.servers import ServerProcess
 
@@ -106,11 +106,9 @@ def ns_score(model: str, images: list[tuple[str, str]], opts: dict | None = None
 
 def failure_strip(scored: pd.DataFrame, base: Path, path: Path, title: str, k: int = 3) -> None:
     """Thumbnails of the k worst positives (lowest scores) and k worst negatives (highest)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from PIL import Image
+
+    plt = pyplot()
 
     pos = scored[scored["_label"] == 1].nsmallest(k, "score")
     neg = scored[scored["_label"] == 0].nlargest(k, "score")
