@@ -55,27 +55,15 @@ SKIMAGE_PHOTOS = (
 
 def shipped_photos() -> list[Path]:
     """Paths of the real photos shipped by installed packages (those found)."""
+    from imgsim_server.sample_data import matplotlib_sample_data, skimage_data, sklearn_images
+
     paths: list[Path] = []
-    try:
-        import skimage
-
-        data = Path(skimage.__file__).parent / "data"
+    if data := skimage_data():
         paths += [data / n for n in SKIMAGE_PHOTOS if (data / n).is_file()]
-    except ImportError:
-        pass
-    try:
-        import sklearn
-
-        paths += sorted((Path(sklearn.__file__).parent / "datasets" / "images").glob("*.jpg"))
-    except ImportError:
-        pass
-    try:
-        import matplotlib
-
-        hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-        paths += [hopper] if hopper.is_file() else []
-    except ImportError:
-        pass
+    if images := sklearn_images():
+        paths += sorted(images.glob("*.jpg"))
+    if (sample := matplotlib_sample_data()) and (sample / "grace_hopper.jpg").is_file():
+        paths.append(sample / "grace_hopper.jpg")
     return paths
 
 

@@ -24,21 +24,13 @@ def calibration_batches(input_size: int, resize: int) -> list[np.ndarray]:
     from PIL import Image, ImageOps
 
     from imgsim_server.embedders.cnn import Preset
+    from imgsim_server.sample_data import skimage_data, sklearn_images
 
     paths: list[Path] = []
-    try:
-        import skimage
-
-        data = Path(skimage.__file__).parent / "data"
+    if data := skimage_data():
         paths += sorted(data.glob("*.png")) + sorted(data.glob("*.jpg"))
-    except ImportError:
-        pass
-    try:
-        import sklearn
-
-        paths += sorted((Path(sklearn.__file__).parent / "datasets" / "images").glob("*.jpg"))
-    except ImportError:
-        pass
+    if images := sklearn_images():
+        paths += sorted(images.glob("*.jpg"))
     preset = Preset(resize, input_size, (0.0,) * 3, (1.0,) * 3)
     xs = []
     for p in paths:
