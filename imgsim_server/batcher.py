@@ -2,7 +2,8 @@
 
 Items from every caller (unary and streams alike) go into one queue. The worker takes what is
 there, waits at most `max_delay_s` for the batch to reach `max_batch_size`, runs the model once,
-and resolves each item's future.
+and hands each item its row through the item's callback. Items nobody wants any more (their
+callers went away) are dropped before the model runs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +27,7 @@ class BatchStats:
     max_batch_seen: int = 0
     queue_s: float = 0.0
     inference_s: float = 0.0
+    skipped: int = 0  # items dropped before the model because no caller wanted them
     histogram: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -34,11 +35,20 @@ class BatchStats:
         return self.items / self.batches if self.batches else 0.0
 
 
+Done = Callable[[np.ndarray | None, BaseException | None], None]
+"""Receives (embedding row, None) or (None, the exception that failed the batch)."""
+
+
 @dataclass
 class _Job:
     x: np.ndarray
-    future: Future
+    done: Done
+    wanted: Callable[[], bool]
     enqueued: float
+
+
+def _always() -> bool:
+    return True
 
 
 _STOP = object()
@@ -54,12 +64,14 @@ class DynamicBatcher:
         max_batch_size: int = 32,
         max_delay_s: float = 0.005,
         workers: int = 1,
+        on_batch: Callable[[str, int, list[float], float], None] | None = None,
     ) -> None:
         self.name = name
         self.embed_fn = embed_fn
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.stats = BatchStats()
+        self.on_batch = on_batch
         self._queue: queue.Queue = queue.Queue()
         self._stats_lock = threading.Lock()
         # Several workers run batches concurrently when the embedder supports it (ONNX Runtime
@@ -71,11 +83,13 @@ class DynamicBatcher:
         for t in self._threads:
             t.start()
 
-    def submit(self, x: np.ndarray) -> Future:
-        """Queue one preprocessed input; the future resolves to its embedding row."""
-        fut: Future = Future()
-        self._queue.put(_Job(x, fut, time.perf_counter()))
-        return fut
+    def submit(self, x: np.ndarray, done: Done, wanted: Callable[[], bool] = _always) -> None:
+        """Queue one preprocessed input; `done` gets its embedding row (on a batcher thread).
+
+        `wanted()` is asked just before the model runs; if False the item is dropped silently
+        (the caller's `wanted` is expected to settle the item itself).
+        """
+        self._queue.put(_Job(x, done, wanted, time.perf_counter()))
 
     def qsize(self) -> int:
         return self._queue.qsize()
@@ -111,8 +125,12 @@ class DynamicBatcher:
             if first is _STOP:
                 break
             jobs, stop = self._collect(first)
-            # Skip inputs whose callers already gave up (cancelled futures).
-            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            # Skip inputs whose callers already gave up.
+            wanted = [j for j in jobs if j.wanted()]
+            if len(wanted) < len(jobs):
+                with self._stats_lock:
+                    self.stats.skipped += len(jobs) - len(wanted)
+            jobs = wanted
             if not jobs:
                 continue
             started = time.perf_counter()
@@ -121,16 +139,26 @@ class DynamicBatcher:
             except Exception as exc:  # the model failed: every item of the batch fails
                 log.exception("model %s failed on a batch of %d", self.name, len(jobs))
                 for j in jobs:
-                    j.future.set_exception(exc)
+                    j.done(None, exc)
                 continue
             finished = time.perf_counter()
+            waits = [started - j.enqueued for j in jobs]
             with self._stats_lock:
                 s = self.stats
                 s.batches += 1
                 s.items += len(jobs)
                 s.max_batch_seen = max(s.max_batch_seen, len(jobs))
                 s.inference_s += finished - started
-                s.queue_s += sum(started - j.enqueued for j in jobs)
+                s.queue_s += sum(waits)
                 s.histogram[len(jobs)] = s.histogram.get(len(jobs), 0) + 1
+            # A listener's or caller's bug must not kill the batcher or starve other items.
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(self.name, len(jobs), waits, finished - started)
+                except Exception:
+                    log.exception("batch listener failed")
             for j, row in zip(jobs, out, strict=True):
-                j.future.set_result(row)
+                try:
+                    j.done(row, None)
+                except Exception:
+                    log.exception("batch callback failed")

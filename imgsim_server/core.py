@@ -3,6 +3,10 @@
 Flow of one image: content digest -> embedding cache -> (in-flight dedup) -> admission (bounded)
 -> decode + preprocess on the decode pool -> the model's dynamic batcher -> cache.
 A pair's score future resolves as soon as both of its embeddings exist.
+
+Every call carries a `CallToken`. An image whose callers have all gone away (cancelled, or past
+their deadline) is dropped before decoding and again before the model, and counted in
+`images_cancelled`: no model work is spent on abandoned calls.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +27,7 @@ from imgsim_server.batcher import BatchStats, DynamicBatcher
 from imgsim_server.cache import EmbeddingCache
 from imgsim_server.embedders import SIMILARITIES, Embedder, EmbedderOptions, ModelCfg
 from imgsim_server.embedders import registry as reg
-from imgsim_server.errors import InvalidRequestError, OverloadedError
+from imgsim_server.errors import CancelledError, InvalidRequestError, OverloadedError
 from imgsim_server.images import DecodeLimits, decode_image
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,45 @@ class ImageSpec:
     id: str = ""
 
 
+class CallToken:
+    """The liveness of one call: cancelled when its caller goes away or its deadline passes."""
+
+    __slots__ = ("_cancelled", "deadline")
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self._cancelled = False
+        self.deadline = time.monotonic() + timeout if timeout is not None else None
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    @property
+    def cancelled(self) -> bool:
+        if self._cancelled:
+            return True
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self._cancelled = True
+        return self._cancelled
+
+
+class _Pending:
+    """One image being embedded, and the calls waiting for it (several, after dedup)."""
+
+    __slots__ = ("future", "key", "tokens")
+
+    def __init__(self, key: tuple[str, bytes], token: CallToken | None) -> None:
+        self.key = key
+        self.future: Future = Future()
+        self.tokens: list[CallToken | None] = [token]
+
+    def wanted(self) -> bool:
+        return any(t is None or not t.cancelled for t in self.tokens)
+
+
+BatchListener = Callable[[str, int, list[float], float], None]
+"""Called after each model batch with (model, batch size, queue waits in s, inference s)."""
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     cfg: ModelCfg
@@ -64,7 +109,7 @@ class ModelStatus:
 class _Engine:
     """A loaded embedder with its batcher."""
 
-    def __init__(self, embedder: Embedder, cfg: CoreConfig) -> None:
+    def __init__(self, embedder: Embedder, cfg: CoreConfig, on_batch: BatchListener) -> None:
         self.embedder = embedder
         self.batcher = DynamicBatcher(
             embedder.cfg.name,
@@ -72,6 +117,7 @@ class _Engine:
             cfg.max_batch_size,
             cfg.max_delay_ms / 1000.0,
             workers=embedder.concurrency(),
+            on_batch=on_batch,
         )
 
 
@@ -84,14 +130,16 @@ class SimilarityCore:
         self.cache = EmbeddingCache(int(cfg.cache_mb * 1024 * 1024))
         self._engines: dict[str, _Engine] = {}
         self._load_lock = threading.Lock()
-        self._inflight: dict[tuple[str, bytes], Future] = {}
+        self._inflight: dict[tuple[str, bytes], _Pending] = {}
         self._inflight_lock = threading.Lock()
         self._admission = threading.BoundedSemaphore(cfg.queue_size)
         self._decode_pool = ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="decode")
         self.pairs_scored = 0
         self.pairs_failed = 0
         self.dedup_hits = 0
+        self.images_cancelled = 0  # dropped before the model because every caller had gone
         self._counter_lock = threading.Lock()
+        self.batch_listeners: list[BatchListener] = []
 
     # ---- models -----------------------------------------------------------------------------
 
@@ -133,7 +181,7 @@ class SimilarityCore:
             if eng is None:
                 started = time.perf_counter()
                 embedder = reg.create(mcfg.name, self.options_for(mcfg.name))
-                eng = _Engine(embedder, self.cfg)
+                eng = _Engine(embedder, self.cfg, self._on_batch)
                 self._engines[mcfg.name] = eng
                 log.info(
                     "loaded model %s on %s in %.1fs",
@@ -146,7 +194,12 @@ class SimilarityCore:
     # ---- embedding --------------------------------------------------------------------------
 
     def embed_async(
-        self, model: str, data: bytes, block: bool = True, timeout: float | None = None
+        self,
+        model: str,
+        data: bytes,
+        block: bool = True,
+        timeout: float | None = None,
+        token: CallToken | None = None,
     ) -> Future:
         """Future of one image's embedding. Raises OverloadedError if admission times out."""
         eng = self.engine(model)
@@ -161,54 +214,89 @@ class SimilarityCore:
             existing = self._inflight.get(key)
             if existing is not None:
                 self.dedup_hits += 1
-                return existing
-            fut = Future()
-            self._inflight[key] = fut
+                existing.tokens.append(token)
+                return existing.future
+            pending = _Pending(key, token)
+            self._inflight[key] = pending
         if not self._admission.acquire(blocking=block, timeout=timeout if block else None):
-            with self._inflight_lock:
-                self._inflight.pop(key, None)
             err = OverloadedError(f"server queue is full ({self.cfg.queue_size} images)")
-            fut.set_exception(err)
+            self._settle(pending, err)
             raise err
-        fut.add_done_callback(lambda _f: self._finish(key))
-        self._decode_pool.submit(self._prepare, eng, data, key, fut)
-        return fut
+        pending.future.add_done_callback(lambda _f: self._admission.release())
+        if token is not None and token.cancelled:  # it went away while waiting for admission
+            self._settle(pending, CancelledError("the call was cancelled or its deadline passed"))
+        else:
+            self._decode_pool.submit(self._prepare, eng, data, pending)
+        return pending.future
 
-    def _finish(self, key: tuple[str, bytes]) -> None:
+    def _settle(self, pending: _Pending, exc: BaseException) -> None:
         with self._inflight_lock:
-            self._inflight.pop(key, None)
-        self._admission.release()
+            if self._inflight.get(pending.key) is pending:
+                del self._inflight[pending.key]
+        pending.future.set_exception(exc)
 
-    def _prepare(self, eng: _Engine, data: bytes, key: tuple[str, bytes], fut: Future) -> None:
+    def _still_wanted(self, pending: _Pending) -> bool:
+        """False (and the image leaves the in-flight table) once every caller has gone."""
+        if pending.wanted():
+            return True
+        with self._inflight_lock:
+            if pending.wanted():  # a new caller joined meanwhile
+                return True
+            if self._inflight.get(pending.key) is pending:
+                del self._inflight[pending.key]
+        with self._counter_lock:
+            self.images_cancelled += 1
+        pending.future.set_exception(
+            CancelledError("the call was cancelled or its deadline passed")
+        )
+        return False
+
+    def _prepare(self, eng: _Engine, data: bytes, pending: _Pending) -> None:
+        if not self._still_wanted(pending):
+            return
         try:
             img = decode_image(data, self.cfg.limits, eng.embedder.draft_size())
             x = eng.embedder.preprocess(img)
         except Exception as exc:
-            fut.set_exception(exc)
+            self._settle(pending, exc)
             return
-        inner = eng.batcher.submit(x)
+        eng.batcher.submit(
+            x, partial(self._embedded, pending), partial(self._still_wanted, pending)
+        )
 
-        def done(f: Future) -> None:
-            exc = f.exception()
-            if exc is not None:
-                fut.set_exception(exc)
-                return
-            value = np.asarray(f.result())
-            self.cache.put(key, value)
-            fut.set_result(value)
+    def _embedded(
+        self, pending: _Pending, row: np.ndarray | None, exc: BaseException | None
+    ) -> None:
+        if exc is not None:
+            self._settle(pending, exc)
+            return
+        value = np.array(row)  # a copy: a view would keep the whole batch's output alive
+        self.cache.put(pending.key, value)
+        with self._inflight_lock:
+            if self._inflight.get(pending.key) is pending:
+                del self._inflight[pending.key]
+        pending.future.set_result(value)
 
-        inner.add_done_callback(done)
+    def _on_batch(self, model: str, size: int, waits: list[float], inference_s: float) -> None:
+        for listener in self.batch_listeners:
+            listener(model, size, waits, inference_s)
 
     # ---- pairs ------------------------------------------------------------------------------
 
     def compare_async(
-        self, model: str, a: bytes, b: bytes, block: bool = True, timeout: float | None = None
+        self,
+        model: str,
+        a: bytes,
+        b: bytes,
+        block: bool = True,
+        timeout: float | None = None,
+        token: CallToken | None = None,
     ) -> Future:
         """Future of the pair's score; it resolves when both embeddings exist."""
         mcfg = self.resolve(model)
         similarity = SIMILARITIES[mcfg.similarity]
-        fa = self.embed_async(mcfg.name, a, block, timeout)
-        fb = self.embed_async(mcfg.name, b, block, timeout)
+        fa = self.embed_async(mcfg.name, a, block, timeout, token)
+        fb = self.embed_async(mcfg.name, b, block, timeout, token)
         out: Future = Future()
         remaining = [2]
         lock = threading.Lock()
@@ -230,9 +318,20 @@ class SimilarityCore:
         fb.add_done_callback(one_done)
         return out
 
-    def compare(self, model: str, a: bytes, b: bytes, timeout: float | None = None) -> float:
+    def compare(
+        self,
+        model: str,
+        a: bytes,
+        b: bytes,
+        timeout: float | None = None,
+        token: CallToken | None = None,
+    ) -> float:
         """Score one pair, refusing (OverloadedError) rather than waiting when the queue is full."""
-        return self.compare_async(model, a, b, block=False).result(timeout=timeout)
+        token = token or CallToken(timeout)
+        try:
+            return self.compare_async(model, a, b, block=False, token=token).result(timeout)
+        finally:
+            token.cancel()  # whatever is still queued for this call is no longer wanted
 
     def _count(self, failed: bool) -> None:
         with self._counter_lock:

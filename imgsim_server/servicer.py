@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 import grpc
 from imgsim.v1 import similarity_pb2 as pb
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
-from imgsim_server.core import ImageSpec, SimilarityCore, StreamSession
+from imgsim_server.core import CallToken, ImageSpec, SimilarityCore, StreamSession
 from imgsim_server.errors import InvalidRequestError
 from imgsim_server.status import status_for
 
@@ -28,19 +28,27 @@ def _spec(image: pb.Image) -> ImageSpec:
     )
 
 
-def _error_response(pair_id: str, model: str, exc: BaseException) -> pb.CompareResponse:
-    code, message = status_for(exc)
-    return pb.CompareResponse(
-        pair_id=pair_id, model=model, error=pb.PairError(code=code.value[0], message=message)
-    )
+def _token(context: grpc.ServicerContext) -> CallToken:
+    """A token that is cancelled when the call ends or is cancelled, or its deadline passes."""
+    remaining = context.time_remaining()
+    token = CallToken(remaining if remaining is not None and remaining < 1e7 else None)
+    context.add_callback(token.cancel)
+    return token
 
 
 class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
     """Thin adapter over SimilarityCore."""
 
-    def __init__(self, core: SimilarityCore, max_stream_inflight: int = 256) -> None:
+    def __init__(
+        self,
+        core: SimilarityCore,
+        max_stream_inflight: int = 256,
+        on_pair: Callable[[grpc.StatusCode], None] | None = None,
+    ) -> None:
+        """`on_pair` sees the status of every pair answered inside a stream (for metrics)."""
         self.core = core
         self.max_stream_inflight = max_stream_inflight
+        self.on_pair = on_pair
 
     def Compare(self, request: pb.CompareRequest, context: grpc.ServicerContext):
         model = self.core.resolve(request.model).name
@@ -48,11 +56,13 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         if a.ref or b.ref:
             raise InvalidRequestError("image references (ref) work only inside CompareStream")
         data = StreamSession()
+        token = _token(context)
         score = self.core.compare(
             model,
             data.resolve(a, "image_a"),
             data.resolve(b, "image_b"),
             timeout=context.time_remaining(),
+            token=token,
         )
         return pb.CompareResponse(pair_id=request.pair_id, score=score, model=model)
 
@@ -61,6 +71,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
     ) -> Iterator[pb.CompareResponse]:
         out: queue.Queue = queue.Queue()
         session = StreamSession()
+        token = _token(context)
         # At most this many pairs of this stream are in flight; past that the reader stops
         # reading, and gRPC flow control pushes back on the client.
         window = threading.BoundedSemaphore(self.max_stream_inflight)
@@ -69,18 +80,30 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
 
         def reply(pair_id: str, model: str, fut: Future) -> None:
             exc = fut.exception()
-            resp = (
-                _error_response(pair_id, model, exc)
-                if exc is not None
-                else pb.CompareResponse(pair_id=pair_id, score=fut.result(), model=model)
-            )
+            if exc is not None:
+                code, message = status_for(exc)
+                resp = pb.CompareResponse(
+                    pair_id=pair_id,
+                    model=model,
+                    error=pb.PairError(code=code.value[0], message=message),
+                )
+            else:
+                resp = pb.CompareResponse(pair_id=pair_id, score=fut.result(), model=model)
+                code = grpc.StatusCode.OK
+            if self.on_pair is not None:
+                self.on_pair(code)
             out.put(resp)
             window.release()
 
         def read() -> None:
             try:
                 for req in request_iterator:
-                    window.acquire()
+                    while not window.acquire(timeout=0.5):
+                        if token.cancelled:
+                            return
+                    if token.cancelled:  # the client went away: read no more
+                        window.release()
+                        return
                     submitted[0] += 1
                     model = req.model
                     try:
@@ -88,7 +111,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                         a = session.resolve(_spec(req.image_a), "image_a")
                         b = session.resolve(_spec(req.image_b), "image_b")
                         model = self.core.resolve(req.model).name
-                        fut = self.core.compare_async(model, a, b, block=True)
+                        fut = self.core.compare_async(model, a, b, block=True, token=token)
                     except Exception as exc:
                         fut = Future()
                         fut.set_exception(exc)
@@ -102,7 +125,13 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         threading.Thread(target=read, name="stream-reader", daemon=True).start()
         sent, reading = 0, True
         while reading or sent < submitted[0]:
-            item = out.get()
+            try:
+                item = out.get(timeout=0.5)
+            except queue.Empty:
+                if not context.is_active():  # cancelled or expired: stop; queued work is dropped
+                    token.cancel()
+                    return
+                continue
             if item is done_reading:
                 reading = False
                 continue
@@ -151,4 +180,5 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             pairs_scored=self.core.pairs_scored,
             pairs_failed=self.core.pairs_failed,
             queue_depth=self.core.queue_depth(),
+            images_cancelled=self.core.images_cancelled,
         )

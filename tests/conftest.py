@@ -20,10 +20,25 @@ from imgsim_server.core import CoreConfig  # noqa: E402
 from imgsim_server.server import start_server  # noqa: E402
 
 
-def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
+def jpeg_bytes(img: Image.Image, quality: int = 90, comment: str = "") -> bytes:
     buf = io.BytesIO()
-    img.convert("RGB").save(buf, "JPEG", quality=quality)
+    img.convert("RGB").save(buf, "JPEG", quality=quality, comment=comment)
     return buf.getvalue()
+
+
+def distinct_jpegs(photos: dict[str, Path], n: int, salt: int) -> list[bytes]:
+    """n real photos (the shipped ones, 256 px) whose bytes no call with another salt makes:
+    a JPEG comment holds (salt, index), so none is a cache hit for another test."""
+    srcs = []
+    for path in sorted(photos.values())[:8]:
+        img = Image.open(path).convert("RGB")
+        img.thumbnail((256, 256))
+        srcs.append(img)
+    out = []
+    for i in range(n):
+        out.append(jpeg_bytes(srcs[i % len(srcs)], 85, comment=f"imgsim test {salt}/{i}"))
+    assert len(set(out)) == n
+    return out
 
 
 @pytest.fixture(scope="session")

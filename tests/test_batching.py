@@ -10,18 +10,7 @@ from PIL import Image
 
 from imgsim_client import PairRequest
 from imgsim_client.scoring import score_pairs
-from tests.conftest import jpeg_bytes
-
-
-def _variants(photos, n: int) -> list[bytes]:
-    """n distinct real images (crops of the shipped photos), never sent before."""
-    out = []
-    srcs = [Image.open(p).convert("RGB") for p in list(photos.values())[:8]]
-    for i in range(n):
-        img = srcs[i % len(srcs)]
-        k = 5 + i
-        out.append(jpeg_bytes(img.crop((k, k, img.width - k, img.height - k)), 85))
-    return out
+from tests.conftest import distinct_jpegs, jpeg_bytes
 
 
 def _model_stats(client):
@@ -29,7 +18,7 @@ def _model_stats(client):
 
 
 def test_batches_larger_than_one_form_under_concurrent_load(client, photos):
-    images = _variants(photos, 48)
+    images = distinct_jpegs(photos, 48, salt=1)
     before = _model_stats(client)
     errors = []
 
@@ -56,7 +45,7 @@ def test_batches_larger_than_one_form_under_concurrent_load(client, photos):
 
 
 def test_repeated_image_is_a_cache_hit(client, photos):
-    a, b = _variants(photos, 60)[-2:]
+    a, b = distinct_jpegs(photos, 2, salt=2)
     first = client.compare(a, b)
     stats = client.stats()
     second = client.compare(b, a)

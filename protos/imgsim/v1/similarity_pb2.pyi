@@ -105,7 +105,7 @@ class ModelStats(_message.Message):
     def __init__(self, model: _Optional[str] = ..., batches: _Optional[int] = ..., images_embedded: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., max_batch_size_seen: _Optional[int] = ..., mean_queue_ms: _Optional[float] = ..., mean_inference_ms: _Optional[float] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("models", "cache_hits", "cache_misses", "cache_entries", "cache_bytes", "pairs_scored", "pairs_failed", "queue_depth")
+    __slots__ = ("models", "cache_hits", "cache_misses", "cache_entries", "cache_bytes", "pairs_scored", "pairs_failed", "queue_depth", "images_cancelled")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class GetStatsResponse(_message.Message):
     PAIRS_SCORED_FIELD_NUMBER: _ClassVar[int]
     PAIRS_FAILED_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_CANCELLED_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelStats]
     cache_hits: int
     cache_misses: int
@@ -122,4 +123,5 @@ class GetStatsResponse(_message.Message):
     pairs_scored: int
     pairs_failed: int
     queue_depth: int
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., cache_entries: _Optional[int] = ..., cache_bytes: _Optional[int] = ..., pairs_scored: _Optional[int] = ..., pairs_failed: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+    images_cancelled: int
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., cache_entries: _Optional[int] = ..., cache_bytes: _Optional[int] = ..., pairs_scored: _Optional[int] = ..., pairs_failed: _Optional[int] = ..., queue_depth: _Optional[int] = ..., images_cancelled: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,80 @@
+"""Deadlines and cancellation: no model work for callers that have gone, resources freed."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from imgsim.v1 import similarity_pb2_grpc as pb_grpc
+
+from imgsim_client import ImgsimClient, ImgsimError, PairRequest
+from tests.conftest import distinct_jpegs
+
+N_PAIRS = 200
+
+
+def _counts(client: ImgsimClient) -> tuple[int, int]:
+    """(images embedded by the default model, images dropped as cancelled) so far."""
+    stats = client.stats()
+    model = next(m for m in stats.models if m.model == "efficientnet-lite0")
+    return model.images_embedded, stats.images_cancelled
+
+
+def _settled(client: ImgsimClient, timeout: float = 20.0) -> tuple[int, int]:
+    """The counts once the server has nothing queued and they stop moving."""
+    last, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = _counts(client)
+        if now == last and client.stats().queue_depth == 0:
+            return now
+        last = now
+        time.sleep(0.3)
+    pytest.fail("the server's counters never settled")
+
+
+def _pairs(images: list[bytes]) -> list[PairRequest]:
+    return [PairRequest(str(i), images[2 * i], images[2 * i + 1]) for i in range(len(images) // 2)]
+
+
+def test_cancelled_stream_spends_no_more_model_work(client, address, photos):
+    images = distinct_jpegs(photos, 2 * N_PAIRS, salt=10)
+    embedded0, cancelled0 = _settled(client)
+    with grpc.insecure_channel(address) as channel:
+        call = pb_grpc.ImageSimilarityStub(channel).CompareStream(
+            iter([p.to_proto() for p in _pairs(images)]), timeout=60
+        )
+        first = next(call)
+        assert first.pair_id and not first.HasField("error")
+        call.cancel()
+    embedded, cancelled = _settled(client)
+    embedded -= embedded0
+    cancelled -= cancelled0
+    # Only what was already in the model when the client went away ran; the queued rest
+    # (admitted up to --queue-size) was dropped, and none of it was embedded afterwards.
+    assert cancelled > 50, (embedded, cancelled)
+    assert embedded + cancelled <= 2 * N_PAIRS
+    assert embedded < N_PAIRS, (embedded, cancelled)
+    # Resources were freed: a stream as large as the admission queue still runs to the end.
+    again = distinct_jpegs(photos, 2 * 150, salt=11)
+    results = list(client.compare_stream(_pairs(again), timeout=120))
+    assert len(results) == 150 and all(r.ok for r in results)
+
+
+def test_stream_deadline_stops_the_work(client, photos):
+    images = distinct_jpegs(photos, 2 * N_PAIRS, salt=12)
+    embedded0, cancelled0 = _settled(client)
+    with pytest.raises(ImgsimError) as err:
+        list(client.compare_stream(_pairs(images), timeout=0.4))
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    embedded, cancelled = _settled(client)
+    assert cancelled - cancelled0 > 50
+    assert embedded - embedded0 < N_PAIRS
+
+
+def test_unary_deadline_is_deadline_exceeded(client, photos):
+    a, b = distinct_jpegs(photos, 2, salt=13)
+    with pytest.raises(ImgsimError) as err:
+        client.compare(a, b, timeout=0.001)
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert client.compare(a, b) < 1.0  # and the server answers the next call
