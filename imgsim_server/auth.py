@@ -11,6 +11,8 @@ import hmac
 
 import grpc
 
+from imgsim_server.handlers import with_behaviour
+
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
@@ -18,21 +20,7 @@ def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler
     def abort(_request_or_iterator, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(
-            abort, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(
-            abort, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(
-            abort, handler.request_deserializer, handler.response_serializer
-        )
-    return grpc.unary_unary_rpc_method_handler(
-        abort, handler.request_deserializer, handler.response_serializer
-    )
+    return with_behaviour(handler, abort)
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):

@@ -25,6 +25,7 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    metrics_port: int | None = None  # Prometheus /metrics over HTTP; None = off, 0 = a free port
     core: CoreConfig = field(default_factory=CoreConfig)
 
     @property
@@ -168,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tls-client-ca", type=Path, help="PEM CA bundle; clients must present a cert (mTLS)"
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env("IMGSIM_METRICS_PORT")) if env("IMGSIM_METRICS_PORT") else None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics on --host, unauthenticated "
+        "(default: $IMGSIM_METRICS_PORT; unset = off; 0 = a free port)",
+    )
     return p
 
 
@@ -196,5 +204,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
+        metrics_port=args.metrics_port,
         core=core,
     )

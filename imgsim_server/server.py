@@ -17,6 +17,7 @@ from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 from imgsim_server.auth import BearerTokenInterceptor
 from imgsim_server.config import ServerConfig
 from imgsim_server.core import SimilarityCore
+from imgsim_server.metrics import MetricsInterceptor, ServerMetrics
 from imgsim_server.servicer import ImageSimilarityServicer
 from imgsim_server.status import ExceptionToStatusInterceptor
 
@@ -33,11 +34,15 @@ class RunningServer:
     health: health.HealthServicer
     port: int
     owns_core: bool = True
+    metrics: ServerMetrics | None = None
+    metrics_port: int | None = None
 
     def stop(self, grace: float | None = None) -> None:
         """Health goes NOT_SERVING, new calls are refused, in-flight calls get `grace` seconds."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.owns_core:
             self.core.close()
 
@@ -47,9 +52,11 @@ def start_server(cfg: ServerConfig, core: SimilarityCore | None = None) -> Runni
     owns_core = core is None
     core = core or SimilarityCore(cfg.core)
     max_bytes = cfg.max_message_mb * 1024 * 1024
+    metrics = ServerMetrics(core) if cfg.metrics_port is not None else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
         interceptors=[
+            *([MetricsInterceptor(metrics.on_call)] if metrics else []),
             *([BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []),
             ExceptionToStatusInterceptor(),
         ],
@@ -60,7 +67,10 @@ def start_server(cfg: ServerConfig, core: SimilarityCore | None = None) -> Runni
         ],
     )
     pb_grpc.add_ImageSimilarityServicer_to_server(
-        ImageSimilarityServicer(core, cfg.max_stream_inflight), server
+        ImageSimilarityServicer(
+            core, cfg.max_stream_inflight, on_pair=metrics.on_pair if metrics else None
+        ),
+        server,
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -86,10 +96,11 @@ def start_server(cfg: ServerConfig, core: SimilarityCore | None = None) -> Runni
         )
     if port == 0:
         raise RuntimeError(f"could not bind {cfg.address}")
+    metrics_port = metrics.serve(cfg.host, cfg.metrics_port) if metrics else None
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, core, health_servicer, port, owns_core)
+    return RunningServer(server, core, health_servicer, port, owns_core, metrics, metrics_port)
 
 
 def serve(cfg: ServerConfig) -> None:
@@ -98,7 +109,8 @@ def serve(cfg: ServerConfig) -> None:
     host = cfg.host
     print(
         f"imgsim-server listening on {host}:{running.port} "
-        f"(default model {cfg.core.default_model}, device {cfg.core.device})",
+        f"(default model {cfg.core.default_model}, device {cfg.core.device})"
+        + (f"; metrics at http://{host}:{running.metrics_port}/metrics" if running.metrics else ""),
         flush=True,
     )
     stop = threading.Event()

@@ -12,6 +12,7 @@ import logging
 import grpc
 
 from imgsim_server import errors
+from imgsim_server.handlers import with_behaviour
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,4 @@ class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
                 code, message = status_for(exc)
                 context.abort(code, message)
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_behaviour(handler, wrapped)

@@ -61,6 +61,27 @@ def server():
     running.stop(grace=1.0)
 
 
+@pytest.fixture()
+def extra_servers(server):
+    """Starts more servers sharing the session's core (and model), each with its own settings."""
+    started = []
+
+    def make(**kw):
+        running = start_server(ServerConfig(host="127.0.0.1", port=0, **kw), core=server.core)
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop(0.5)
+
+
+@pytest.fixture()
+def extra_server(extra_servers):
+    """Like extra_servers, but gives the new server's address."""
+    return lambda **kw: f"127.0.0.1:{extra_servers(**kw).port}"
+
+
 @pytest.fixture(scope="session")
 def address(server) -> str:
     return f"127.0.0.1:{server.port}"

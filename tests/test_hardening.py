@@ -15,8 +15,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from imgsim_client import ImgsimClient, ImgsimError, PairRequest
-from imgsim_server.config import ServerConfig
-from imgsim_server.server import start_server
 from tests.conftest import jpeg_bytes
 
 
@@ -110,21 +108,6 @@ def test_unusual_modes_are_scored(client, cat):
         score = client.compare(upright, data)
         floor = 0.85 if "gray" in name else 0.95  # grayscale loses colour, not content
         assert score >= floor, (name, score)
-
-
-@pytest.fixture()
-def extra_server(server):
-    """Start a second server sharing the session's core, with its own settings."""
-    started = []
-
-    def make(**kw) -> str:
-        running = start_server(ServerConfig(host="127.0.0.1", port=0, **kw), core=server.core)
-        started.append(running)
-        return f"127.0.0.1:{running.port}"
-
-    yield make
-    for running in started:
-        running.stop(0.5)
 
 
 def test_oversized_message_is_resource_exhausted(extra_server, cat):
