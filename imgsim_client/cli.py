@@ -37,7 +37,8 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
         "--timeout",
         type=float,
         default=60.0,
-        help="seconds allowed for connecting and for each unary call",
+        help="seconds allowed for connecting, for each unary call, and (streams) for the "
+        "wait for each next result",
     )
     p.add_argument(
         "--auth-token",
@@ -72,6 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-send-once",
         action="store_true",
         help="send a file's bytes with every pair instead of once per stream",
+    )
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the scored rows of an existing OUTPUT (from an interrupted run) and score "
+        "only the rest",
+    )
+    s.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="give up on the whole run after this long (default: no limit); the server stops "
+        "working on it, and the partial result is written",
+    )
+    s.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        help="reconnects (with exponential backoff from 0.5 s to 10 s) when the server is "
+        "UNAVAILABLE; answered pairs are never sent again",
     )
     _add_connection(s)
 
@@ -125,20 +146,39 @@ def _connect(args: argparse.Namespace) -> ImgsimClient:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from imgsim_client.scoring import score_pairs
+    from imgsim_client.scoring import RetryPolicy, score_pairs
 
     out = args.output or args.pairs.with_suffix(".scored.csv")
     with _connect(args) as client:
-        summary = score_pairs(
-            client,
-            args.pairs,
-            out,
-            model=args.model,
-            progress=not args.no_progress,
-            send_once=not args.no_send_once,
-        )
+        try:
+            summary = score_pairs(
+                client,
+                args.pairs,
+                out,
+                model=args.model,
+                progress=not args.no_progress,
+                send_once=not args.no_send_once,
+                deadline_s=args.deadline,
+                idle_timeout_s=args.timeout,
+                retry=RetryPolicy(retries=args.retries),
+                resume=args.resume,
+            )
+        except (ImgsimError, KeyboardInterrupt):
+            if out.exists():
+                print(
+                    f"imgsim-client: partial results written to {out}; "
+                    "rerun with --resume to finish",
+                    file=sys.stderr,
+                )
+            raise
+    extra = "".join(
+        [
+            f", {summary.resumed} kept from {out}" if summary.resumed else "",
+            f", {summary.reconnects} reconnect(s)" if summary.reconnects else "",
+        ]
+    )
     print(
-        f"scored {summary.scored}/{summary.pairs} pairs ({summary.failed} failed) in "
+        f"scored {summary.scored}/{summary.pairs} pairs ({summary.failed} failed{extra}) in "
         f"{summary.seconds:.1f}s, {summary.pairs_per_s:.1f} pairs/s -> {out}",
         file=sys.stderr,
     )

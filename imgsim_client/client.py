@@ -5,6 +5,8 @@ Every call has a timeout; grpc.RpcError becomes ImgsimError with the status code
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,31 @@ class PairResult:
         return cls(resp.pair_id, resp.score, resp.model)
 
 
+class _IdleWatchdog:
+    """Cancels a streaming call when no message arrives for `idle_s` seconds."""
+
+    def __init__(self, call: grpc.Call, idle_s: float) -> None:
+        self.call = call
+        self.idle_s = idle_s
+        self.fired = False
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, name="imgsim-idle", daemon=True).start()
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.idle_s / 4)):
+            if time.monotonic() - self._last > self.idle_s:
+                self.fired = True
+                self.call.cancel()
+                return
+
+
 class ImgsimClient:
     """Client for an imgsim server. Use as a context manager to close the channel."""
 
@@ -142,20 +169,37 @@ class ImgsimClient:
             raise ImgsimError.from_rpc(err) from None
 
     def compare_stream(
-        self, pairs: Iterable[PairRequest], timeout: float | None = None
+        self,
+        pairs: Iterable[PairRequest],
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> Iterator[PairResult]:
         """Stream pairs; yields one result per pair as the server computes them (any order).
 
-        `timeout` bounds the whole stream (default: none, since streams may be long).
+        `timeout` bounds the whole stream (default: none, since streams may be long); the
+        server stops working for it when it passes. `idle_timeout` cancels the stream when no
+        result arrives for that long. Both end in ImgsimError(DEADLINE_EXCEEDED). Leaving the
+        loop early cancels the call.
         """
         requests = (p.to_proto() for p in pairs)
+        call = self._stub.CompareStream(requests, timeout=timeout, metadata=self._metadata)
+        watchdog = _IdleWatchdog(call, idle_timeout) if idle_timeout else None
         try:
-            for resp in self._stub.CompareStream(
-                requests, timeout=timeout, metadata=self._metadata
-            ):
+            for resp in call:
+                if watchdog:
+                    watchdog.touch()
                 yield PairResult.from_proto(resp)
         except grpc.RpcError as err:
+            if watchdog and watchdog.fired:
+                raise ImgsimError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no result from {self.target} for {idle_timeout:g}s; stream cancelled",
+                ) from None
             raise ImgsimError.from_rpc(err) from None
+        finally:
+            if watchdog:
+                watchdog.stop()
+            call.cancel()  # no-op once the call has ended; frees the server if we left early
 
     def list_models(self) -> pb.ListModelsResponse:
         try:

@@ -1,7 +1,14 @@
-"""Score a CSV of image pairs through CompareStream, sending each distinct file once."""
+"""Score a CSV of image pairs through CompareStream, sending each distinct file once.
+
+Robust to a lost server: on UNAVAILABLE the client reconnects with exponential backoff and
+opens a new stream with only the pairs not yet answered, so the output has each pair exactly
+once. The output is written atomically; an interrupted run leaves a valid partial file (unscored
+rows say so) that `resume=True` (`--resume`) completes without re-scoring what is done.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -10,14 +17,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pandas as pd
 from tqdm import tqdm
 
-from imgsim_client.client import ImgsimClient, PairRequest, PairResult
+from imgsim_client.client import ImgsimClient, ImgsimError, PairRequest, PairResult
+
+log = logging.getLogger(__name__)
+
+NOT_SCORED = "not scored: the run was interrupted (rerun with --resume to finish it)"
 
 
 class PairsFileError(ValueError):
     """The pairs CSV cannot be used (missing columns, duplicate ids, ...)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to reconnect after the server becomes UNAVAILABLE."""
+
+    retries: int = 5
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+    multiplier: float = 2.0
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before reconnect number `attempt` (1-based)."""
+        return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
 
 
 @dataclass(frozen=True)
@@ -27,10 +53,13 @@ class ScoreSummary:
     failed: int
     seconds: float
     bytes_sent: int
+    reconnects: int = 0
+    resumed: int = 0  # pairs taken from an earlier partial output
 
     @property
     def pairs_per_s(self) -> float:
-        return self.pairs / self.seconds if self.seconds > 0 else 0.0
+        """Pairs scored by this run (not those resumed) per second."""
+        return (self.pairs - self.resumed) / self.seconds if self.seconds > 0 else 0.0
 
 
 def read_pairs(csv_path: Path) -> pd.DataFrame:
@@ -71,8 +100,10 @@ class _Requests:
     """Builds the request stream: reads each file when first needed and gives every file that
     several pairs use an id, so its bytes cross the wire once per stream and later pairs ref it."""
 
-    def __init__(self, df: pd.DataFrame, base: Path, model: str, send_once: bool) -> None:
-        self.rows = list(zip(df["pair_id"], df["image_a"], df["image_b"], strict=True))
+    def __init__(
+        self, rows: list[tuple[str, str, str]], base: Path, model: str, send_once: bool
+    ) -> None:
+        self.rows = rows
         self.base = base
         self.model = model
         self.uses = Counter(p for _, a, b in self.rows for p in (a, b)) if send_once else Counter()
@@ -105,6 +136,53 @@ class _Requests:
             yield PairRequest(pair_id, da, db, ra, rb, ia, ib, self.model)
 
 
+def load_partial(out_path: Path, df: pd.DataFrame) -> dict[str, PairResult]:
+    """The scored rows of an earlier (partial) output whose pair ids are in `df`."""
+    if not out_path.exists():
+        log.warning("nothing to resume: %s does not exist; scoring every pair", out_path)
+        return {}
+    try:
+        old = pd.read_csv(out_path, dtype={"pair_id": str}, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise PairsFileError(f"cannot resume from {out_path}: {exc}") from None
+    if not {"pair_id", "score"} <= set(old.columns):
+        raise PairsFileError(f"cannot resume from {out_path}: it has no pair_id and score columns")
+    scores = pd.to_numeric(old["score"], errors="coerce")
+    wanted = set(df["pair_id"])
+    return {
+        pid: PairResult(pid, float(score))
+        for pid, score in zip(old["pair_id"], scores, strict=True)
+        if pid in wanted and pd.notna(score)
+    }
+
+
+def _write_results(
+    df: pd.DataFrame,
+    results: dict[str, PairResult],
+    local_errors: dict[str, str],
+    out_path: Path,
+    missing: str,
+) -> int:
+    """Write `df` with score and error columns, in input order; returns the failed count."""
+    scores, errors = [], []
+    for pair_id in df["pair_id"]:
+        res = results.get(pair_id)
+        if res is not None and res.ok:
+            scores.append(res.score)
+            errors.append("")
+        elif pair_id in local_errors:
+            scores.append(None)
+            errors.append(local_errors[pair_id])
+        else:
+            scores.append(None)
+            errors.append(f"{res.error_code.name}: {res.error}" if res is not None else missing)
+    out = df.copy()
+    out["score"] = pd.array(scores, dtype="Float64")
+    out["error"] = errors
+    write_csv_atomic(out, out_path)
+    return sum(1 for e in errors if e)
+
+
 def score_pairs(
     client: ImgsimClient,
     csv_path: Path,
@@ -112,37 +190,70 @@ def score_pairs(
     model: str = "",
     progress: bool = True,
     send_once: bool = True,
+    deadline_s: float | None = None,
+    idle_timeout_s: float | None = None,
+    retry: RetryPolicy | None = None,
+    resume: bool = False,
+    checkpoint_s: float = 60.0,
 ) -> ScoreSummary:
-    """Score every row of `csv_path` and write it, in input order, with score and error."""
-    df = read_pairs(csv_path)
-    requests = _Requests(df, csv_path.parent, model, send_once)
-    results: dict[str, PairResult] = {}
-    started = time.perf_counter()
-    with tqdm(total=len(df), unit="pair", disable=not progress, dynamic_ncols=True) as bar:
-        for res in client.compare_stream(requests):
-            results[res.pair_id] = res
-            bar.update(1)
-        bar.update(len(requests.local_errors))
-    elapsed = time.perf_counter() - started
+    """Score every row of `csv_path` and write it, in input order, with score and error.
 
-    scores, errors = [], []
-    for pair_id in df["pair_id"]:
-        res = results.get(pair_id)
-        if res is not None and res.ok:
-            scores.append(res.score)
-            errors.append("")
-        else:
-            scores.append(None)
-            errors.append(
-                requests.local_errors.get(pair_id)
-                or (
-                    f"{res.error_code.name}: {res.error}"
-                    if res is not None
-                    else "no response from server"
+    `deadline_s` bounds the whole run, `idle_timeout_s` the wait for each result. On a lost
+    server it reconnects per `retry`. Every `checkpoint_s` seconds, and when interrupted or
+    failing, it writes the partial result, which `resume=True` completes.
+    """
+    retry = retry or RetryPolicy()
+    df = read_pairs(csv_path)
+    rows = list(zip(df["pair_id"], df["image_a"], df["image_b"], strict=True))
+    results: dict[str, PairResult] = load_partial(out_path, df) if resume else {}
+    resumed = len(results)
+    local_errors: dict[str, str] = {}
+    bytes_sent = reconnects = 0
+    started = time.perf_counter()
+    last_checkpoint = time.monotonic()
+    with tqdm(
+        total=len(df), initial=resumed, unit="pair", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        try:
+            while True:
+                todo = [r for r in rows if r[0] not in results and r[0] not in local_errors]
+                if not todo:
+                    break
+                requests = _Requests(todo, csv_path.parent, model, send_once)
+                remaining = (
+                    None if deadline_s is None else deadline_s - (time.perf_counter() - started)
                 )
-            )
-    df["score"] = pd.array(scores, dtype="Float64")
-    df["error"] = errors
-    write_csv_atomic(df, out_path)
-    failed = sum(1 for e in errors if e)
-    return ScoreSummary(len(df), len(df) - failed, failed, elapsed, requests.bytes_sent)
+                try:
+                    if remaining is not None and remaining <= 0:
+                        raise ImgsimError(
+                            grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline of {deadline_s:g}s passed"
+                        )
+                    for res in client.compare_stream(requests, remaining, idle_timeout_s):
+                        results[res.pair_id] = res
+                        bar.update(1)
+                        if time.monotonic() - last_checkpoint > checkpoint_s:
+                            _write_results(df, results, local_errors, out_path, NOT_SCORED)
+                            last_checkpoint = time.monotonic()
+                    break
+                except ImgsimError as err:
+                    if err.code != grpc.StatusCode.UNAVAILABLE or reconnects >= retry.retries:
+                        raise
+                    reconnects += 1
+                    wait = retry.backoff(reconnects)
+                    bar.write(
+                        f"imgsim-client: {err.message or err.code.name}; reconnecting in "
+                        f"{wait:.1f}s (retry {reconnects}/{retry.retries}), "
+                        f"{len(todo) - sum(1 for r in todo if r[0] in results)} pairs to go"
+                    )
+                    time.sleep(wait)
+                finally:
+                    local_errors.update(requests.local_errors)
+                    bar.update(len(requests.local_errors))
+                    bytes_sent += requests.bytes_sent
+        except BaseException:
+            # Interrupted (Ctrl-C) or failed for good: keep what is done, ready for --resume.
+            _write_results(df, results, local_errors, out_path, NOT_SCORED)
+            raise
+    elapsed = time.perf_counter() - started
+    failed = _write_results(df, results, local_errors, out_path, "no response from server")
+    return ScoreSummary(len(df), len(df) - failed, failed, elapsed, bytes_sent, reconnects, resumed)
