@@ -72,8 +72,8 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         out: queue.Queue = queue.Queue()
         session = StreamSession()
         token = _token(context)
-        # At most this many pairs of this stream are in flight; past that the reader stops
-        # reading, and gRPC flow control pushes back on the client.
+        # At most this many pairs of this stream are read but not yet answered to gRPC; past
+        # that the reader stops reading, and gRPC flow control pushes back on the client.
         window = threading.BoundedSemaphore(self.max_stream_inflight)
         done_reading = object()
         submitted = [0]
@@ -93,7 +93,6 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             if self.on_pair is not None:
                 self.on_pair(code)
             out.put(resp)
-            window.release()
 
         def read() -> None:
             try:
@@ -137,6 +136,9 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                 continue
             sent += 1
             yield item
+            # Only now, with the answer handed to gRPC, may another pair be read: a client that
+            # stops reading stops the server reading it, so nothing piles up in memory.
+            window.release()
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext):
         models = [

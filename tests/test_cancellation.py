@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import grpc
@@ -78,3 +79,26 @@ def test_unary_deadline_is_deadline_exceeded(client, photos):
         client.compare(a, b, timeout=0.001)
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert client.compare(a, b) < 1.0  # and the server answers the next call
+
+
+def test_client_that_stops_reading_stops_the_server_reading(client, address, photos):
+    """Backpressure end to end: a client that reads no answers (and whose transport window
+    stays small, as on a congested link) soon stops being read, so nothing piles up."""
+    a, b = distinct_jpegs(photos, 2, salt=14)
+    n = 20_000
+    first = PairRequest("0", a, b, id_a="a", id_b="b").to_proto()
+    refs = (PairRequest(str(i), ref_a="a", ref_b="b").to_proto() for i in range(1, n))
+    scored0 = client.stats().pairs_scored
+    with grpc.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        call = pb_grpc.ImageSimilarityStub(channel).CompareStream(
+            itertools.chain([first], refs), timeout=120
+        )
+        plateau = []
+        for _ in range(20):
+            time.sleep(0.25)
+            plateau.append(client.stats().pairs_scored - scored0)
+            if len(plateau) >= 4 and plateau[-1] == plateau[-4]:
+                break
+        assert plateau[-1] == plateau[-4], plateau  # the server stopped reading
+        assert plateau[-1] < n // 4, plateau
+        assert len({r.pair_id for r in call}) == n  # reading again: every pair answered
