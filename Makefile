@@ -11,7 +11,7 @@ GENERATED := protos/imgsim/v1/similarity_pb2.py protos/imgsim/v1/similarity_pb2_
              protos/imgsim/v1/similarity_pb2.pyi
 
 .DEFAULT_GOAL := help
-.PHONY: help install generate-protos demo test check bench study report export clean
+.PHONY: help install generate-protos demo test check bench study report export soak clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -58,6 +58,9 @@ study: $(STAMP) ## Comparative study of every approach -> results/study.md, ROC 
 
 report: $(STAMP) ## Build results/report.pdf from the study's files (no server needed)
 	$(PY) -m imgsim_client.report
+
+soak: $(STAMP) ## 16 concurrent streams x 500 pairs with 2% bad inputs, cancels, a non-reading client -> results/soak.md
+	$(PY) -m imgsim_client.soak
 
 export: $(STAMP) ## Build the cached ONNX graphs (fp32 and int8) ahead of first use
 	$(PY) -m imgsim_server.export

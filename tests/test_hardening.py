@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
-import struct
 import time
-import zlib
 
 import grpc
 import numpy as np
@@ -15,49 +12,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from imgsim_client import ImgsimClient, ImgsimError, PairRequest
+from imgsim_client.faults import bad_inputs, encode
 from tests.conftest import jpeg_bytes
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def bomb_png(side: int = 20000) -> bytes:
-    """A valid grayscale PNG of side x side zeros: tiny on disk, side^2 bytes when decoded."""
-    comp = zlib.compressobj(9)
-    row = b"\x00" * (side + 1)
-    body = b"".join(comp.compress(row * 1000) for _ in range(side // 1000)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", body)
-        + _png_chunk(b"IEND", b"")
-    )
-
-
-def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
 def cat(photos) -> Image.Image:
     return Image.open(photos["chelsea"]).convert("RGB")
-
-
-def bad_inputs(cat: Image.Image) -> dict[str, tuple[bytes, str]]:
-    jpeg = jpeg_bytes(cat)
-    return {
-        "empty": (b"", "empty image bytes"),
-        "random": (np.random.default_rng(0).bytes(5000), "not a decodable image"),
-        "truncated jpeg": (jpeg[: len(jpeg) // 2], "truncated"),
-        "1x1": (_encode(Image.new("RGB", (1, 1)), "PNG"), "smaller than"),
-        "bomb": (bomb_png(), "pixels"),  # Pillow's guard or ours, both from the header
-        "eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "not a decodable"),
-        "pdf": (_encode(cat, "PDF"), "not a decodable"),
-    }
 
 
 def test_bad_images_fail_only_their_pair(client, cat):
@@ -92,17 +53,17 @@ def test_unusual_modes_are_scored(client, cat):
     rgba = cat.convert("RGBA")
     frames = [cat, cat.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
     cases = {
-        "16-bit gray png": _encode(gray16, "PNG"),
-        "cmyk jpeg": _encode(cat.convert("CMYK"), "JPEG", quality=95),
+        "16-bit gray png": encode(gray16, "PNG"),
+        "cmyk jpeg": encode(cat.convert("CMYK"), "JPEG", quality=95),
         # transparency on the one palette index the image does not use
-        "palette+transparency png": _encode(
+        "palette+transparency png": encode(
             cat.convert("P", palette=Image.Palette.ADAPTIVE, colors=255), "PNG", transparency=255
         ),
-        "rgba png": _encode(rgba, "PNG"),
-        "animated gif (first frame)": _encode(
+        "rgba png": encode(rgba, "PNG"),
+        "animated gif (first frame)": encode(
             frames[0], "GIF", save_all=True, append_images=frames[1:]
         ),
-        "webp": _encode(cat, "WEBP", quality=90),
+        "webp": encode(cat, "WEBP", quality=90),
     }
     for name, data in cases.items():
         score = client.compare(upright, data)
