@@ -43,6 +43,7 @@ class CoreConfig:
     precision: str = "fp32"  # fp32 | int8 (onnx)
     weights: tuple[tuple[str, Path], ...] = ()  # (model, file) overrides
     max_batch_size: int = 32
+    preferred_batch_size: int = 0  # 0: the model's own preference (or max_batch_size)
     max_delay_ms: float = 5.0
     queue_size: int = 256  # images admitted at once: decoding, queued or in the model
     cache_mb: float = 256.0
@@ -111,10 +112,12 @@ class _Engine:
 
     def __init__(self, embedder: Embedder, cfg: CoreConfig, on_batch: BatchListener) -> None:
         self.embedder = embedder
+        preferred = cfg.preferred_batch_size or embedder.preferred_batch_size()
+        self.batch_size = min(cfg.max_batch_size, preferred or cfg.max_batch_size)
         self.batcher = DynamicBatcher(
             embedder.cfg.name,
             embedder.embed,
-            cfg.max_batch_size,
+            self.batch_size,
             cfg.max_delay_ms / 1000.0,
             workers=embedder.concurrency(),
             on_batch=on_batch,
@@ -184,10 +187,11 @@ class SimilarityCore:
                 eng = _Engine(embedder, self.cfg, self._on_batch)
                 self._engines[mcfg.name] = eng
                 log.info(
-                    "loaded model %s on %s in %.1fs",
+                    "loaded model %s on %s in %.1fs; batches of up to %d",
                     mcfg.name,
                     self.cfg.device,
                     time.perf_counter() - started,
+                    eng.batch_size,
                 )
         return eng
 

@@ -56,7 +56,7 @@ def decode_image(
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # no copy when upright
         return to_rgb(img)
     except InvalidImageError:
         raise

@@ -47,15 +47,15 @@ def test_cancelled_stream_spends_no_more_model_work(client, address, photos):
         )
         first = next(call)
         assert first.pair_id and not first.HasField("error")
+        time.sleep(0.1)  # let the client push more pairs than the server can embed meanwhile
         call.cancel()
+        at_cancel, _ = _counts(client)
     embedded, cancelled = _settled(client)
-    embedded -= embedded0
-    cancelled -= cancelled0
-    # Only what was already in the model when the client went away ran; the queued rest
-    # (admitted up to --queue-size) was dropped, and none of it was embedded afterwards.
-    assert cancelled > 50, (embedded, cancelled)
-    assert embedded + cancelled <= 2 * N_PAIRS
-    assert embedded < N_PAIRS, (embedded, cancelled)
+    # Only batches already in the model (2 workers x 4 images, and what started while the
+    # cancel crossed the wire) ran afterwards; everything still queued was dropped unembedded.
+    assert embedded - at_cancel <= 16, (at_cancel, embedded)
+    assert cancelled - cancelled0 >= 20, (embedded - embedded0, cancelled - cancelled0)
+    assert (embedded - embedded0) + (cancelled - cancelled0) <= 2 * N_PAIRS
     # Resources were freed: a stream as large as the admission queue still runs to the end.
     again = distinct_jpegs(photos, 2 * 150, salt=11)
     results = list(client.compare_stream(_pairs(again), timeout=120))
@@ -69,8 +69,8 @@ def test_stream_deadline_stops_the_work(client, photos):
         list(client.compare_stream(_pairs(images), timeout=0.4))
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     embedded, cancelled = _settled(client)
-    assert cancelled - cancelled0 > 50
-    assert embedded - embedded0 < N_PAIRS
+    assert cancelled - cancelled0 >= 10, (embedded - embedded0, cancelled - cancelled0)
+    assert (embedded - embedded0) + (cancelled - cancelled0) <= 2 * N_PAIRS
 
 
 def test_unary_deadline_is_deadline_exceeded(client, photos):

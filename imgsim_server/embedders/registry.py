@@ -95,6 +95,11 @@ class Embedder(abc.ABC):
         """Smallest side the decoder may reduce a large JPEG to (None: decode at full size)."""
         return None
 
+    def preferred_batch_size(self) -> int | None:
+        """The batch size this runtime is fastest at per image (Triton's preferred_batch_size):
+        the batcher closes a batch there instead of filling up to --max-batch-size."""
+        return None
+
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity in [-1, 1]."""
