@@ -10,7 +10,10 @@ from imgsim_server.server import serve
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.precision == "int8" and args.backend == "torch":
+        parser.error("--precision int8 needs --backend onnx (int8 is an ONNX Runtime graph)")
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

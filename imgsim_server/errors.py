@@ -21,6 +21,10 @@ class WeightsUnavailableError(ImgsimError):
     """The model is registered but its weights file is absent."""
 
 
+class ConfigurationError(ImgsimError):
+    """The server's settings cannot serve this model (e.g. int8 on a torch backend)."""
+
+
 class OverloadedError(ImgsimError):
     """A bounded queue or limit is full; retry later."""
 

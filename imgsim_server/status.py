@@ -21,6 +21,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (errors.WeightsUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.CancelledError, grpc.StatusCode.CANCELLED),
     (concurrent.futures.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),

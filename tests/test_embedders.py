@@ -76,3 +76,12 @@ def test_lite0_classifies_the_shipped_photos(photos):
         with torch.inference_mode():
             top5 = set(net(x).topk(5).indices[0].tolist())
         assert classes & top5, (name, top5)
+
+
+def test_int8_on_torch_is_refused_clearly(capsys):
+    from imgsim_server.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--backend", "torch", "--precision", "int8"])
+    assert exit_.value.code == 2
+    assert "--precision int8 needs --backend onnx" in capsys.readouterr().err

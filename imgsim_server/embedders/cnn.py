@@ -28,7 +28,7 @@ from PIL import Image
 
 from imgsim_server.embedders import onnx_backend
 from imgsim_server.embedders.registry import Embedder, EmbedderOptions, ModelCfg, register
-from imgsim_server.errors import WeightsUnavailableError
+from imgsim_server.errors import ConfigurationError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,11 @@ class CnnEmbedder(Embedder):
         super().__init__(cfg, opts)
         self.preset = preset
         self.backend = opts.resolved_backend()
+        if opts.precision == "int8" and self.backend != "onnx":
+            raise ConfigurationError(
+                f"--precision int8 needs the onnx backend; {cfg.name} would run on "
+                f"{self.backend} ({opts.device}). Use --backend onnx or --precision fp32."
+            )
         self.workers = 1
         if self.backend == "onnx":
             # One single-threaded run per core beats one run spread over all cores when decode
