@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import pandas as pd
 import pytest
 
-from imgsim_client import ImgsimClient, ImgsimError
+from imgsim_client import ImgsimClient, ImgsimError, PairRequest
 from imgsim_client.cli import main
 from imgsim_client.scoring import NOT_SCORED, RetryPolicy, score_pairs
 from imgsim_server.config import ServerConfig
@@ -160,3 +161,24 @@ def test_unavailable_server_fails_after_retries(tmp_path, photos):
             retry=RetryPolicy(retries=2, initial_backoff_s=0.05),
         )
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_idle_timeout_cancels_a_silent_stream(address, photos):
+    """--timeout for streams: no result for that long ends the stream with DEADLINE_EXCEEDED."""
+    a, b = distinct_jpegs(photos, 2, salt=35)
+    release = threading.Event()
+
+    def requests():
+        yield PairRequest("only", a, b)
+        release.wait(30)  # then nothing more, and no half-close: the stream goes silent
+
+    results = []
+    started = time.monotonic()
+    with ImgsimClient(address, timeout=30) as client, pytest.raises(ImgsimError) as err:
+        for res in client.compare_stream(requests(), idle_timeout=1.0):
+            results.append(res)
+    release.set()
+    assert [r.pair_id for r in results] == ["only"] and results[0].ok
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no result" in err.value.message
+    assert time.monotonic() - started < 10
