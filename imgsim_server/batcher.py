@@ -27,7 +27,6 @@ class BatchStats:
     max_batch_seen: int = 0
     queue_s: float = 0.0
     inference_s: float = 0.0
-    skipped: int = 0  # items dropped before the model because no caller wanted them
     histogram: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -125,12 +124,8 @@ class DynamicBatcher:
             if first is _STOP:
                 break
             jobs, stop = self._collect(first)
-            # Skip inputs whose callers already gave up.
-            wanted = [j for j in jobs if j.wanted()]
-            if len(wanted) < len(jobs):
-                with self._stats_lock:
-                    self.stats.skipped += len(jobs) - len(wanted)
-            jobs = wanted
+            # Skip inputs whose callers already gave up (their `wanted` settles and counts them).
+            jobs = [j for j in jobs if j.wanted()]
             if not jobs:
                 continue
             started = time.perf_counter()

@@ -95,6 +95,8 @@ class _Pending:
         return any(t is None or not t.cancelled for t in self.tokens)
 
 
+_GONE = "the call was cancelled or its deadline passed"
+
 BatchListener = Callable[[str, int, list[float], float], None]
 """Called after each model batch with (model, batch size, queue waits in s, inference s)."""
 
@@ -228,15 +230,19 @@ class SimilarityCore:
             raise err
         pending.future.add_done_callback(lambda _f: self._admission.release())
         if token is not None and token.cancelled:  # it went away while waiting for admission
-            self._settle(pending, CancelledError("the call was cancelled or its deadline passed"))
+            self._settle(pending, CancelledError(_GONE))
         else:
             self._decode_pool.submit(self._prepare, eng, data, pending)
         return pending.future
 
+    def _forget(self, pending: _Pending) -> None:
+        """Take `pending` out of the in-flight table (caller holds _inflight_lock)."""
+        if self._inflight.get(pending.key) is pending:
+            del self._inflight[pending.key]
+
     def _settle(self, pending: _Pending, exc: BaseException) -> None:
         with self._inflight_lock:
-            if self._inflight.get(pending.key) is pending:
-                del self._inflight[pending.key]
+            self._forget(pending)
         pending.future.set_exception(exc)
 
     def _still_wanted(self, pending: _Pending) -> bool:
@@ -246,13 +252,10 @@ class SimilarityCore:
         with self._inflight_lock:
             if pending.wanted():  # a new caller joined meanwhile
                 return True
-            if self._inflight.get(pending.key) is pending:
-                del self._inflight[pending.key]
+            self._forget(pending)
         with self._counter_lock:
             self.images_cancelled += 1
-        pending.future.set_exception(
-            CancelledError("the call was cancelled or its deadline passed")
-        )
+        pending.future.set_exception(CancelledError(_GONE))
         return False
 
     def _prepare(self, eng: _Engine, data: bytes, pending: _Pending) -> None:
@@ -277,8 +280,7 @@ class SimilarityCore:
         value = np.array(row)  # a copy: a view would keep the whole batch's output alive
         self.cache.put(pending.key, value)
         with self._inflight_lock:
-            if self._inflight.get(pending.key) is pending:
-                del self._inflight[pending.key]
+            self._forget(pending)
         pending.future.set_result(value)
 
     def _on_batch(self, model: str, size: int, waits: list[float], inference_s: float) -> None:
@@ -348,6 +350,11 @@ class SimilarityCore:
 
     def batch_stats(self) -> dict[str, BatchStats]:
         return {name: eng.batcher.stats for name, eng in self._engines.items()}
+
+    def cache_counts(self) -> tuple[int, int]:
+        """(hits, misses): images served from the cache or joined to one in flight, and
+        images that had to be embedded."""
+        return self.cache.hits + self.dedup_hits, self.cache.misses - self.dedup_hits
 
     def queue_depth(self) -> int:
         return sum(eng.batcher.qsize() for eng in self._engines.values())

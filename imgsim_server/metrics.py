@@ -34,13 +34,11 @@ class _CoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         core, cache = self.core, self.core.cache
-        hits = cache.hits + core.dedup_hits
+        hits, misses = core.cache_counts()
         yield CounterMetricFamily(
             "imgsim_cache_hits", "Images served from the embedding cache or in-flight", hits
         )
-        yield CounterMetricFamily(
-            "imgsim_cache_misses", "Images that had to be embedded", cache.misses - core.dedup_hits
-        )
+        yield CounterMetricFamily("imgsim_cache_misses", "Images that had to be embedded", misses)
         yield CounterMetricFamily(
             "imgsim_images_cancelled",
             "Images dropped before the model because their callers had gone",

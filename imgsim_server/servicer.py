@@ -173,10 +173,11 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             for name, s in self.core.batch_stats().items()
         ]
         cache = self.core.cache
+        hits, misses = self.core.cache_counts()
         return pb.GetStatsResponse(
             models=models,
-            cache_hits=cache.hits + self.core.dedup_hits,
-            cache_misses=cache.misses - self.core.dedup_hits,
+            cache_hits=hits,
+            cache_misses=misses,
             cache_entries=len(cache),
             cache_bytes=cache.nbytes,
             pairs_scored=self.core.pairs_scored,
