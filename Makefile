@@ -22,15 +22,15 @@ install: $(STAMP) ## Create .venv and install the package with its pinned depend
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[all]'
 	touch $(STAMP)
 
 generate-protos: $(STAMP) ## Regenerate the Python modules and .pyi stubs from protos/
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos \
 	  --grpc_python_out=protos $(PROTO)
 
-datasets/demo/pairs.csv: datasets/imgsim_pairs.py | $(STAMP)
-	$(PY) datasets/imgsim_pairs.py near-dup --out datasets/demo
+datasets/demo/pairs.csv: datasets/pairs.py | $(STAMP)
+	$(PY) -m imgsim_datasets.pairs near-dup --out datasets/demo
 
 demo: $(STAMP) datasets/demo/pairs.csv ## Build the demo pairs, serve, score them over a stream, print the AUC
 	@set -euo pipefail; \
@@ -45,22 +45,22 @@ test: $(STAMP) ## Run the test suite (real server on loopback, real model, real 
 
 check: $(STAMP) ## Lint with ruff
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check imgsim_server imgsim_client tests datasets
+	$(VENV)/bin/ruff format --check imgsim_server imgsim_client imgsim_lab tests datasets
 
 clean: ## Remove the venv, generated demo data and caches
 	rm -rf $(VENV) datasets/demo .pytest_cache .ruff_cache
 
 bench: $(STAMP) ## Throughput/latency benchmark -> results/bench.md, results/bench.json
-	$(PY) -m imgsim_client.bench
+	$(PY) -m imgsim_lab.bench
 
 study: $(STAMP) ## Comparative study of every approach -> results/study.md, ROC charts
-	$(PY) -m imgsim_client.study
+	$(PY) -m imgsim_lab.study
 
 report: $(STAMP) ## Build results/report.pdf from the study's files (no server needed)
-	$(PY) -m imgsim_client.report
+	$(PY) -m imgsim_lab.report
 
 soak: $(STAMP) ## 16 concurrent streams x 500 pairs with 2% bad inputs, cancels, a non-reading client -> results/soak.md
-	$(PY) -m imgsim_client.soak
+	$(PY) -m imgsim_lab.soak
 
 export: $(STAMP) ## Build the cached ONNX graphs (fp32 and int8) ahead of first use
-	$(PY) -m imgsim_server.export
+	$(VENV)/bin/imgsim-server export

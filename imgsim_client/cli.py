@@ -1,4 +1,8 @@
-"""`imgsim-client`: score a CSV of pairs, compare two images, evaluate scores, list models."""
+"""`imgsim-client`: score a CSV of pairs, compare two images, evaluate scores, list models.
+
+Only argparse is imported up front, so `--help` is quick; each subcommand imports what it needs
+(grpc for the calls, scikit-learn and matplotlib for `evaluate`).
+"""
 
 from __future__ import annotations
 
@@ -7,38 +11,82 @@ import os
 import sys
 from pathlib import Path
 
-from imgsim_client.client import ImgsimClient, ImgsimError
-from imgsim_client.evaluate import EvaluationError
-from imgsim_client.scoring import PairsFileError
-
 COMMANDS = ("score", "compare", "evaluate", "models", "stats")
+DEFAULT_SERVER = "127.0.0.1:50051"
 
-EPILOG = """\
+# Exit codes, documented in --help and the README.
+OK, FAILED, USAGE, SOME_PAIRS_FAILED, INTERRUPTED = 0, 1, 2, 3, 130
+
+EXIT_CODES = """\
+exit codes:
+  0    done: every pair scored (also for a CSV with no rows)
+  1    error: nothing (more) could be done, e.g. no server at --server, a bad CSV, a
+       deadline passed, retries used up; a partial output is kept for --resume
+  2    usage error (bad flags)
+  3    finished, but some pairs failed: their rows have an 'error' column
+  130  interrupted (Ctrl-C); a partial output is kept for --resume
+"""
+
+EPILOG = f"""\
 examples:
   imgsim-client pairs.csv -o scores.csv          score a CSV (shorthand for 'score')
   imgsim-client compare cat.jpg cat_small.jpg    print the score of one pair
   imgsim-client evaluate scores.csv --out m/     AUC, EER, TPR@FPR, best-F1 threshold, plots
   imgsim-client models                           the server's models
+  imgsim-client stats --json                     the server's batching and cache counters
 
 The pairs CSV has columns image_a,image_b and optionally pair_id and label; other columns are
 kept. Paths are absolute or relative to the CSV's folder. The server address comes from
---server or $IMGSIM_SERVER (default 127.0.0.1:50051).
-"""
+--server or $IMGSIM_SERVER (default {DEFAULT_SERVER}). 'evaluate' needs the [eval] extra
+(python -m pip install "imgsim[eval]").
+
+{EXIT_CODES}"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout and appends real defaults: none for empty or unset values,
+    and none where the help text already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, "", False, argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _add_connection(p: argparse.ArgumentParser) -> None:
+    env_server = os.environ.get("IMGSIM_SERVER")
     p.add_argument(
         "--server",
-        default=os.environ.get("IMGSIM_SERVER", "127.0.0.1:50051"),
-        help="server address HOST:PORT",
+        default=env_server or DEFAULT_SERVER,
+        metavar="HOST:PORT",
+        help="server address (default: "
+        + (f"$IMGSIM_SERVER = {env_server}" if env_server else f"{DEFAULT_SERVER}; or set ")
+        + ("" if env_server else "$IMGSIM_SERVER")
+        + ")",
     )
-    p.add_argument("--model", default="", help="registry model name (default: the server's)")
+    p.add_argument(
+        "--model", default="", help="registry model name (default: the server's default model)"
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="longest wait for the first connection; a server that never answers is an "
+        "error after this long",
+    )
     p.add_argument(
         "--timeout",
         type=float,
         default=60.0,
-        help="seconds allowed for connecting, for each unary call, and (streams) for the "
-        "wait for each next result",
+        metavar="SECONDS",
+        help="longest wait for each unary call and, in streams, for each next result",
     )
     p.add_argument(
         "--auth-token",
@@ -55,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imgsim-client",
         description="Client for the imgsim image-similarity server.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -65,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream every pair of a CSV to the server and write the rows, "
         "in input order, with 'score' and 'error' columns added. A row whose "
         "image cannot be read or decoded fails alone.",
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
     )
     s.add_argument("pairs", type=Path, help="CSV with columns image_a,image_b[,label,pair_id]")
     s.add_argument("-o", "--output", type=Path, help="scored CSV (default: PAIRS.scored.csv)")
@@ -77,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--resume",
         action="store_true",
-        help="keep the scored rows of an existing OUTPUT (from an interrupted run) and score "
-        "only the rest",
+        help="keep the scored rows of an existing OUTPUT of the same pairs file (from an "
+        "interrupted run) and score only the rest; an OUTPUT of other pairs is refused",
     )
     s.add_argument(
         "--deadline",
@@ -91,15 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries",
         type=int,
         default=5,
-        help="reconnects (with exponential backoff from 0.5 s to 10 s) when the server is "
-        "UNAVAILABLE; answered pairs are never sent again",
+        help="reconnects, with exponential backoff from 0.5 s to 10 s, when a server that "
+        "answered becomes UNAVAILABLE; answered pairs are never sent again",
     )
     _add_connection(s)
 
     c = sub.add_parser(
         "compare",
         help="print the similarity of two image files",
-        description="Score one pair with the unary Compare call.",
+        description="Score one pair with the unary Compare call and print the score.",
+        formatter_class=_Formatter,
     )
     c.add_argument("image_a", type=Path)
     c.add_argument("image_b", type=Path)
@@ -110,16 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="ROC AUC, EER, TPR at low FPR and best-F1 threshold of a scored CSV",
         description="Metrics of a scored CSV with a label column (1 same, 0 different). Rows "
         "without a score (errors) are left out and counted. With --out, writes metrics.json, "
-        "roc.png and score_hist.png.",
+        'roc.png and score_hist.png. Needs the [eval] extra: pip install "imgsim[eval]".',
+        formatter_class=_Formatter,
     )
     e.add_argument("scores", type=Path, help="CSV with 'score' and 'label' columns")
     e.add_argument("--out", type=Path, help="folder for metrics.json and the plots")
     e.add_argument("--group-by", metavar="COLUMN", help="also report metrics per value of COLUMN")
-    e.add_argument("--label-column", default="label")
+    e.add_argument("--label-column", default="label", help="column of 1/0 labels")
 
-    m = sub.add_parser("models", help="list the server's models and whether they can load")
+    m = sub.add_parser(
+        "models",
+        help="list the server's models and whether they can load",
+        formatter_class=_Formatter,
+    )
     _add_connection(m)
-    st = sub.add_parser("stats", help="show the server's batching and cache counters")
+    st = sub.add_parser(
+        "stats", help="show the server's batching and cache counters", formatter_class=_Formatter
+    )
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_connection(st)
     return p
 
@@ -132,23 +191,34 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return argv
 
 
-def _connect(args: argparse.Namespace) -> ImgsimClient:
+def _connect(args: argparse.Namespace):
+    from imgsim_client.client import ImgsimClient
+
     client = ImgsimClient(
         args.server,
         timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
         auth_token=args.auth_token,
         tls_ca=args.tls_ca,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
-    client.wait_ready()
+    try:
+        client.wait_ready()
+    except BaseException:
+        client.close()
+        raise
     return client
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from imgsim_client.scoring import RetryPolicy, score_pairs
+    from imgsim_client.client import ImgsimError
+    from imgsim_client.scoring import RetryPolicy, read_pairs, score_pairs
 
     out = args.output or args.pairs.with_suffix(".scored.csv")
+    if not len(read_pairs(args.pairs)):  # check the CSV before connecting
+        print(f"imgsim-client: {args.pairs} has no pairs; nothing to score", file=sys.stderr)
+        return OK
     with _connect(args) as client:
         try:
             summary = score_pairs(
@@ -182,10 +252,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
         f"{summary.seconds:.1f}s, {summary.pairs_per_s:.1f} pairs/s -> {out}",
         file=sys.stderr,
     )
-    return 0 if summary.scored else 1
+    return SOME_PAIRS_FAILED if summary.failed else OK
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from imgsim_client.scoring import PairsFileError
+
     data = []
     for path in (args.image_a, args.image_b):
         try:
@@ -194,7 +266,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise PairsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     with _connect(args) as client:
         print(f"{client.compare(data[0], data[1], model=args.model):.4f}")
-    return 0
+    return OK
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -204,7 +276,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_result(result))
     if args.out:
         print(f"wrote {args.out}/metrics.json, roc.png, score_hist.png")
-    return 0
+    return OK
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -220,13 +292,41 @@ def _cmd_models(args: argparse.Namespace) -> int:
         )
         if m.weights_source and not m.weights_available:
             print(f"    looked for {m.weights_source}")
-    return 0
+    return OK
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     with _connect(args) as client:
-        print(client.stats())
-    return 0
+        resp = client.stats()
+    if args.json:
+        import json
+
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps(MessageToDict(resp, always_print_fields_with_no_presence=True), indent=2))
+        return OK
+    print(
+        f"{'model':<24}{'batches':>9}{'images':>9}{'mean batch':>12}{'max':>6}"
+        f"{'queue ms':>10}{'model ms':>10}"
+    )
+    for m in resp.models:
+        print(
+            f"{m.model:<24}{m.batches:>9}{m.images_embedded:>9}{m.mean_batch_size:>12.2f}"
+            f"{m.max_batch_size_seen:>6}{m.mean_queue_ms:>10.2f}{m.mean_inference_ms:>10.2f}"
+        )
+    if not resp.models:
+        print("(no model has embedded an image yet)")
+    lookups = resp.cache_hits + resp.cache_misses
+    rate = f" ({resp.cache_hits / lookups:.1%} hits)" if lookups else ""
+    print()
+    print(f"pairs scored      {resp.pairs_scored}")
+    print(f"pairs failed      {resp.pairs_failed}")
+    print(f"cache hits        {resp.cache_hits}{rate}")
+    print(f"cache misses      {resp.cache_misses}")
+    print(f"cache entries     {resp.cache_entries} ({resp.cache_bytes / 2**20:.1f} MiB)")
+    print(f"queue depth       {resp.queue_depth}")
+    print(f"images cancelled  {resp.images_cancelled}")
+    return OK
 
 
 HANDLERS = {
@@ -239,19 +339,35 @@ HANDLERS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (see EXIT_CODES)."""
     parser = build_parser()
     args = parser.parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         parser.print_help()
-        return 2
+        return USAGE
     try:
         return HANDLERS[args.command](args)
-    except (ImgsimError, PairsFileError, EvaluationError) as exc:
-        print(f"imgsim-client: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("imgsim-client: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    except ModuleNotFoundError as exc:
+        if "imgsim[" not in str(exc):  # not a missing extra: a real bug
+            raise
+        print(f"imgsim-client: error: {exc}", file=sys.stderr)
+        return FAILED
+    except Exception as exc:
+        from imgsim_client._csv import PairsFileError
+        from imgsim_client.client import ImgsimError
+
+        known = (ImgsimError, PairsFileError)
+        if args.command == "evaluate":
+            from imgsim_client.evaluate import EvaluationError
+
+            known += (EvaluationError,)
+        if not isinstance(exc, known):
+            raise
+        print(f"imgsim-client: error: {exc}", file=sys.stderr)
+        return FAILED
 
 
 if __name__ == "__main__":

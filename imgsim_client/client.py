@@ -1,10 +1,13 @@
 """A context-managed gRPC client for imgsim.v1.ImageSimilarity.
 
-Every call has a timeout; grpc.RpcError becomes ImgsimError with the status code kept.
+Every call has a timeout; grpc.RpcError becomes ImgsimError with the status code kept. Unary
+calls are retried on UNAVAILABLE by gRPC itself (the channel's service config `retryPolicy`);
+streams are resumed by `scoring.score_pairs`, which resends only the unanswered pairs.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -16,6 +19,24 @@ from imgsim.v1 import similarity_pb2 as pb
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
 _CODES_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
+
+_SERVICE = "imgsim.v1.ImageSimilarity"
+# gRPC's own retry for unary calls (gRFC A6): UNAVAILABLE is retried with exponential backoff,
+# transparently; other codes are final. Streams are not listed: a retried stream would resend
+# every pair, so the CSV scorer resumes them itself with only the unanswered pairs.
+UNARY_RETRY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.5s",
+    "maxBackoff": "10s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+def service_config(retry: dict | None = None) -> str:
+    """The channel's service-config JSON: unary retry policy for Compare, ListModels, GetStats."""
+    names = [{"service": _SERVICE, "method": m} for m in ("Compare", "ListModels", "GetStats")]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": retry or UNARY_RETRY}]})
 
 
 class ImgsimError(Exception):
@@ -116,16 +137,24 @@ class ImgsimClient:
         tls_ca: Path | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        connect_timeout: float = 10.0,
+        retry: dict | None = None,
     ) -> None:
-        """`tls_ca` turns on TLS (the CA that signed the server); `tls_cert`/`tls_key` add a
-        client certificate for mTLS. `auth_token` is sent as `authorization: Bearer ...`."""
+        """`timeout` bounds each unary call, `connect_timeout` the first connection
+        (`wait_ready`). `tls_ca` turns on TLS (the CA that signed the server);
+        `tls_cert`/`tls_key` add a client certificate for mTLS. `auth_token` is sent as
+        `authorization: Bearer ...`. `retry` replaces the unary retry policy (UNARY_RETRY)."""
         self.target = target
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.server_answered = False  # a server has answered on this channel at least once
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
         max_bytes = max_message_mb * 1024 * 1024
         options = [
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", service_config(retry)),
         ]
         if tls_ca or tls_cert:
             creds = grpc.ssl_channel_credentials(
@@ -136,6 +165,7 @@ class ImgsimClient:
             self._channel = grpc.secure_channel(target, creds, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
+        self._secure = bool(tls_ca or tls_cert)
         self._stub = pb_grpc.ImageSimilarityStub(self._channel)
 
     def __enter__(self) -> ImgsimClient:
@@ -148,25 +178,38 @@ class ImgsimClient:
         self._channel.close()
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until the channel connects; ImgsimError(UNAVAILABLE) after `timeout`."""
+        """Block until the channel connects; ImgsimError(UNAVAILABLE) after `timeout`
+        (default: `connect_timeout`), naming the address and what was tried."""
+        timeout = timeout or self.connect_timeout
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout or self.timeout)
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
             raise ImgsimError(
-                grpc.StatusCode.UNAVAILABLE, f"no server answering at {self.target}"
+                grpc.StatusCode.UNAVAILABLE,
+                f"no imgsim server answered at {self.target} within {timeout:g}s "
+                f"({'TLS' if self._secure else 'plaintext'} gRPC, connection retried with "
+                "backoff meanwhile). Check the address (--server or $IMGSIM_SERVER), that "
+                "imgsim-server is running there, and TLS settings",
             ) from None
+        self.server_answered = True
 
     def compare(
         self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
     ) -> float:
         """Score one pair with the unary Compare call."""
+        return self.compare_pair(image_a, image_b, model, timeout)[0]
+
+    def compare_pair(
+        self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
+    ) -> tuple[float, str]:
+        """Score one pair with the unary Compare call: (score, the model that scored it)."""
         req = PairRequest("", image_a, image_b, model=model).to_proto()
         try:
-            return self._stub.Compare(
-                req, timeout=timeout or self.timeout, metadata=self._metadata
-            ).score
+            resp = self._stub.Compare(req, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise ImgsimError.from_rpc(err) from None
+        self.server_answered = True
+        return resp.score, resp.model
 
     def compare_stream(
         self,
@@ -188,6 +231,7 @@ class ImgsimClient:
             for resp in call:
                 if watchdog:
                     watchdog.touch()
+                self.server_answered = True
                 yield PairResult.from_proto(resp)
         except grpc.RpcError as err:
             if watchdog and watchdog.fired:
@@ -202,6 +246,7 @@ class ImgsimClient:
             call.cancel()  # no-op once the call has ended; frees the server if we left early
 
     def list_models(self) -> pb.ListModelsResponse:
+        """The server's models, its default, and whether each can load."""
         try:
             return self._stub.ListModels(
                 pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
@@ -210,6 +255,7 @@ class ImgsimClient:
             raise ImgsimError.from_rpc(err) from None
 
     def stats(self) -> pb.GetStatsResponse:
+        """Batching, cache and pair counters since the server started."""
         try:
             return self._stub.GetStats(
                 pb.GetStatsRequest(), timeout=self.timeout, metadata=self._metadata

@@ -1,22 +1,51 @@
 """Metrics of a scored pairs CSV with labels: ROC AUC, EER, TPR at low FPR, best-F1 threshold.
 
 All metrics come from sklearn (roc_curve, roc_auc_score, precision_recall_curve); plots from
-matplotlib. Rows with an error (no score) are left out and counted.
+matplotlib. Rows with an error (no score) are left out and counted. Needs the `[eval]` extra;
+without it, importing this module says which extra to install.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+try:
+    import numpy as np
+    from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+except ModuleNotFoundError as e:
+    if e.name not in ("numpy", "sklearn", "scipy"):  # a deeper breakage surfaces unchanged
+        raise
+    raise ModuleNotFoundError(
+        f"{e}\n\n  imgsim-client evaluate needs the [eval] extra: "
+        'python -m pip install "imgsim[eval]"',
+        name=e.name,
+    ) from e
+
+from imgsim_client._csv import PairsFileError, read_table
 
 
 class EvaluationError(ValueError):
     """The scored CSV cannot be evaluated (no labels, one class only, ...)."""
+
+
+@dataclass
+class Scored:
+    """The rows of a scored CSV that have a score, with their labels and scores as arrays."""
+
+    rows: list[dict[str, str]]
+    labels: np.ndarray
+    scores: np.ndarray
+    skipped: int  # rows without a score (errors), left out
+    columns: list[str] = field(default_factory=list)
+
+    def groups(self, column: str) -> dict[str, np.ndarray]:
+        """Row indices by value of `column`, in sorted order of the values."""
+        index: dict[str, list[int]] = {}
+        for i, row in enumerate(self.rows):
+            index.setdefault(row[column], []).append(i)
+        return {k: np.asarray(index[k]) for k in sorted(index)}
 
 
 @dataclass(frozen=True)
@@ -43,37 +72,47 @@ class Metrics:
         ]
 
 
-def _parse_labels(col: pd.Series, name: str) -> np.ndarray:
-    mapping = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0, "1.0": 1, "0.0": 0}
-    text = col.astype(str).str.strip().str.lower()
-    bad = text[~text.isin(list(mapping))]
-    if len(bad):
+_LABELS = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0, "1.0": 1, "0.0": 0}
+
+
+def _parse_labels(values: list[str], name: str) -> np.ndarray:
+    text = [v.strip().lower() for v in values]
+    bad = [v for v in text if v not in _LABELS]
+    if bad:
         raise EvaluationError(
-            f"column {name!r} has {len(bad)} unparsable label(s), e.g. {bad.iloc[0]!r}; "
+            f"column {name!r} has {len(bad)} unparsable label(s), e.g. {bad[0]!r}; "
             "use 1/0 (or true/false)"
         )
-    return text.map(mapping).to_numpy(dtype=int)
+    return np.array([_LABELS[v] for v in text], dtype=int)
 
 
-def load_scored(csv_path: Path, label_col: str = "label") -> tuple[pd.DataFrame, int]:
-    """The rows that have a score, with an int `_label` column, and how many rows had none."""
+def _score(text: str) -> float | None:
     try:
-        df = pd.read_csv(csv_path, keep_default_na=False, dtype=str)
-    except FileNotFoundError:
-        raise EvaluationError(f"scored file not found: {csv_path}") from None
-    except pd.errors.EmptyDataError:
-        raise EvaluationError(f"scored file is empty: {csv_path}") from None
+        value = float(text)
+    except ValueError:
+        return None
+    return None if value != value else value  # NaN counts as no score
+
+
+def load_scored(csv_path: Path, label_col: str = "label") -> Scored:
+    """The rows that have a score, their labels and scores, and how many rows had none."""
+    try:
+        table = read_table(csv_path, "scored file")
+    except PairsFileError as exc:
+        raise EvaluationError(str(exc)) from None
     for col in (label_col, "score"):
-        if col not in df.columns:
+        if col not in table.columns:
             raise EvaluationError(
-                f"{csv_path} has no {col!r} column; it has: {', '.join(map(str, df.columns))}"
+                f"{csv_path} has no {col!r} column; it has: {', '.join(table.columns)}"
             )
-    scores = pd.to_numeric(df["score"], errors="coerce")
-    skipped = int(scores.isna().sum())
-    df = df[scores.notna()].copy()
-    df["score"] = scores[scores.notna()].astype(float)
-    df["_label"] = _parse_labels(df[label_col], label_col)
-    return df, skipped
+    kept, scores = [], []
+    for row in table.rows:
+        if (value := _score(row["score"])) is not None:
+            kept.append(row)
+            scores.append(value)
+    labels = _parse_labels([r[label_col] for r in kept], label_col)
+    skipped = len(table.rows) - len(kept)
+    return Scored(kept, labels, np.asarray(scores, dtype=float), skipped, table.columns)
 
 
 def compute_metrics(labels: np.ndarray, scores: np.ndarray) -> Metrics:
@@ -165,23 +204,23 @@ def evaluate_file(
     group_by: str | None = None,
 ) -> dict:
     """Metrics (overall and per group), written with plots to out_dir when given."""
-    df, skipped = load_scored(csv_path, label_col)
-    labels, scores = df["_label"].to_numpy(), df["score"].to_numpy()
+    scored = load_scored(csv_path, label_col)
+    labels, scores = scored.labels, scored.scores
     overall = compute_metrics(labels, scores)
     result: dict = {
         "file": str(csv_path),
-        "skipped_rows_without_score": skipped,
+        "skipped_rows_without_score": scored.skipped,
         "overall": asdict(overall),
     }
     if group_by:
-        if group_by not in df.columns:
+        if group_by not in scored.columns:
             raise EvaluationError(f"no column {group_by!r} to group by")
         groups = {}
-        for value, part in df.groupby(group_by, sort=True):
+        for value, idx in scored.groups(group_by).items():
             try:
-                groups[str(value)] = asdict(compute_metrics(part["_label"], part["score"]))
+                groups[value] = asdict(compute_metrics(labels[idx], scores[idx]))
             except EvaluationError as exc:
-                groups[str(value)] = {"error": str(exc)}
+                groups[value] = {"error": str(exc)}
         result["groups"] = {"column": group_by, "metrics": groups}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,16 +1,16 @@
 """Score a CSV of image pairs through CompareStream, sending each distinct file once.
 
-Robust to a lost server: on UNAVAILABLE the client reconnects with exponential backoff and
-opens a new stream with only the pairs not yet answered, so the output has each pair exactly
-once. The output is written atomically; an interrupted run leaves a valid partial file (unscored
-rows say so) that `resume=True` (`--resume`) completes without re-scoring what is done.
+Robust to a lost server: on UNAVAILABLE, once a server has answered, the client reconnects with
+exponential backoff and opens a new stream with only the pairs not yet answered, so the output
+has each pair exactly once. The output is written atomically; an interrupted run leaves a valid
+partial file (unscored rows say so) that `resume=True` (`--resume`) completes without
+re-scoring what is done. CSVs are read and written with the standard library's csv module.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,18 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import pandas as pd
-from tqdm import tqdm
 
+from imgsim_client._csv import PairsFileError, PairsTable, read_table, write_csv_atomic
 from imgsim_client.client import ImgsimClient, ImgsimError, PairRequest, PairResult
+
+__all__ = ["PairsFileError", "RetryPolicy", "ScoreSummary", "read_pairs", "score_pairs"]
 
 log = logging.getLogger(__name__)
 
 NOT_SCORED = "not scored: the run was interrupted (rerun with --resume to finish it)"
-
-
-class PairsFileError(ValueError):
-    """The pairs CSV cannot be used (missing columns, duplicate ids, ...)."""
+OUTPUT_COLUMNS = ("score", "error")
 
 
 @dataclass(frozen=True)
@@ -62,43 +60,31 @@ class ScoreSummary:
         return (self.pairs - self.resumed) / self.seconds if self.seconds > 0 else 0.0
 
 
-def read_pairs(csv_path: Path) -> pd.DataFrame:
-    """Load a pairs CSV as strings, checking its columns and pair ids."""
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise PairsFileError(f"pairs file not found: {csv_path}") from None
-    except pd.errors.EmptyDataError:
-        raise PairsFileError(f"pairs file is empty: {csv_path}") from None
-    missing = [c for c in ("image_a", "image_b") if c not in df.columns]
+def read_pairs(csv_path: Path) -> PairsTable:
+    """Load a pairs CSV, checking its columns and pair ids (numbered from 0 when absent)."""
+    table = read_table(csv_path)
+    missing = [c for c in ("image_a", "image_b") if c not in table.columns]
     if missing:
         raise PairsFileError(
-            f"{csv_path} lacks column(s) {', '.join(missing)}; it has: {', '.join(df.columns)}"
+            f"{csv_path} lacks column(s) {', '.join(missing)}; it has: {', '.join(table.columns)}"
         )
-    if "pair_id" not in df.columns:
-        df.insert(0, "pair_id", [str(i) for i in range(len(df))])
-    dupes = df["pair_id"][df["pair_id"].duplicated()].unique()
-    if len(dupes):
+    if "pair_id" not in table.columns:
+        table.columns.insert(0, "pair_id")
+        for i, row in enumerate(table.rows):
+            row["pair_id"] = str(i)
+    seen = Counter(r["pair_id"] for r in table.rows)
+    if dupes := [pid for pid, n in seen.items() if n > 1]:
         raise PairsFileError(f"duplicate pair_id values, e.g. {', '.join(dupes[:5])}")
-    return df
-
-
-def write_csv_atomic(df: pd.DataFrame, out_path: Path) -> None:
-    """Write to a temporary file beside `out_path`, then rename: never a half-written file."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            df.to_csv(fh, index=False, float_format="%.6f")
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return table
 
 
 class _Requests:
     """Builds the request stream: reads each file when first needed and gives every file that
-    several pairs use an id, so its bytes cross the wire once per stream and later pairs ref it."""
+    several pairs use an id, so its bytes cross the wire once per stream and later pairs ref it.
+
+    Both files of a pair are read before either is given an id, so a pair that fails on the
+    client (an unreadable file) registers nothing, and no later pair refers to bytes never sent.
+    """
 
     def __init__(
         self, rows: list[tuple[str, str, str]], base: Path, model: str, send_once: bool
@@ -111,13 +97,17 @@ class _Requests:
         self.local_errors: dict[str, str] = {}  # pair_id -> error, for pairs never sent
         self.bytes_sent = 0
 
-    def _side(self, path: str) -> tuple[bytes | None, str, str]:
-        """(data, ref, id) for one image path; raises OSError if it cannot be read."""
+    def _read(self, path: str) -> bytes | None:
+        """The file's bytes, or None if it was sent already; OSError if it cannot be read."""
+        if path in self.ids:
+            return None
+        return (Path(path) if os.path.isabs(path) else self.base / path).read_bytes()
+
+    def _side(self, path: str, data: bytes | None) -> tuple[bytes | None, str, str]:
+        """(data, ref, id) for one side of a pair whose files were all read."""
         if path in self.ids:
             return None, self.ids[path], ""
-        full = Path(path) if os.path.isabs(path) else self.base / path
-        data = full.read_bytes()
-        self.bytes_sent += len(data)
+        self.bytes_sent += len(data or b"")
         if self.uses[path] > 1:
             self.ids[path] = f"#{len(self.ids)}"
             return data, "", self.ids[path]
@@ -128,59 +118,78 @@ class _Requests:
             try:
                 if not path_a or not path_b:
                     raise OSError("empty image path")
-                da, ra, ia = self._side(path_a)
-                db, rb, ib = self._side(path_b)
+                data_a = self._read(path_a)
+                data_b = data_a if path_b == path_a else self._read(path_b)
             except OSError as exc:
                 self.local_errors[pair_id] = f"cannot read image: {exc}"
                 continue
+            da, ra, ia = self._side(path_a, data_a)
+            db, rb, ib = self._side(path_b, data_b)
             yield PairRequest(pair_id, da, db, ra, rb, ia, ib, self.model)
 
 
-def load_partial(out_path: Path, df: pd.DataFrame) -> dict[str, PairResult]:
-    """The scored rows of an earlier (partial) output whose pair ids are in `df`."""
+def load_partial(out_path: Path, table: PairsTable) -> dict[str, PairResult]:
+    """The scored rows of an earlier (partial) output of the same input.
+
+    The output must belong to this input: the same pair ids with the same image paths. If it
+    does not, PairsFileError says so and the file is left untouched.
+    """
     if not out_path.exists():
         log.warning("nothing to resume: %s does not exist; scoring every pair", out_path)
         return {}
-    try:
-        old = pd.read_csv(out_path, dtype={"pair_id": str}, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
-        raise PairsFileError(f"cannot resume from {out_path}: {exc}") from None
-    if not {"pair_id", "score"} <= set(old.columns):
-        raise PairsFileError(f"cannot resume from {out_path}: it has no pair_id and score columns")
-    scores = pd.to_numeric(old["score"], errors="coerce")
-    wanted = set(df["pair_id"])
+    old = read_table(out_path, "output to resume")
+    if not {"pair_id", "image_a", "image_b", "score"} <= set(old.columns):
+        raise PairsFileError(
+            f"cannot resume from {out_path}: it is not an imgsim-client output (it needs "
+            f"pair_id, image_a, image_b and score columns; it has {', '.join(old.columns)})"
+        )
+    want = {r["pair_id"]: (r["image_a"], r["image_b"]) for r in table.rows}
+    have = {r["pair_id"]: (r["image_a"], r["image_b"]) for r in old.rows}
+    if want != have:
+        differ = sorted(set(want) ^ set(have)) or [p for p in want if want[p] != have[p]]
+        raise PairsFileError(
+            f"cannot resume: {out_path} was written for another input ({len(have)} rows "
+            f"against {len(want)} in the pairs file; pair ids or paths differ, e.g. "
+            f"{', '.join(map(repr, differ[:3]))}). It was left untouched: choose another "
+            "-o, or drop --resume to score every pair again"
+        )
     return {
-        pid: PairResult(pid, float(score))
-        for pid, score in zip(old["pair_id"], scores, strict=True)
-        if pid in wanted and pd.notna(score)
+        row["pair_id"]: PairResult(row["pair_id"], float(row["score"]))
+        for row in old.rows
+        if row["score"].strip()  # empty: not scored yet, or failed
     }
 
 
 def _write_results(
-    df: pd.DataFrame,
+    table: PairsTable,
     results: dict[str, PairResult],
     local_errors: dict[str, str],
     out_path: Path,
     missing: str,
 ) -> int:
-    """Write `df` with score and error columns, in input order; returns the failed count."""
-    scores, errors = [], []
-    for pair_id in df["pair_id"]:
+    """Write the rows with score and error columns, in input order; returns the failed count."""
+    columns = [c for c in table.columns if c not in OUTPUT_COLUMNS] + list(OUTPUT_COLUMNS)
+    out, failed = [], 0
+    for row in table.rows:
+        pair_id = row["pair_id"]
         res = results.get(pair_id)
         if res is not None and res.ok:
-            scores.append(res.score)
-            errors.append("")
+            score, error = f"{res.score:.6f}", ""
         elif pair_id in local_errors:
-            scores.append(None)
-            errors.append(local_errors[pair_id])
+            score, error = "", local_errors[pair_id]
         else:
-            scores.append(None)
-            errors.append(f"{res.error_code.name}: {res.error}" if res is not None else missing)
-    out = df.copy()
-    out["score"] = pd.array(scores, dtype="Float64")
-    out["error"] = errors
-    write_csv_atomic(out, out_path)
-    return sum(1 for e in errors if e)
+            score = ""
+            error = f"{res.error_code.name}: {res.error}" if res is not None else missing
+        failed += bool(error)
+        out.append({**row, "score": score, "error": error})
+    write_csv_atomic(columns, out, out_path)
+    return failed
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="pair", disable=not enabled, dynamic_ncols=True)
 
 
 def score_pairs(
@@ -198,22 +207,21 @@ def score_pairs(
 ) -> ScoreSummary:
     """Score every row of `csv_path` and write it, in input order, with score and error.
 
-    `deadline_s` bounds the whole run, `idle_timeout_s` the wait for each result. On a lost
-    server it reconnects per `retry`. Every `checkpoint_s` seconds, and when interrupted or
-    failing, it writes the partial result, which `resume=True` completes.
+    `deadline_s` bounds the whole run, `idle_timeout_s` the wait for each result. Once a server
+    has answered, a lost server is reconnected per `retry`; a server that never answered is
+    an error at once. Every `checkpoint_s` seconds, and when interrupted or failing, it writes
+    the partial result, which `resume=True` completes.
     """
     retry = retry or RetryPolicy()
-    df = read_pairs(csv_path)
-    rows = list(zip(df["pair_id"], df["image_a"], df["image_b"], strict=True))
-    results: dict[str, PairResult] = load_partial(out_path, df) if resume else {}
+    table = read_pairs(csv_path)
+    rows = [(r["pair_id"], r["image_a"], r["image_b"]) for r in table.rows]
+    results: dict[str, PairResult] = load_partial(out_path, table) if resume else {}
     resumed = len(results)
     local_errors: dict[str, str] = {}
     bytes_sent = reconnects = 0
     started = time.perf_counter()
     last_checkpoint = time.monotonic()
-    with tqdm(
-        total=len(df), initial=resumed, unit="pair", disable=not progress, dynamic_ncols=True
-    ) as bar:
+    with _progress(len(table), resumed, progress) as bar:
         try:
             while True:
                 todo = [r for r in rows if r[0] not in results and r[0] not in local_errors]
@@ -232,11 +240,15 @@ def score_pairs(
                         results[res.pair_id] = res
                         bar.update(1)
                         if time.monotonic() - last_checkpoint > checkpoint_s:
-                            _write_results(df, results, local_errors, out_path, NOT_SCORED)
+                            _write_results(table, results, local_errors, out_path, NOT_SCORED)
                             last_checkpoint = time.monotonic()
                     break
                 except ImgsimError as err:
-                    if err.code != grpc.StatusCode.UNAVAILABLE or reconnects >= retry.retries:
+                    if (
+                        err.code != grpc.StatusCode.UNAVAILABLE
+                        or not client.server_answered
+                        or reconnects >= retry.retries
+                    ):
                         raise
                     reconnects += 1
                     wait = retry.backoff(reconnects)
@@ -252,8 +264,9 @@ def score_pairs(
                     bytes_sent += requests.bytes_sent
         except BaseException:
             # Interrupted (Ctrl-C) or failed for good: keep what is done, ready for --resume.
-            _write_results(df, results, local_errors, out_path, NOT_SCORED)
+            _write_results(table, results, local_errors, out_path, NOT_SCORED)
             raise
     elapsed = time.perf_counter() - started
-    failed = _write_results(df, results, local_errors, out_path, "no response from server")
-    return ScoreSummary(len(df), len(df) - failed, failed, elapsed, bytes_sent, reconnects, resumed)
+    failed = _write_results(table, results, local_errors, out_path, "no response from server")
+    n = len(table)
+    return ScoreSummary(n, n - failed, failed, elapsed, bytes_sent, reconnects, resumed)

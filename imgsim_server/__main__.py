@@ -1,25 +1,41 @@
-"""`imgsim-server` / `python -m imgsim_server`."""
+"""`imgsim-server` / `python -m imgsim_server`; `imgsim-server export ...` writes ONNX graphs."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-from imgsim_server.config import build_parser, config_from_args
-from imgsim_server.server import serve
-
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve (the default), or run `export` (needs the [torch] extra)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
+        from imgsim_server.export import main as export_main
+
+        return export_main(argv[1:])
+
+    from imgsim_server.config import build_parser, config_from_args
+
     parser = build_parser()
+    parser.epilog = (
+        "subcommand: 'imgsim-server export --help' writes ONNX graphs for a server without torch"
+    )
     args = parser.parse_args(argv)
     if args.precision == "int8" and args.backend == "torch":
         parser.error("--precision int8 needs --backend onnx (int8 is an ONNX Runtime graph)")
+    if args.preferred_batch_size and args.preferred_batch_size > args.max_batch_size:
+        parser.error(
+            f"--preferred-batch-size {args.preferred_batch_size} exceeds --max-batch-size "
+            f"{args.max_batch_size}; a batch closes at the preferred size and never exceeds "
+            "the max"
+        )
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    cfg = config_from_args(args)
-    serve(cfg)
-    return 0
+    from imgsim_server.server import serve
+
+    return serve(config_from_args(args))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Dynamic batching in the style of Triton: one queue, one worker that forms batches.
+"""Dynamic batching in the style of Triton: one queue, workers that form batches.
 
-Items from every caller (unary and streams alike) go into one queue. The worker takes what is
-there, waits at most `max_delay_s` for the batch to reach `max_batch_size`, runs the model once,
-and hands each item its row through the item's callback. Items nobody wants any more (their
-callers went away) are dropped before the model runs.
+Items from every caller (unary and streams alike) go into one queue. A worker takes what is
+there and waits at most `max_delay_s` for the batch to reach its closing size (the policy's
+preferred size, else its maximum), runs the model once, and hands each item its row through
+the item's callback. Items nobody wants any more (their callers went away) are dropped before
+the model runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,65 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from imgsim_server.errors import ConfigurationError
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How batches form (Triton's dynamic_batching: max_batch_size, preferred_batch_size,
+    max_queue_delay).
+
+    - `max_batch_size` is the hard cap: no batch is ever larger (it also bounds the runtime's
+      memory arena).
+    - `preferred_batch_size` is where a batch closes at once, without waiting for more; it may
+      not exceed the cap. None: batches fill up to the cap.
+    - `max_delay_s` is the longest wait, after the first item, for the batch to fill.
+    """
+
+    max_batch_size: int = 32
+    preferred_batch_size: int | None = None
+    max_delay_s: float = 0.005
+    preferred_from: str = ""  # where the preferred size came from, for the log
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ConfigurationError(f"max batch size must be >= 1, not {self.max_batch_size}")
+        p = self.preferred_batch_size
+        if p is not None and not 1 <= p <= self.max_batch_size:
+            raise ConfigurationError(
+                f"preferred batch size {p} must be between 1 and the max batch size "
+                f"{self.max_batch_size}"
+            )
+
+    @property
+    def close_at(self) -> int:
+        """The size at which a batch stops collecting."""
+        return self.preferred_batch_size or self.max_batch_size
+
+    @classmethod
+    def choose(
+        cls, max_batch_size: int, flag: int, runtime: int | None, max_delay_s: float
+    ) -> BatchPolicy:
+        """The policy from the flags and the runtime's own preference.
+
+        An explicit preferred size (`flag` > 0) must fit under the cap (else ConfigurationError);
+        the runtime's default preference is lowered to the cap when the cap is smaller.
+        """
+        if flag:
+            return cls(max_batch_size, flag, max_delay_s, "--preferred-batch-size")
+        if runtime:
+            return cls(max_batch_size, min(runtime, max_batch_size), max_delay_s, "runtime default")
+        return cls(max_batch_size, None, max_delay_s)
+
+    def describe(self) -> str:
+        pref = (
+            f"close at {self.preferred_batch_size} ({self.preferred_from})"
+            if self.preferred_batch_size
+            else "no preferred size, fill to the cap"
+        )
+        return f"{pref}, cap {self.max_batch_size}, wait up to {self.max_delay_s * 1000:g} ms"
 
 
 @dataclass
@@ -60,15 +119,13 @@ class DynamicBatcher:
         self,
         name: str,
         embed_fn: Callable[[np.ndarray], np.ndarray],
-        max_batch_size: int = 32,
-        max_delay_s: float = 0.005,
+        policy: BatchPolicy | None = None,
         workers: int = 1,
         on_batch: Callable[[str, int, list[float], float], None] | None = None,
     ) -> None:
         self.name = name
         self.embed_fn = embed_fn
-        self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_s
+        self.policy = policy or BatchPolicy()
         self.stats = BatchStats()
         self.on_batch = on_batch
         self._queue: queue.Queue = queue.Queue()
@@ -101,8 +158,8 @@ class DynamicBatcher:
 
     def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
         jobs = [first]
-        deadline = time.perf_counter() + self.max_delay_s
-        while len(jobs) < self.max_batch_size:
+        deadline = time.perf_counter() + self.policy.max_delay_s
+        while len(jobs) < self.policy.close_at:
             remaining = deadline - time.perf_counter()
             try:
                 item = (

@@ -1,4 +1,7 @@
-"""Server configuration: a frozen dataclass built from command-line flags."""
+"""Server configuration: frozen dataclasses built from command-line flags and the environment.
+
+Imports neither grpc nor torch, so `imgsim-server --help` is quick on any install.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,26 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgsim_server.core import CoreConfig
 from imgsim_server.images import DecodeLimits
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Settings of the dataplane."""
+
+    default_model: str = "efficientnet-lite0"
+    device: str = "cpu"
+    backend: str = "auto"  # torch | onnx | auto (onnx on CPU when installed)
+    precision: str = "fp32"  # fp32 | int8 (onnx)
+    onnx_dir: Path | None = None  # exported graphs; None: the cache
+    weights: tuple[tuple[str, Path], ...] = ()  # (model, file) overrides
+    max_batch_size: int = 32  # hard cap on a batch
+    preferred_batch_size: int = 0  # close a batch here at once; 0: the runtime's own preference
+    max_delay_ms: float = 5.0
+    queue_size: int = 256  # images admitted at once: decoding, queued or in the model
+    cache_mb: float = 256.0
+    decode_workers: int = 2
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
 
 
 @dataclass(frozen=True)
@@ -104,15 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8 = ONNX Runtime quantised graph (onnx backend only)",
     )
     p.add_argument(
-        "--max-batch-size", type=int, default=32, help="largest batch the dynamic batcher forms"
+        "--onnx-dir",
+        type=Path,
+        default=Path(env("IMGSIM_ONNX_DIR")) if env("IMGSIM_ONNX_DIR") else None,
+        help="folder of graphs written by 'imgsim-server export'; a server without torch "
+        "serves CNNs only from such graphs (default: $IMGSIM_ONNX_DIR, else the cache "
+        "$IMGSIM_CACHE_DIR/onnx, where a server with torch exports on first use)",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="hard cap: no batch is larger (also bounds the runtime's memory)",
     )
     p.add_argument(
         "--preferred-batch-size",
         type=int,
         default=0,
-        help="close a batch at this size when enough images wait (as Triton's "
-        "preferred_batch_size); 0 = the model's own choice (4 for ONNX on CPU, where larger "
-        "batches are slower per image; none on CUDA), never above --max-batch-size",
+        help="a batch closes at this size at once, without waiting --max-delay-ms (Triton's "
+        "preferred_batch_size); must not exceed --max-batch-size. 0 = the runtime's own "
+        "choice: 4 for ONNX Runtime on CPU, where larger batches are slower per image, none "
+        "on CUDA (fill to the cap). The policy in effect is logged at start",
     )
     p.add_argument(
         "--max-delay-ms",
@@ -193,6 +226,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         device=resolve_device(args.device),
         backend=args.backend,
         precision=args.precision,
+        onnx_dir=args.onnx_dir,
         weights=_weights(args.weights, args.model),
         max_batch_size=args.max_batch_size,
         preferred_batch_size=args.preferred_batch_size,

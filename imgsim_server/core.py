@@ -17,38 +17,34 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from imgsim_server.batcher import BatchStats, DynamicBatcher
+from imgsim_server.batcher import BatchPolicy, BatchStats, DynamicBatcher
 from imgsim_server.cache import EmbeddingCache
-from imgsim_server.embedders import SIMILARITIES, Embedder, EmbedderOptions, ModelCfg
-from imgsim_server.embedders import registry as reg
-from imgsim_server.errors import CancelledError, InvalidRequestError, OverloadedError
-from imgsim_server.images import DecodeLimits, decode_image
+from imgsim_server.config import CoreConfig
+from imgsim_server.embedders import (
+    SIMILARITIES,
+    Embedder,
+    EmbedderOptions,
+    ModelCfg,
+    create,
+    get_cfg,
+    list_models,
+)
+from imgsim_server.errors import (
+    CancelledError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    OverloadedError,
+)
+from imgsim_server.images import decode_image
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CoreConfig:
-    """Settings of the dataplane (built from the server's flags)."""
-
-    default_model: str = "efficientnet-lite0"
-    device: str = "cpu"
-    backend: str = "auto"  # torch | onnx | auto (onnx on CPU when installed)
-    precision: str = "fp32"  # fp32 | int8 (onnx)
-    weights: tuple[tuple[str, Path], ...] = ()  # (model, file) overrides
-    max_batch_size: int = 32
-    preferred_batch_size: int = 0  # 0: the model's own preference (or max_batch_size)
-    max_delay_ms: float = 5.0
-    queue_size: int = 256  # images admitted at once: decoding, queued or in the model
-    cache_mb: float = 256.0
-    decode_workers: int = 2
-    limits: DecodeLimits = field(default_factory=DecodeLimits)
 
 
 @dataclass(frozen=True)
@@ -61,7 +57,11 @@ class ImageSpec:
 
 
 class CallToken:
-    """The liveness of one call: cancelled when its caller goes away or its deadline passes."""
+    """The liveness of one call: cancelled when its caller goes away or its deadline passes.
+
+    `expired` tells the two apart, so that a call whose deadline passed ends with
+    DEADLINE_EXCEEDED and one whose caller cancelled ends with CANCELLED.
+    """
 
     __slots__ = ("_cancelled", "deadline")
 
@@ -73,10 +73,15 @@ class CallToken:
         self._cancelled = True
 
     @property
+    def expired(self) -> bool:
+        """Whether the deadline has passed (whatever else happened)."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    @property
     def cancelled(self) -> bool:
         if self._cancelled:
             return True
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        if self.expired:
             self._cancelled = True
         return self._cancelled
 
@@ -109,20 +114,21 @@ class ModelStatus:
     loaded: bool
 
 
-class _Engine:
-    """A loaded embedder with its batcher."""
+class Engine:
+    """A loaded embedder with its batcher: what a request's model name resolves to."""
 
     def __init__(self, embedder: Embedder, cfg: CoreConfig, on_batch: BatchListener) -> None:
         self.embedder = embedder
-        preferred = cfg.preferred_batch_size or embedder.preferred_batch_size()
-        self.batch_size = min(cfg.max_batch_size, preferred or cfg.max_batch_size)
-        self.batcher = DynamicBatcher(
-            embedder.cfg.name,
-            embedder.embed,
-            self.batch_size,
+        self.cfg = embedder.cfg
+        self.similarity = SIMILARITIES[self.cfg.similarity]
+        self.policy = BatchPolicy.choose(
+            cfg.max_batch_size,
+            cfg.preferred_batch_size,
+            embedder.preferred_batch_size(),
             cfg.max_delay_ms / 1000.0,
-            workers=embedder.concurrency(),
-            on_batch=on_batch,
+        )
+        self.batcher = DynamicBatcher(
+            self.cfg.name, embedder.embed, self.policy, embedder.concurrency(), on_batch
         )
 
 
@@ -131,9 +137,10 @@ class SimilarityCore:
 
     def __init__(self, cfg: CoreConfig) -> None:
         self.cfg = cfg
-        reg.get_cfg(cfg.default_model)  # fail fast on an unknown default
+        get_cfg(cfg.default_model)  # fail fast on an unknown default
         self.cache = EmbeddingCache(int(cfg.cache_mb * 1024 * 1024))
-        self._engines: dict[str, _Engine] = {}
+        self._engines: dict[str, Engine] = {}  # by model name
+        self._by_request: dict[str, Engine] = {}  # by the name requests use ('' = default)
         self._load_lock = threading.Lock()
         self._inflight: dict[tuple[str, bytes], _Pending] = {}
         self._inflight_lock = threading.Lock()
@@ -155,62 +162,56 @@ class SimilarityCore:
             weights_file=weights,
             backend=self.cfg.backend,
             precision=self.cfg.precision,
+            onnx_dir=self.cfg.onnx_dir,
         )
 
-    def resolve(self, name: str) -> ModelCfg:
-        """The config for a request's model name ('' means the default)."""
-        return reg.get_cfg(name or self.cfg.default_model)
-
     def models(self) -> list[ModelStatus]:
+        """Every registered model: where it loads from, whether it can load, whether it has."""
         out = []
-        for mcfg in reg.list_models():
+        for mcfg in list_models():
             opts = self.options_for(mcfg.name)
-            out.append(
-                ModelStatus(
-                    mcfg,
-                    mcfg.weights_path(opts),
-                    mcfg.weights_available(opts),
-                    mcfg.name in self._engines,
-                )
-            )
+            path, available = mcfg.weights_path(opts), mcfg.weights_available(opts)
+            if not available and (graph := mcfg.artifact(opts)) is not None:
+                path, available = graph, True  # an exported graph serves without the weights
+            out.append(ModelStatus(mcfg, path, available, mcfg.name in self._engines))
         return out
 
-    def engine(self, name: str) -> _Engine:
-        """The loaded engine for a model, loading it on first use and keeping it."""
-        mcfg = self.resolve(name)
-        eng = self._engines.get(mcfg.name)
+    def engine(self, name: str) -> Engine:
+        """The engine a request's model name ('' = the default) resolves to, loaded on first
+        use and kept. After the first call a name costs one dict lookup."""
+        eng = self._by_request.get(name)
         if eng is not None:
             return eng
+        mcfg = get_cfg(name or self.cfg.default_model)
         with self._load_lock:
             eng = self._engines.get(mcfg.name)
             if eng is None:
                 started = time.perf_counter()
-                embedder = reg.create(mcfg.name, self.options_for(mcfg.name))
-                eng = _Engine(embedder, self.cfg, self._on_batch)
+                embedder = create(mcfg.name, self.options_for(mcfg.name))
+                eng = Engine(embedder, self.cfg, self._on_batch)
                 self._engines[mcfg.name] = eng
                 log.info(
-                    "loaded model %s on %s in %.1fs; batches of up to %d",
+                    "loaded model %s in %.1fs: %s; batch policy: %s",
                     mcfg.name,
-                    self.cfg.device,
                     time.perf_counter() - started,
-                    eng.batch_size,
+                    embedder.describe(),
+                    eng.policy.describe(),
                 )
+            self._by_request[name] = eng
         return eng
 
     # ---- embedding --------------------------------------------------------------------------
 
     def embed_async(
         self,
-        model: str,
+        eng: Engine,
         data: bytes,
         block: bool = True,
         timeout: float | None = None,
         token: CallToken | None = None,
     ) -> Future:
         """Future of one image's embedding. Raises OverloadedError if admission times out."""
-        eng = self.engine(model)
-        name = eng.embedder.cfg.name
-        key = (name, hashlib.blake2b(data, digest_size=16).digest())
+        key = (eng.cfg.name, hashlib.blake2b(data, digest_size=16).digest())
         cached = self.cache.get(key)
         if cached is not None:
             fut: Future = Future()
@@ -258,7 +259,7 @@ class SimilarityCore:
         pending.future.set_exception(CancelledError(_GONE))
         return False
 
-    def _prepare(self, eng: _Engine, data: bytes, pending: _Pending) -> None:
+    def _prepare(self, eng: Engine, data: bytes, pending: _Pending) -> None:
         if not self._still_wanted(pending):
             return
         try:
@@ -291,18 +292,17 @@ class SimilarityCore:
 
     def compare_async(
         self,
-        model: str,
+        eng: Engine,
         a: bytes,
         b: bytes,
         block: bool = True,
         timeout: float | None = None,
         token: CallToken | None = None,
     ) -> Future:
-        """Future of the pair's score; it resolves when both embeddings exist."""
-        mcfg = self.resolve(model)
-        similarity = SIMILARITIES[mcfg.similarity]
-        fa = self.embed_async(mcfg.name, a, block, timeout, token)
-        fb = self.embed_async(mcfg.name, b, block, timeout, token)
+        """Future of the pair's score under `eng`'s model; it resolves when both embeddings
+        exist."""
+        fa = self.embed_async(eng, a, block, timeout, token)
+        fb = self.embed_async(eng, b, block, timeout, token)
         out: Future = Future()
         remaining = [2]
         lock = threading.Lock()
@@ -318,7 +318,7 @@ class SimilarityCore:
                 out.set_exception(exc)
             else:
                 self._count(failed=False)
-                out.set_result(similarity(fa.result(), fb.result()))
+                out.set_result(eng.similarity(fa.result(), fb.result()))
 
         fa.add_done_callback(one_done)
         fb.add_done_callback(one_done)
@@ -326,16 +326,26 @@ class SimilarityCore:
 
     def compare(
         self,
-        model: str,
+        eng: Engine,
         a: bytes,
         b: bytes,
         timeout: float | None = None,
         token: CallToken | None = None,
     ) -> float:
-        """Score one pair, refusing (OverloadedError) rather than waiting when the queue is full."""
+        """Score one pair, refusing (OverloadedError) rather than waiting when the queue is full.
+
+        A pair still unscored when the deadline passes raises DeadlineExceededError, whether
+        the wait timed out or the dropped work reported the cancellation first.
+        """
         token = token or CallToken(timeout)
         try:
-            return self.compare_async(model, a, b, block=False, token=token).result(timeout)
+            return self.compare_async(eng, a, b, block=False, token=token).result(timeout)
+        except (FutureTimeoutError, CancelledError) as exc:
+            if token.expired or isinstance(exc, FutureTimeoutError):
+                raise DeadlineExceededError(
+                    "the deadline passed before the pair was scored"
+                ) from None
+            raise
         finally:
             token.cancel()  # whatever is still queued for this call is no longer wanted
 

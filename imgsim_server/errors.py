@@ -1,33 +1,41 @@
 """Exceptions of the core. They know nothing of gRPC; `status.py` maps them to status codes."""
 
 
-class ImgsimError(Exception):
+class CoreError(Exception):
     """Base class for errors the service reports to callers."""
 
 
-class InvalidImageError(ImgsimError):
+class InvalidImageError(CoreError):
     """The bytes are not a decodable, allowed image."""
 
 
-class InvalidRequestError(ImgsimError):
+class InvalidRequestError(CoreError):
     """The request is malformed (missing image, bad reference, ...)."""
 
 
-class ModelNotFoundError(ImgsimError):
+class ModelNotFoundError(CoreError):
     """No model of that name in the registry."""
 
 
-class WeightsUnavailableError(ImgsimError):
+class WeightsUnavailableError(CoreError):
     """The model is registered but its weights file is absent."""
 
 
-class ConfigurationError(ImgsimError):
+class ConfigurationError(CoreError):
     """The server's settings cannot serve this model (e.g. int8 on a torch backend)."""
 
 
-class OverloadedError(ImgsimError):
+class OverloadedError(CoreError):
     """A bounded queue or limit is full; retry later."""
 
 
-class CancelledError(ImgsimError):
+class CancelledError(CoreError):
     """The caller went away or its deadline passed before the work ran."""
+
+
+class GraphUnavailableError(WeightsUnavailableError):
+    """A torch-less server has no exported ONNX graph for the model."""
+
+
+class DeadlineExceededError(CancelledError):
+    """The call's deadline passed before its result was ready."""

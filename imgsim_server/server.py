@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 from imgsim_server.auth import BearerTokenInterceptor
 from imgsim_server.config import ServerConfig
 from imgsim_server.core import SimilarityCore
+from imgsim_server.errors import CoreError
 from imgsim_server.metrics import MetricsInterceptor, ServerMetrics
 from imgsim_server.servicer import ImageSimilarityServicer
 from imgsim_server.status import ExceptionToStatusInterceptor
@@ -47,9 +49,14 @@ class RunningServer:
             self.core.close()
 
 
-def start_server(cfg: ServerConfig, core: SimilarityCore | None = None) -> RunningServer:
-    """Create and start a server on cfg.host:cfg.port (port 0 picks a free one)."""
-    owns_core = core is None
+def start_server(
+    cfg: ServerConfig, core: SimilarityCore | None = None, owns_core: bool | None = None
+) -> RunningServer:
+    """Create and start a server on cfg.host:cfg.port (port 0 picks a free one).
+
+    A server closes the core it made; a given `core` is the caller's unless `owns_core`.
+    """
+    owns_core = core is None if owns_core is None else owns_core
     core = core or SimilarityCore(cfg.core)
     max_bytes = cfg.max_message_mb * 1024 * 1024
     metrics = ServerMetrics(core) if cfg.metrics_port is not None else None
@@ -103,9 +110,22 @@ def start_server(cfg: ServerConfig, core: SimilarityCore | None = None) -> Runni
     return RunningServer(server, core, health_servicer, port, owns_core, metrics, metrics_port)
 
 
-def serve(cfg: ServerConfig) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    running = start_server(cfg)
+def serve(cfg: ServerConfig) -> int:
+    """Load the default model, serve until SIGTERM/SIGINT, then shut down gracefully.
+
+    Returns the exit status: 1 when the default model cannot load (the message says why and
+    what to do), else 0.
+    """
+    core = SimilarityCore(cfg.core)
+    # Load the default model before binding, so the first call is not slow and a server that
+    # cannot serve its default model fails at start instead of on every call.
+    try:
+        core.engine(cfg.core.default_model)
+    except CoreError as exc:
+        print(f"imgsim-server: error: default model not loaded: {exc}", file=sys.stderr)
+        core.close()
+        return 1
+    running = start_server(cfg, core, owns_core=True)
     host = cfg.host
     print(
         f"imgsim-server listening on {host}:{running.port} "
@@ -123,11 +143,7 @@ def serve(cfg: ServerConfig) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    # Load the default model before serving traffic arrives, so the first call is not slow.
-    try:
-        running.core.engine(cfg.core.default_model)
-    except Exception as exc:
-        log.warning("default model not loaded: %s", exc)
     stop.wait()
     running.stop(cfg.grace_s)
     log.info("stopped")
+    return 0

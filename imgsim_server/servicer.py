@@ -51,20 +51,20 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         self.on_pair = on_pair
 
     def Compare(self, request: pb.CompareRequest, context: grpc.ServicerContext):
-        model = self.core.resolve(request.model).name
+        eng = self.core.engine(request.model)
         a, b = _spec(request.image_a), _spec(request.image_b)
         if a.ref or b.ref:
             raise InvalidRequestError("image references (ref) work only inside CompareStream")
         data = StreamSession()
         token = _token(context)
         score = self.core.compare(
-            model,
+            eng,
             data.resolve(a, "image_a"),
             data.resolve(b, "image_b"),
             timeout=context.time_remaining(),
             token=token,
         )
-        return pb.CompareResponse(pair_id=request.pair_id, score=score, model=model)
+        return pb.CompareResponse(pair_id=request.pair_id, score=score, model=eng.cfg.name)
 
     def CompareStream(
         self, request_iterator: Iterator[pb.CompareRequest], context: grpc.ServicerContext
@@ -109,8 +109,9 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                         # Images first: their ids must be recorded even if this pair fails.
                         a = session.resolve(_spec(req.image_a), "image_a")
                         b = session.resolve(_spec(req.image_b), "image_b")
-                        model = self.core.resolve(req.model).name
-                        fut = self.core.compare_async(model, a, b, block=True, token=token)
+                        eng = self.core.engine(req.model)  # a dict lookup once loaded
+                        model = eng.cfg.name
+                        fut = self.core.compare_async(eng, a, b, block=True, token=token)
                     except Exception as exc:
                         fut = Future()
                         fut.set_exception(exc)

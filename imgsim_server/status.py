@@ -23,6 +23,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.WeightsUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.CancelledError, grpc.StatusCode.CANCELLED),
     (concurrent.futures.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (concurrent.futures.CancelledError, grpc.StatusCode.CANCELLED),

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "datasets"))
+from imgsim_client import ImgsimClient
+from imgsim_datasets.photos import shipped_photos
+from imgsim_server.config import CoreConfig, ServerConfig
+from imgsim_server.server import start_server
 
-import imgsim_pairs  # noqa: E402
-
-from imgsim_client import ImgsimClient  # noqa: E402
-from imgsim_server.config import ServerConfig  # noqa: E402
-from imgsim_server.core import CoreConfig  # noqa: E402
-from imgsim_server.server import start_server  # noqa: E402
+# gRPC's unary retry (the client's service config) kept short, for tests that expect a call to
+# end UNAVAILABLE rather than be retried until its deadline.
+QUICK_RETRY = {
+    "maxAttempts": 2,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "0.05s",
+    "backoffMultiplier": 1,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
 
 
 def jpeg_bytes(img: Image.Image, quality: int = 90, comment: str = "") -> bytes:
@@ -44,7 +48,7 @@ def distinct_jpegs(photos: dict[str, Path], n: int, salt: int) -> list[bytes]:
 @pytest.fixture(scope="session")
 def photos() -> dict[str, Path]:
     """Real photos shipped by installed packages, by stem."""
-    found = {p.stem: p for p in imgsim_pairs.shipped_photos()}
+    found = {p.stem: p for p in shipped_photos()}
     assert len(found) >= 10, "expected the photos of scikit-image, scikit-learn and matplotlib"
     return found
 

@@ -6,9 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-import imgsim_pairs
 import pandas as pd
 from PIL import Image
+
+from imgsim_datasets import pairs as imgsim_pairs
 
 
 def _no_self_or_dupes(df: pd.DataFrame) -> None:
@@ -71,7 +72,7 @@ def test_near_dup_catalogue(tmp_path, photos):
 
 def test_report_builds_from_a_small_fixture(tmp_path):
     from imgsim_client.evaluate import plot_roc
-    from imgsim_client.report import build_report
+    from imgsim_lab.report import build_report
 
     metrics = {
         "auc": 0.99,

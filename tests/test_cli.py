@@ -32,7 +32,8 @@ def pairs_csv(tmp_path, photos):
 
 def test_cli_round_trip_keeps_input_order(pairs_csv, address, tmp_path, capsys):
     out = tmp_path / "scores.csv"
-    assert main([str(pairs_csv), "-o", str(out), "--server", address, "--no-progress"]) == 0
+    # exit 3: finished, but one pair (the missing file) failed
+    assert main([str(pairs_csv), "-o", str(out), "--server", address, "--no-progress"]) == 3
     df = pd.read_csv(out, keep_default_na=False)
     src = pd.read_csv(pairs_csv)
     assert list(df["image_a"]) == list(src["image_a"])

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from imgsim_server.embedders import EmbedderOptions, create
-from imgsim_server.embedders.cnn import LITE0_PRESET, TORCHVISION
+from imgsim_server.embedders._preprocess import LITE0 as LITE0_PRESET
+from imgsim_server.embedders.cnn import TORCHVISION
 from imgsim_server.images import decode_image
 
 
@@ -31,7 +32,7 @@ def test_onnx_and_torch_embeddings_agree(batch):
 def test_preset_matches_torchvision_resize_and_crop(photos, resample):
     from torchvision import transforms as T
 
-    from imgsim_server.embedders.cnn import Preset
+    from imgsim_server.embedders._preprocess import Preset
 
     mode = getattr(T.InterpolationMode, resample.upper())
     pil = getattr(Image.Resampling, resample.upper())

@@ -12,8 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from imgsim_client import ImgsimClient, ImgsimError, PairRequest
-from imgsim_client.faults import bad_inputs, encode
-from tests.conftest import jpeg_bytes
+from imgsim_lab.faults import bad_inputs, encode
+from tests.conftest import QUICK_RETRY, jpeg_bytes
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_tls_and_mtls(extra_server, tmp_path, cat):
     tls = extra_server(tls_cert=f["server.pem"], tls_key=f["server.key"])
     with ImgsimClient(tls, timeout=10, tls_ca=f["ca.pem"]) as c:
         assert c.compare(good, good) >= 0.999
-    with ImgsimClient(tls, timeout=3) as c:  # plaintext client to a TLS server
+    with ImgsimClient(tls, timeout=3, retry=QUICK_RETRY) as c:  # plaintext client, TLS server
         with pytest.raises(ImgsimError) as err:
             c.compare(good, good)
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
@@ -171,7 +171,8 @@ def test_tls_and_mtls(extra_server, tmp_path, cat):
         mtls, timeout=10, tls_ca=f["ca.pem"], tls_cert=f["client.pem"], tls_key=f["client.key"]
     ) as c:
         assert c.compare(good, good) >= 0.999
-    with ImgsimClient(mtls, timeout=3, tls_ca=f["ca.pem"]) as c:  # no client certificate
+    # no client certificate
+    with ImgsimClient(mtls, timeout=3, tls_ca=f["ca.pem"], retry=QUICK_RETRY) as c:
         with pytest.raises(ImgsimError) as err:
             c.compare(good, good)
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
@@ -223,13 +224,16 @@ def test_overload_gets_resource_exhausted(extra_server, cat):
 def test_sigterm_finishes_in_flight_pairs(cat):
     import signal
 
-    from imgsim_client.servers import ServerProcess
+    from imgsim_lab.servers import ServerProcess
 
     images = [
         jpeg_bytes(cat.crop((k, k, cat.width - k, cat.height - k)), 85) for k in range(3, 123)
     ]
     pairs = [PairRequest(str(i), images[2 * i], images[2 * i + 1]) for i in range(60)]
-    with ServerProcess("--grace", "20") as srv, ImgsimClient(srv.address, timeout=30) as c:
+    with (
+        ServerProcess("--grace", "20") as srv,
+        ImgsimClient(srv.address, timeout=30, retry=QUICK_RETRY) as c,
+    ):
         c.wait_ready(30)
         results = []
         for res in c.compare_stream(pairs):

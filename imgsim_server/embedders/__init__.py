@@ -1,15 +1,17 @@
-"""Embedders: CNN backbones and classical baselines behind one registry."""
+"""Embedders: CNN backbones and classical baselines behind one registry.
 
-from imgsim_server.embedders.registry import (
+Importing this package registers every family (cnn, classical) and loads no runtime: torch and
+ONNX Runtime are imported by a builder when a model is created.
+"""
+
+from imgsim_server.embedders import classical, cnn  # noqa: F401  (registers the families)
+from imgsim_server.embedders._cfg import (
     SIMILARITIES,
     Embedder,
     EmbedderOptions,
     ModelCfg,
-    create,
-    get_cfg,
-    list_models,
-    register,
 )
+from imgsim_server.embedders._registry import create, get_cfg, list_models, register
 
 __all__ = [
     "SIMILARITIES",

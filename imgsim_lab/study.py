@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,23 +22,25 @@ import pandas as pd
 from imgsim_client.client import ImgsimClient
 from imgsim_client.evaluate import compute_metrics, load_scored, plot_roc, pyplot
 from imgsim_client.scoring import score_pairs
-from imgsim_client.servers import ServerProcess
+from imgsim_datasets import pairs as pair_builders
+from imgsim_lab import machine
+from imgsim_lab._paths import RESULTS, ROOT, SHARED
+from imgsim_lab.servers import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_CNN = "efficientnet-lite0"
 
 
-def _pairs_module():
-    sys.path.insert(0, str(ROOT / "datasets"))
-    import imgsim_pairs
-
-    return imgsim_pairs
+def scored_frame(path: Path) -> pd.DataFrame:
+    """A scored CSV's rows that have a score, with float `score` and int `_label` columns."""
+    scored = load_scored(path)
+    df = pd.DataFrame(scored.rows, columns=scored.columns)
+    df["score"], df["_label"] = scored.scores, scored.labels
+    return df
 
 
 def build_datasets(work: Path, shared: Path) -> tuple[dict[str, dict], list[str]]:
     """name -> {csv, group_by, task, images}; plus notes for datasets that were skipped."""
-    pairs = _pairs_module()
+    pairs = pair_builders
     out: dict[str, dict] = {}
     notes: list[str] = []
     demo_csv = ROOT / "datasets" / "demo" / "pairs.csv"
@@ -147,7 +148,7 @@ def run_approach(
     t0 = time.perf_counter()
     summary = score_pairs(client, spec["csv"], out, model=model, progress=False)
     seconds = time.perf_counter() - t0
-    df, _ = load_scored(out)
+    df = scored_frame(out)
     m = asdict(compute_metrics(df["_label"], df["score"]))
     n_images = len(set(df["image_a"]) | set(df["image_b"]))
     m.update(
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--models", help="comma-separated subset of approaches (default: all present)")
     ap.add_argument(
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "datasets": {ds: {"task": spec["task"], "metrics": {}} for ds, spec in datasets.items()},
         "notes": notes,
+        "machine": machine.describe(),
         "approaches": [],
     }
     curves: dict[str, dict] = {ds: {} for ds in datasets}

@@ -1,17 +1,26 @@
-"""The torch side of the CNN embedders: networks, pooling, weight loading.
+"""The torch side of the CNN embedders: networks, pooling, weight loading, ONNX export.
 
 Imported only when a model runs on torch or its ONNX graph must be exported, so that an ONNX
-server with a cached graph never loads torch (about 640 MiB of resident memory).
+server never loads torch (about 640 MiB of resident memory). Needs the `[torch]` extra.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ModuleNotFoundError as e:
+    if e.name != "torch":  # a deeper breakage surfaces unchanged
+        raise
+    raise ModuleNotFoundError(f'{e}\n\n  python -m pip install "imgsim[torch]"') from e
 
 
 def gem_pool(x: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
@@ -70,10 +79,10 @@ class _Lite0Trunk(nn.Module):
         return self.net.extract_features(x)
 
 
-def lite0_trunk(weights: Path) -> nn.Module:
+def lite0_trunk(arch: str, weights: Path) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0")
+    net = EfficientNet.from_name(arch)
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     # Do not call net.set_swish(): Lite models use ReLU6, which set_swish would replace.
     return _Lite0Trunk(net)
@@ -90,5 +99,32 @@ def torchvision_trunk(arch: str, weights: Path) -> nn.Module:
     return net.features
 
 
-def hub_dir() -> Path:
-    return Path(torch.hub.get_dir())
+# How each family's trunk is built: (arch, weights file) -> module up to the last feature map.
+TRUNKS: dict[str, Callable[[str, Path], nn.Module]] = {
+    "lite0": lite0_trunk,
+    "torchvision": torchvision_trunk,
+}
+
+
+def export_onnx(net: nn.Module, input_size: int, path: Path) -> None:
+    """Export `net` (uint8 NHWC input, dynamic batch) to `path`, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+            torch.onnx.export(
+                net.cpu().eval(),
+                (example,),
+                tmp,
+                input_names=["pixels"],
+                output_names=["embedding"],
+                opset_version=17,
+                dynamo=False,
+                dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
+            )
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -28,10 +28,12 @@ import grpc
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 from PIL import Image
 
-from imgsim_client.bench import ROOT, photo_pool, shipped_photos
 from imgsim_client.client import ImgsimClient, ImgsimError, PairRequest
-from imgsim_client.faults import bad_inputs
-from imgsim_client.servers import ServerProcess
+from imgsim_datasets.photos import shipped_photos
+from imgsim_lab._paths import RESULTS
+from imgsim_lab.bench import photo_pool
+from imgsim_lab.faults import bad_inputs
+from imgsim_lab.servers import ServerProcess
 
 
 @dataclass
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bad-rate", type=float, default=0.02)
     p.add_argument("--pool", type=int, default=1000, help="distinct real photos drawn from")
     p.add_argument("--cache-mb", type=float, default=2.0, help="server cache (small: real work)")
-    p.add_argument("--out", type=Path, default=ROOT / "results")
+    p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
     work = Path(args.out) / "cache" / "soak"

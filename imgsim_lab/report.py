@@ -21,7 +21,9 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+from imgsim_lab import machine
+from imgsim_lab._paths import RESULTS
+
 DEFAULT_CNN = "efficientnet-lite0"
 
 SOURCES = [
@@ -215,7 +217,8 @@ def build_report(results: Path, out_pdf: Path) -> Path:
             "• Speed vs accuracy: the classical baselines run about 3x faster end to end on this "
             "CPU (their cost is mostly JPEG decode), but the CNN's accuracy gain is large on every "
             "task, and with the ONNX backend it still embeds a few hundred images per second on "
-            "2 cores. GeM pooling matches average pooling on instances and is slightly worse at "
+            f"{machine.cores_phrase(study.get('machine'))}. GeM pooling matches average pooling "
+            "on instances and is slightly worse at "
             "category level.",
             body,
         )
@@ -287,7 +290,7 @@ def build_report(results: Path, out_pdf: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--results", type=Path, default=ROOT / "results")
+    ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     if not (args.results / "study.json").is_file():

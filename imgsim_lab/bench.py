@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -29,18 +27,12 @@ from PIL import Image
 
 from imgsim_client.client import ImgsimClient
 from imgsim_client.scoring import score_pairs
-from imgsim_client.servers import ServerProcess
+from imgsim_datasets.photos import shipped_photos
+from imgsim_lab import machine
+from imgsim_lab._paths import RESULTS, SHARED
+from imgsim_lab.servers import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[1]
-UKBENCH = ROOT.parent / "shared" / "data" / "ukbench_sample"
-
-
-def shipped_photos() -> list[Path]:
-    """The real photos installed packages ship (datasets/imgsim_pairs.py), never in a pool."""
-    sys.path.insert(0, str(ROOT / "datasets"))
-    import imgsim_pairs
-
-    return imgsim_pairs.shipped_photos()
+UKBENCH = SHARED / "ukbench_sample"
 
 
 def photo_pool(n: int, workdir: Path) -> tuple[list[Path], str]:
@@ -94,14 +86,14 @@ def embedder_limit(model: str, files: list[Path], backend: str = "auto") -> dict
     The limit is the best of two layouts: the server's (`concurrency()` concurrent calls, for
     ONNX one single-threaded session run per core) and one call at a time using every core.
     """
-    from imgsim_server.embedders import EmbedderOptions, create, onnx_backend
+    from imgsim_server.embedders import EmbedderOptions, _onnx, create
     from imgsim_server.images import decode_image
 
     emb = create(model, EmbedderOptions(backend=backend))
     xs = np.stack([emb.preprocess(decode_image(p.read_bytes())) for p in files[:64]])
     layouts = {"server": (emb.embed, emb.concurrency())}
     if getattr(emb, "backend", "") == "onnx":
-        wide = onnx_backend.open_session(emb.graph, threads=onnx_backend.cpu_count())
+        wide = _onnx.open_session(emb.graph, threads=_onnx.cpu_count())
         layouts["one call, all cores"] = (lambda b: wide.run(None, {"pixels": b})[0], 1)
     rates: dict[str, dict[int, float]] = {}
     for name, (fn, workers) in layouts.items():
@@ -203,7 +195,7 @@ def decode_rates(seconds: float = 3.0) -> dict:
     """Decode + preprocess img/s on one thread for 4000x3000 JPEGs, with and without draft."""
     import io
 
-    from imgsim_server.embedders.cnn import LITE0_PRESET
+    from imgsim_server.embedders._preprocess import LITE0 as LITE0_PRESET
     from imgsim_server.images import decode_image
 
     big = []
@@ -275,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--pairs", type=int, default=500)
     ap.add_argument("--model", default="efficientnet-lite0")
-    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument(
         "--skip-backends",
         action="store_true",
@@ -362,8 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     peak = max(r["peak_rss_mb"] for r in (*runs.values(), lat))
     result = {
-        "machine": f"{platform.node()} {platform.machine()} "
-        f"{len(__import__('os').sched_getaffinity(0))} cores",
+        "machine": machine.describe(),
         "photos": source,
         "model": args.model,
         "pairs": n,
@@ -383,11 +374,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(r: dict) -> str:
+    cores = machine.cores_phrase(r.get("machine"))
     a, runs, q = r["a"], r["runs"], r["ratios"]
     lines = [
         "# imgsim benchmark",
         "",
-        f"Machine: {r['machine']}. Model: `{r['model']}` (backend {a['backend']}). "
+        f"Machine: {machine.summary(r['machine'])}. "
+        f"Model: `{r['model']}` (backend {a['backend']}). "
         f"Photos: {r['photos']}. {r['pairs']} pairs per run; every server is a fresh process "
         "(empty cache), warmed with 4 pairs outside the measured set.",
         "",
@@ -407,7 +400,7 @@ def render(r: dict) -> str:
         "in-process (no gRPC, no queues): "
         + ", ".join(f"{v:.0f} img/s at batch {k}" for k, v in a["pipeline_with_decode"].items())
         + f" = **{r['ratios']['ceiling_decode_pipeline_over_a']:.2f}** of (a). No server on "
-        "these two cores can reach a higher efficiency than this.",
+        f"these {cores} can reach a higher efficiency than this.",
         "",
         "## End to end (stream client, CSV in, scored CSV out)",
         "",
@@ -454,11 +447,11 @@ def render(r: dict) -> str:
         "",
         f"Server peak RSS over all runs: **{r['server_peak_rss_mb']:.0f} MiB** (default cache).",
         "",
-        "Why the efficiency stops short: in (b) the server keeps both cores busy (column 'server "
-        "cores busy') and spends the CPU time per image shown above, against "
+        f"Why the efficiency stops short: in (b) the server keeps the {cores} busy (column "
+        "'server cores busy') and spends the CPU time per image shown above, against "
         f"{2000 / a['limit']:.1f} core-ms per image for the model alone at the limit. The rest "
         "is JPEG decode, resize and crop (about 1 ms per 320x240 photo on one core) plus gRPC "
-        "and Python bookkeeping, on the same two cores as the model. The client process uses "
+        f"and Python bookkeeping, on the same {cores} as the model. The client process uses "
         "little CPU. Batching does not raise throughput on this CPU (batch 1 is as fast per "
         "image as any), so the gains over the naive peers come from the runtime (ONNX) and from "
         "embedding each image once.",
@@ -494,8 +487,13 @@ def render(r: dict) -> str:
             )
         lines += [
             "",
-            "GPU: no accelerator was lent to this run; on CUDA the torch backend "
-            "uses fp16 autocast, channels_last and pinned host memory.",
+            (
+                f"GPU: {', '.join(r['machine']['gpus'])}."
+                if isinstance(r["machine"], dict) and r["machine"]["gpus"]
+                else "GPU: none on this machine"
+            )
+            + "; on CUDA the torch backend uses fp16 autocast, channels_last and pinned host "
+            "memory.",
             "",
         ]
     return "\n".join(lines)

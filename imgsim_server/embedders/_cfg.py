@@ -1,7 +1,7 @@
-"""Embedder registry: `register`, `create`, `list_models` (in the style of timm's _registry).
+"""Static facts and options of embedders (timm's PretrainedCfg): frozen dataclasses, light imports.
 
-Each entry carries a frozen ModelCfg (its own preprocessing, embedding size, similarity) and a
-factory. Callers never branch on model names.
+Nothing here loads a runtime: a server can list and describe every model without torch or
+ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -10,29 +10,23 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
-from imgsim_server.errors import ModelNotFoundError
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass(frozen=True)
 class EmbedderOptions:
-    """Runtime options common to all embedders."""
+    """Runtime options common to all embedders (built by the core from the server's flags)."""
 
     device: str = "cpu"  # "cpu" or "cuda"
     weights_file: Path | None = None  # overrides the registry's weights location
-    backend: str = "auto"  # "torch", "onnx", or "auto": onnx on CPU when installed, else torch
+    backend: str = "auto"  # "torch", "onnx", or "auto": onnx on CPU, torch on CUDA
     precision: str = "fp32"  # "fp32" or "int8" (onnx only)
-
-    def resolved_backend(self) -> str:
-        """The backend CNNs run on: 'auto' picks onnx on CPU when onnxruntime is installed."""
-        if self.backend != "auto":
-            return self.backend
-        from imgsim_server.embedders import onnx_backend
-
-        return "onnx" if self.device == "cpu" and onnx_backend.available() else "torch"
+    onnx_dir: Path | None = None  # exported graphs (`imgsim-server export`); None: the cache
 
 
 @dataclass(frozen=True)
@@ -50,6 +44,10 @@ class ModelCfg:
         default=None, compare=False
     )
     weights_source: str = ""  # human description of where the weights come from
+    # A ready-to-serve artefact that replaces the weights (an exported ONNX graph), if any.
+    artifact_locator: Callable[[ModelCfg, EmbedderOptions], Path | None] | None = field(
+        default=None, compare=False
+    )
     extra: tuple[tuple[str, object], ...] = ()  # model-specific settings (pooling, ...)
 
     def weights_path(self, opts: EmbedderOptions) -> Path | None:
@@ -63,6 +61,10 @@ class ModelCfg:
     def weights_available(self, opts: EmbedderOptions) -> bool:
         path = self.weights_path(opts)
         return path is None or path.is_file()
+
+    def artifact(self, opts: EmbedderOptions) -> Path | None:
+        """The exported graph this model would serve from without its weights, if present."""
+        return None if self.artifact_locator is None else self.artifact_locator(self, opts)
 
     def option(self, key: str, default: object = None) -> object:
         return dict(self.extra).get(key, default)
@@ -96,9 +98,13 @@ class Embedder(abc.ABC):
         return None
 
     def preferred_batch_size(self) -> int | None:
-        """The batch size this runtime is fastest at per image (Triton's preferred_batch_size):
-        the batcher closes a batch there instead of filling up to --max-batch-size."""
+        """The batch size this runtime is fastest at per image (Triton's preferred_batch_size),
+        or None for no preference (batches fill up to --max-batch-size)."""
         return None
+
+    def describe(self) -> str:
+        """How this embedder runs, for the start-up log."""
+        return self.cfg.kind
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -116,42 +122,3 @@ SIMILARITIES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "cosine": cosine,
     "hamming": hamming_similarity,
 }
-
-_REGISTRY: dict[str, tuple[ModelCfg, Callable[[ModelCfg, EmbedderOptions], Embedder]]] = {}
-
-
-def register(cfg: ModelCfg, factory: Callable[[ModelCfg, EmbedderOptions], Embedder]) -> None:
-    """Add a model to the registry."""
-    if cfg.name in _REGISTRY:
-        raise ValueError(f"model {cfg.name!r} is already registered")
-    if cfg.similarity not in SIMILARITIES:
-        raise ValueError(f"unknown similarity {cfg.similarity!r} for {cfg.name!r}")
-    _REGISTRY[cfg.name] = (cfg, factory)
-
-
-def get_cfg(name: str) -> ModelCfg:
-    """The config of a registered model; ModelNotFoundError if there is none."""
-    _ensure_builtin()
-    try:
-        return _REGISTRY[name][0]
-    except KeyError:
-        raise ModelNotFoundError(
-            f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}"
-        ) from None
-
-
-def create(name: str, opts: EmbedderOptions | None = None) -> Embedder:
-    """Build (and load) the named embedder."""
-    cfg = get_cfg(name)
-    return _REGISTRY[name][1](cfg, opts or EmbedderOptions())
-
-
-def list_models() -> list[ModelCfg]:
-    """All registered models, in registration order."""
-    _ensure_builtin()
-    return [cfg for cfg, _ in _REGISTRY.values()]
-
-
-def _ensure_builtin() -> None:
-    # Importing the modules registers their models once.
-    from imgsim_server.embedders import classical, cnn  # noqa: F401

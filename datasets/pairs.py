@@ -1,9 +1,9 @@
 """Build labelled pair CSVs for imgsim.
 
-    python datasets/imgsim_pairs.py near-dup --out datasets/demo          # demo set
-    python datasets/imgsim_pairs.py near-dup --src PHOTOS --out DIR       # any folder of photos
-    python datasets/imgsim_pairs.py groups ../shared/data/caltech101_subset --out pairs.csv
-    python datasets/imgsim_pairs.py groups ../shared/data/ukbench_sample --rule ukbench --out p.csv
+    python -m imgsim_datasets.pairs near-dup --out datasets/demo          # demo set
+    python -m imgsim_datasets.pairs near-dup --src PHOTOS --out DIR       # any folder of photos
+    python -m imgsim_datasets.pairs groups ../shared/data/caltech101_subset --out pairs.csv
+    python -m imgsim_datasets.pairs groups ../shared/data/ukbench_sample --rule ukbench --out p.csv
 
 `near-dup` writes DIR/images/* and DIR/pairs.csv with columns
 pair_id,image_a,image_b,label,transform: one positive per (photo, transform), where image_b is a
@@ -29,43 +29,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
+from imgsim_datasets.photos import shipped_photos
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-
-# Real photos that installed packages ship (scikit-image, scikit-learn, matplotlib).
-SKIMAGE_PHOTOS = (
-    "astronaut.png",
-    "camera.png",
-    "chelsea.png",
-    "coffee.png",
-    "coins.png",
-    "hubble_deep_field.jpg",
-    "ihc.png",
-    "motorcycle_left.png",
-    "retina.jpg",
-    "rocket.jpg",
-    "moon.png",
-    "page.png",
-    "brick.png",
-    "grass.png",
-    "gravel.png",
-    "horse.png",
-    "text.png",
-)
-
-
-def shipped_photos() -> list[Path]:
-    """Paths of the real photos shipped by installed packages (those found)."""
-    from imgsim_server.sample_data import matplotlib_sample_data, skimage_data, sklearn_images
-
-    paths: list[Path] = []
-    if data := skimage_data():
-        paths += [data / n for n in SKIMAGE_PHOTOS if (data / n).is_file()]
-    if images := sklearn_images():
-        paths += sorted(images.glob("*.jpg"))
-    if (sample := matplotlib_sample_data()) and (sample / "grace_hopper.jpg").is_file():
-        paths.append(sample / "grace_hopper.jpg")
-    return paths
-
 
 # ---- the transform catalogue (each: image, rng -> image) -------------------------------------
 

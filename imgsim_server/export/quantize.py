@@ -16,22 +16,27 @@ from pathlib import Path
 
 import numpy as np
 
+from imgsim_server.embedders._preprocess import Preset
+
 log = logging.getLogger(__name__)
 
 
-def calibration_batches(input_size: int, resize: int) -> list[np.ndarray]:
+def calibration_batches(preset: Preset) -> list[np.ndarray]:
     """uint8 NHWC batches of real photos, preprocessed like the model's own preset."""
     from PIL import Image, ImageOps
 
-    from imgsim_server.embedders.cnn import Preset
-    from imgsim_server.sample_data import skimage_data, sklearn_images
+    from imgsim_datasets.photos import skimage_data, sklearn_images
 
     paths: list[Path] = []
     if data := skimage_data():
         paths += sorted(data.glob("*.png")) + sorted(data.glob("*.jpg"))
     if images := sklearn_images():
         paths += sorted(images.glob("*.jpg"))
-    preset = Preset(resize, input_size, (0.0,) * 3, (1.0,) * 3)
+    if not paths:
+        raise ModuleNotFoundError(
+            "int8 calibration uses the photos that scikit-image and scikit-learn ship; "
+            'install them: python -m pip install "imgsim[torch]"'
+        )
     xs = []
     for p in paths:
         try:
@@ -44,7 +49,7 @@ def calibration_batches(input_size: int, resize: int) -> list[np.ndarray]:
     return [np.stack(xs[i : i + 8]) for i in range(0, len(xs), 8)]
 
 
-def quantize(fp32: Path, out: Path, input_size: int = 224, resize: int = 256) -> None:
+def quantize(fp32: Path, out: Path, preset: Preset) -> None:
     """Write a statically quantised (QDQ, int8, per-channel) copy of the fp32 graph."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -54,7 +59,7 @@ def quantize(fp32: Path, out: Path, input_size: int = 224, resize: int = 256) ->
         quantize_static,
     )
 
-    batches = calibration_batches(input_size, resize)
+    batches = calibration_batches(preset)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -1,0 +1,55 @@
+"""CSV tables with the standard library's csv module: read with clear errors, write atomically."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class PairsFileError(ValueError):
+    """The pairs CSV (or an output to resume) cannot be used."""
+
+
+@dataclass
+class PairsTable:
+    """A pairs CSV in memory: its columns and rows as strings, every row with a pair_id."""
+
+    columns: list[str]
+    rows: list[dict[str, str]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def read_table(path: Path, what: str = "pairs file") -> PairsTable:
+    """A CSV's header and rows (strings), with clear errors for a missing or empty file."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except FileNotFoundError:
+        raise PairsFileError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise PairsFileError(f"cannot read {what} {path}: {exc}") from None
+    if not columns:
+        raise PairsFileError(f"{what} is empty: {path}")
+    return PairsTable(columns, [{k: v or "" for k, v in r.items() if k is not None} for r in rows])
+
+
+def write_csv_atomic(columns: list[str], rows: list[dict], out_path: Path) -> None:
+    """Write to a temporary file beside `out_path`, then rename: never a half-written file."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

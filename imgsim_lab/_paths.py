@@ -1,0 +1,11 @@
+"""Where the lab reads and writes: the checkout it runs from, and the shared datasets beside it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (the lab runs from a source tree)
+RESULTS = ROOT / "results"
+# Read in place, never copied in; every user skips cleanly when it is absent.
+SHARED = Path(os.environ.get("IMGSIM_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -1,0 +1,104 @@
+"""`imgsim-server export`: write a model's ONNX graph and manifest, where torch is installed.
+
+    imgsim-server export --model efficientnet-lite0 --output-dir DIR [--precision fp32,int8]
+
+A `[server]` install (no torch) then serves it: `imgsim-server --onnx-dir DIR`. The manifest
+beside each graph records the model name, preprocessing, embedding size, weights and versions;
+the server checks it against its registry before serving. Needs the `[torch]` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from imgsim_server.embedders import EmbedderOptions, ModelCfg, _onnx, cnn, get_cfg, list_models
+
+
+def export_graph(cfg: ModelCfg, opts: EmbedderOptions, folder: Path) -> Path:
+    """Export (fp32) or quantise (int8) `cfg`'s graph into `folder`, with its manifest."""
+    from imgsim_server.embedders import _torch
+
+    fp32_opts = dataclasses.replace(opts, precision="fp32", onnx_dir=folder)
+    fp32, _ = cnn.find_graph(cfg, fp32_opts, "fp32")
+    if fp32 is None:
+        fp32, _ = _onnx.graph_files(folder, cfg.name, "fp32")
+        _torch.export_onnx(cnn.build_net(cfg, opts), cfg.input_size, fp32)
+        _onnx.write_manifest(fp32, cnn.expected_manifest(cfg, opts, "fp32"))
+    if opts.precision == "fp32":
+        return fp32
+    from imgsim_server.export.quantize import quantize
+
+    out, _ = _onnx.graph_files(folder, cfg.name, opts.precision)
+    quantize(fp32, out, cnn.preset_of(cfg))
+    _onnx.write_manifest(out, cnn.expected_manifest(cfg, opts, opts.precision))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="imgsim-server export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--model",
+        action="append",
+        help="model to export; repeatable (default: every CNN whose weights are installed)",
+    )
+    ap.add_argument(
+        "--output-dir",
+        type=Path,
+        help=f"folder for MODEL-PRECISION.onnx and .json (default: the cache, {_onnx.cache_dir()})",
+    )
+    ap.add_argument(
+        "--precision", default="fp32,int8", help="comma-separated list of fp32 and int8"
+    )
+    ap.add_argument(
+        "--weights", type=Path, help="weights file (with a single --model) instead of the default"
+    )
+    ap.add_argument(
+        "--force", action="store_true", help="export again even if a matching graph exists"
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export the chosen models; prints one line per graph."""
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not cnn.can_export():
+        ap.error('export needs torch and onnx: python -m pip install "imgsim[torch]"')
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if bad := set(precisions) - {"fp32", "int8"}:
+        ap.error(f"unknown precision(s): {', '.join(sorted(bad))}")
+    if args.weights and len(args.model or []) != 1:
+        ap.error("--weights needs exactly one --model")
+    names = args.model or [
+        m.name for m in list_models() if m.kind == "cnn" and m.weights_available(EmbedderOptions())
+    ]
+    folder = args.output_dir or _onnx.cache_dir()
+    for name in names:
+        cfg = get_cfg(name)
+        if cfg.kind != "cnn":
+            ap.error(f"{name} is a {cfg.kind} method: it has no graph to export")
+        for precision in precisions:
+            started = time.perf_counter()
+            opts = EmbedderOptions(
+                backend="onnx", precision=precision, onnx_dir=folder, weights_file=args.weights
+            )
+            cnn.require_weights(cfg, opts)
+            graph, _ = cnn.find_graph(cfg, opts, precision)
+            if graph is None or args.force:
+                if args.force:
+                    for p in _onnx.graph_files(folder, name, precision):
+                        p.unlink(missing_ok=True)
+                graph = export_graph(cfg, opts, folder)
+                what = "exported"
+            else:
+                what = "up to date"
+            elapsed = time.perf_counter() - started
+            print(f"{name} {precision}: {graph} ({what}, {elapsed:.1f}s)", flush=True)
+    return 0
