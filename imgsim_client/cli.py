@@ -44,8 +44,13 @@ kept. Paths are absolute or relative to the CSV's folder. The server address com
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the epilog's layout and appends real defaults: none for empty or unset values,
-    and none where the help text already states its default."""
+    """Keeps laid-out text (the epilogs) as written and wraps plain paragraphs; appends real
+    defaults: none for empty or unset values, none where the help text states its default."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

@@ -108,10 +108,13 @@ BatchListener = Callable[[str, int, list[float], float], None]
 
 @dataclass(frozen=True)
 class ModelStatus:
+    """A registered model as ListModels reports it."""
+
     cfg: ModelCfg
-    weights_path: Path | None
+    weights_path: Path | None  # the file it serves from: an exported graph, else its weights
     weights_available: bool
     loaded: bool
+    source: str = ""  # where that file comes from, in words
 
 
 class Engine:
@@ -170,10 +173,12 @@ class SimilarityCore:
         out = []
         for mcfg in list_models():
             opts = self.options_for(mcfg.name)
+            loaded = mcfg.name in self._engines
+            if (graph := mcfg.artifact(opts)) is not None:  # served from it, weights or not
+                out.append(ModelStatus(mcfg, graph, True, loaded, "exported ONNX graph"))
+                continue
             path, available = mcfg.weights_path(opts), mcfg.weights_available(opts)
-            if not available and (graph := mcfg.artifact(opts)) is not None:
-                path, available = graph, True  # an exported graph serves without the weights
-            out.append(ModelStatus(mcfg, path, available, mcfg.name in self._engines))
+            out.append(ModelStatus(mcfg, path, available, loaded, mcfg.weights_source))
         return out
 
     def engine(self, name: str) -> Engine:

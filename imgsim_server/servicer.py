@@ -148,9 +148,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                 kind=m.cfg.kind,
                 embedding_dim=m.cfg.embedding_dim,
                 input_size=m.cfg.input_size,
-                weights_source=(
-                    f"{m.weights_path} ({m.cfg.weights_source})" if m.weights_path else ""
-                ),
+                weights_source=(f"{m.weights_path} ({m.source})" if m.weights_path else ""),
                 weights_available=m.weights_available,
                 loaded=m.loaded,
                 similarity=m.cfg.similarity,

@@ -53,19 +53,21 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def graph_files(folder: Path, model: str, precision: str) -> tuple[Path, Path]:
-    """(graph, manifest) paths of one model and precision in an ONNX folder."""
-    stem = f"{model}-{precision}"
+def graph_files(folder: Path, model: str, precision: str, tag: str = "") -> tuple[Path, Path]:
+    """(graph, manifest) paths of one model and precision in an ONNX folder; `tag` tells apart
+    graphs of other weights kept in the same folder (the cache)."""
+    stem = f"{model}-{precision}" + (f"-{tag}" if tag else "")
     return folder / f"{stem}.onnx", folder / f"{stem}.json"
 
 
-def find_graph(folder: Path, expected: dict, check_weights: bool) -> tuple[Path | None, str]:
-    """The graph in `folder` whose manifest matches `expected`, or (None, why not).
+def find_graph(graph: Path, expected: dict, check_weights: bool) -> tuple[Path | None, str]:
+    """`graph` if it exists and its manifest matches `expected`, else (None, why not).
 
     `expected` holds model, precision, embedding_dim, input_size, preprocessing, pooling and
     weights; `weights` is compared only when `check_weights` (it is known and matters).
     """
-    graph, manifest = graph_files(folder, expected["model"], expected["precision"])
+    manifest = graph.with_suffix(".json")
+    folder = graph.parent
     if not graph.is_file() or not manifest.is_file():
         return None, f"no exported graph {graph.name} (with {manifest.name}) in {folder}"
     try:

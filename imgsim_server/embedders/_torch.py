@@ -125,6 +125,7 @@ def export_onnx(net: nn.Module, input_size: int, path: Path) -> None:
                 dynamo=False,
                 dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
             )
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a server may run as another user
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

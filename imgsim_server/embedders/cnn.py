@@ -16,6 +16,7 @@ a builder loads the one it needs when a model is created.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -92,12 +93,23 @@ def expected_manifest(cfg: ModelCfg, opts: EmbedderOptions, precision: str) -> d
     }
 
 
+def graph_location(cfg: ModelCfg, opts: EmbedderOptions, precision: str) -> tuple[Path, Path]:
+    """(graph, manifest) paths for this model: `--onnx-dir` holds one graph per model and
+    precision; the cache keeps graphs of `--weights` files apart from the default weights'."""
+    if opts.onnx_dir is not None:
+        return _onnx.graph_files(opts.onnx_dir, cfg.name, precision)
+    tag = ""
+    if opts.weights_file is not None:
+        tag = hashlib.sha256(str(Path(opts.weights_file).resolve()).encode()).hexdigest()[:10]
+    return _onnx.graph_files(_onnx.cache_dir(), cfg.name, precision, tag)
+
+
 def find_graph(cfg: ModelCfg, opts: EmbedderOptions, precision: str) -> tuple[Path | None, str]:
     """The exported graph this model serves from, or (None, why not)."""
     expected = expected_manifest(cfg, opts, precision)
     # The weights are compared when they are known and either chosen by hand or re-exportable.
     check = expected["weights"] is not None and (can_export() or opts.weights_file is not None)
-    return _onnx.find_graph(opts.onnx_dir or _onnx.cache_dir(), expected, check)
+    return _onnx.find_graph(graph_location(cfg, opts, precision)[0], expected, check)
 
 
 def _artifact(cfg: ModelCfg, opts: EmbedderOptions) -> Path | None:
@@ -132,7 +144,7 @@ def ensure_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path:
     from imgsim_server.export import export_graph  # only where torch is installed
 
     log.info("exporting %s (%s) to ONNX: %s", cfg.name, opts.precision, why)
-    return export_graph(cfg, opts, opts.onnx_dir or _onnx.cache_dir())
+    return export_graph(cfg, opts)
 
 
 class CnnEmbedder(Embedder):

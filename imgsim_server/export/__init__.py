@@ -10,28 +10,27 @@ the server checks it against its registry before serving. Needs the `[torch]` ex
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
 from imgsim_server.embedders import EmbedderOptions, ModelCfg, _onnx, cnn, get_cfg, list_models
 
 
-def export_graph(cfg: ModelCfg, opts: EmbedderOptions, folder: Path) -> Path:
-    """Export (fp32) or quantise (int8) `cfg`'s graph into `folder`, with its manifest."""
+def export_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path:
+    """Export (fp32) or quantise (int8) `cfg`'s graph, with its manifest, where the server
+    looks for it: `opts.onnx_dir`, else the cache."""
     from imgsim_server.embedders import _torch
 
-    fp32_opts = dataclasses.replace(opts, precision="fp32", onnx_dir=folder)
-    fp32, _ = cnn.find_graph(cfg, fp32_opts, "fp32")
+    fp32, _ = cnn.find_graph(cfg, opts, "fp32")
     if fp32 is None:
-        fp32, _ = _onnx.graph_files(folder, cfg.name, "fp32")
+        fp32, _ = cnn.graph_location(cfg, opts, "fp32")
         _torch.export_onnx(cnn.build_net(cfg, opts), cfg.input_size, fp32)
         _onnx.write_manifest(fp32, cnn.expected_manifest(cfg, opts, "fp32"))
     if opts.precision == "fp32":
         return fp32
     from imgsim_server.export.quantize import quantize
 
-    out, _ = _onnx.graph_files(folder, cfg.name, opts.precision)
+    out, _ = cnn.graph_location(cfg, opts, opts.precision)
     quantize(fp32, out, cnn.preset_of(cfg))
     _onnx.write_manifest(out, cnn.expected_manifest(cfg, opts, opts.precision))
     return out
@@ -79,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     names = args.model or [
         m.name for m in list_models() if m.kind == "cnn" and m.weights_available(EmbedderOptions())
     ]
-    folder = args.output_dir or _onnx.cache_dir()
     for name in names:
         cfg = get_cfg(name)
         if cfg.kind != "cnn":
@@ -87,15 +85,18 @@ def main(argv: list[str] | None = None) -> int:
         for precision in precisions:
             started = time.perf_counter()
             opts = EmbedderOptions(
-                backend="onnx", precision=precision, onnx_dir=folder, weights_file=args.weights
+                backend="onnx",
+                precision=precision,
+                onnx_dir=args.output_dir,
+                weights_file=args.weights,
             )
             cnn.require_weights(cfg, opts)
             graph, _ = cnn.find_graph(cfg, opts, precision)
             if graph is None or args.force:
                 if args.force:
-                    for p in _onnx.graph_files(folder, name, precision):
+                    for p in cnn.graph_location(cfg, opts, precision):
                         p.unlink(missing_ok=True)
-                graph = export_graph(cfg, opts, folder)
+                graph = export_graph(cfg, opts)
                 what = "exported"
             else:
                 what = "up to date"

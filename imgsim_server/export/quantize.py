@@ -83,5 +83,6 @@ def quantize(fp32: Path, out: Path, preset: Preset) -> None:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
+        os.chmod(staged, 0o644)
         os.replace(staged, out)
     log.info("quantised %s -> %s with %d calibration batches", fp32.name, out.name, len(batches))
