@@ -300,15 +300,27 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return OK
 
 
+def _plain(msg) -> dict:
+    """A message as a dict with the proto's field names and numbers as numbers (protobuf's
+    JSON mapping writes 64-bit integers as strings)."""
+    out = {}
+    for f in msg.DESCRIPTOR.fields:
+        value = getattr(msg, f.name)
+        if f.message_type is not None:
+            value = [_plain(v) for v in value] if f.is_repeated else _plain(value)
+        elif f.is_repeated:
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         resp = client.stats()
     if args.json:
         import json
 
-        from google.protobuf.json_format import MessageToDict
-
-        print(json.dumps(MessageToDict(resp, always_print_fields_with_no_presence=True), indent=2))
+        print(json.dumps(_plain(resp), indent=2))
         return OK
     print(
         f"{'model':<24}{'batches':>9}{'images':>9}{'mean batch':>12}{'max':>6}"

@@ -15,7 +15,7 @@ try:
     import numpy as np
     from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 except ModuleNotFoundError as e:
-    if e.name not in ("numpy", "sklearn", "scipy"):  # a deeper breakage surfaces unchanged
+    if (e.name or "").split(".")[0] not in ("numpy", "sklearn", "scipy"):  # deeper breakage
         raise
     raise ModuleNotFoundError(
         f"{e}\n\n  imgsim-client evaluate needs the [eval] extra: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -14,8 +15,10 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+@functools.cache
 def bomb_png(side: int = 20000) -> bytes:
-    """A valid grayscale PNG of side x side zeros: tiny on disk, side^2 bytes when decoded."""
+    """A valid grayscale PNG of side x side zeros: tiny on disk, side^2 bytes when decoded.
+    Built once per process (it takes a moment to compress)."""
     comp = zlib.compressobj(9)
     row = b"\x00" * (side + 1)
     body = b"".join(comp.compress(row * 1000) for _ in range(side // 1000)) + comp.flush()

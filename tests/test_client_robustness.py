@@ -149,18 +149,20 @@ def test_cli_resume_without_output_scores_everything(address, photos, tmp_path):
     _assert_complete(out, 5)
 
 
-def test_unavailable_server_fails_after_retries(tmp_path, photos):
+def test_a_server_that_never_answered_is_not_retried(tmp_path, photos):
     csv = _pairs_csv(tmp_path, photos, 3, salt=34)
-    # Nothing listens on port 1.
+    started = time.monotonic()
+    # Nothing listens on port 1: reconnect backoff is for servers that answered once.
     with ImgsimClient("127.0.0.1:1", timeout=2) as client, pytest.raises(ImgsimError) as err:
         score_pairs(
             client,
             csv,
             tmp_path / "out.csv",
             progress=False,
-            retry=RetryPolicy(retries=2, initial_backoff_s=0.05),
+            retry=RetryPolicy(retries=5, initial_backoff_s=2),
         )
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - started < 2
 
 
 def test_idle_timeout_cancels_a_silent_stream(address, photos):
@@ -182,3 +184,120 @@ def test_idle_timeout_cancels_a_silent_stream(address, photos):
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "no result" in err.value.message
     assert time.monotonic() - started < 10
+
+
+def test_an_unreadable_file_fails_only_its_row(tmp_path, photos, address):
+    """With send-once, a pair that fails on the client registers no id: later pairs that use
+    its readable image still send the bytes and are scored."""
+    for name in ("astronaut", "chelsea", "coffee"):
+        (tmp_path / photos[name].name).write_bytes(photos[name].read_bytes())
+    a, c, k = photos["astronaut"].name, photos["chelsea"].name, photos["coffee"].name
+    rows = [(a, "missing.jpg"), (a, c), ("missing.jpg", k), (k, a), (c, k)]
+    pd.DataFrame(rows, columns=["image_a", "image_b"]).to_csv(tmp_path / "p.csv", index=False)
+    out = tmp_path / "out.csv"
+    code = main([str(tmp_path / "p.csv"), "-o", str(out), "--server", address, "--no-progress"])
+    df = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert code == 3  # finished, some pairs failed
+    assert list(df["error"] != "") == [True, False, True, False, False], list(df["error"])
+    assert df.loc[0, "error"].startswith("cannot read image")
+    assert df.loc[[1, 3, 4], "score"].astype(float).between(-1, 1).all()
+
+
+def test_resume_against_another_input_is_refused(tmp_path, photos, address, capsys):
+    csv_a = _pairs_csv(tmp_path, photos, 6, salt=36)
+    out = tmp_path / "out.csv"
+    assert main([str(csv_a), "-o", str(out), "--server", address, "--no-progress"]) == 0
+    before = out.read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    csv_b = _pairs_csv(other, photos, 3, salt=37)
+    code = main([str(csv_b), "-o", str(out), "--server", address, "--no-progress", "--resume"])
+    assert code == 1
+    assert "was written for another input" in capsys.readouterr().err
+    assert out.read_bytes() == before  # untouched
+    # The same input resumes (nothing left to do), and keeps every row.
+    assert main([str(csv_a), "-o", str(out), "--server", address, "--no-progress", "--resume"]) == 0
+    _assert_complete(out, 6)
+
+
+@pytest.mark.parametrize("command", ["score", "compare"])
+def test_first_connection_failure_is_quick_and_named(tmp_path, photos, command, capsys):
+    from imgsim_client.cli import build_parser
+
+    assert build_parser().parse_args(["compare", "a", "b"]).connect_timeout == 10.0  # < 15 s
+    csv = _pairs_csv(tmp_path, photos, 3, salt=38)
+    image = str(tmp_path / "0.jpg")
+    args = [str(csv)] if command == "score" else ["compare", image, image]
+    started = time.monotonic()
+    code = main(
+        [*args, "--server", "127.0.0.1:1", "--connect-timeout", "1", "--no-progress"][
+            : None if command == "score" else -1
+        ]
+    )
+    assert code == 1 and time.monotonic() - started < 5  # no reconnect backoff before a server
+    err = capsys.readouterr().err
+    assert "no imgsim server answered at 127.0.0.1:1 within 1s" in err
+    assert "--server or $IMGSIM_SERVER" in err
+
+
+def test_unary_calls_are_retried_by_grpc_on_unavailable(server, photos):
+    """gRPC's retryPolicy (service config) carries a unary call over a server that comes up
+    a moment later; without it the call fails at once with UNAVAILABLE."""
+    probe = start_server(ServerConfig(host="127.0.0.1", port=0), core=server.core)
+    port = probe.port
+    probe.stop(0)
+    later = []
+    timer = threading.Timer(
+        0.3,
+        lambda: later.append(
+            start_server(ServerConfig(host="127.0.0.1", port=port), core=server.core)
+        ),
+    )
+    a, b = distinct_jpegs(photos, 2, salt=39)
+    try:
+        with ImgsimClient(f"127.0.0.1:{port}", timeout=15) as client:
+            timer.start()
+            assert -1 <= client.compare(a, b) <= 1
+    finally:
+        timer.join()
+        for running in later:
+            running.stop(0)
+
+
+def test_exit_codes_and_stats_table(tmp_path, address, capsys):
+    import json
+
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text("image_a,image_b\n")
+    assert main([str(header_only), "--server", address, "--no-progress"]) == 0
+    assert "nothing to score" in capsys.readouterr().err
+    assert main(["stats", "--server", address]) == 0
+    table = capsys.readouterr().out
+    assert "efficientnet-lite0" in table and "pairs scored" in table and "{" not in table
+    assert main(["stats", "--server", address, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["pairs_scored"] >= 1 and stats["cache_hits"] >= 0
+    assert {m["model"] for m in stats["models"]} >= {"efficientnet-lite0"}
+
+
+def test_help_shows_real_defaults_and_exit_codes(monkeypatch):
+    from imgsim_client.cli import build_parser
+
+    monkeypatch.delenv("IMGSIM_SERVER", raising=False)
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices  # every subcommand's parser
+    for name, p in sub.items():
+        text = " ".join(p.format_help().split())  # unwrap
+        assert "(default: )" not in text and "(default: None)" not in text, name
+        assert "default: default" not in text and ") (default:" not in text, name
+    score = " ".join(sub["score"].format_help().split())
+    assert "server address (default: 127.0.0.1:50051; or set $IMGSIM_SERVER)" in score
+    assert "each next result (default: 60.0)" in score
+    assert "answered pairs are never sent again (default: 5)" in score
+    assert "3 finished, but some pairs failed" in score
+    top = " ".join(parser.format_help().split())
+    assert "exit codes: 0 done" in top and "130 interrupted" in top
+    monkeypatch.setenv("IMGSIM_SERVER", "10.0.0.7:6000")
+    again = " ".join(build_parser()._subparsers._group_actions[0].choices["compare"]
+                     .format_help().split())  # fmt: skip
+    assert "(default: $IMGSIM_SERVER = 10.0.0.7:6000)" in again

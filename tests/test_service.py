@@ -123,3 +123,42 @@ def test_exif_orientation_is_applied(client, photos):
     assert client.compare(upright, buf.getvalue()) >= 0.99
     # Control: the same pixels without the tag really do look different to the model.
     assert client.compare(upright, jpeg_bytes(rotated, 95)) < 0.95
+
+
+def test_model_names_are_resolved_once_not_per_pair(client, photos, monkeypatch):
+    """After a model is loaded, a request's model name costs one dict lookup: the registry is
+    not asked again for each pair (it used to be asked four times per pair)."""
+    import imgsim_server.core as core_module
+    from imgsim_server.embedders import _registry
+
+    calls = []
+
+    def counting(name):
+        calls.append(name)
+        return _registry.get_cfg(name)
+
+    monkeypatch.setattr(core_module, "get_cfg", counting)
+    monkeypatch.setattr(_registry, "get_cfg", counting)
+    files = [p.read_bytes() for p in list(photos.values())[:6]]
+    pairs = [PairRequest(str(i), files[i % 6], files[(i + 1) % 6]) for i in range(40)]
+    pairs += [
+        PairRequest(f"m{i}", files[i], files[i + 1], model="efficientnet-lite0") for i in range(4)
+    ]
+    assert all(r.ok for r in client.compare_stream(pairs))
+    client.compare(files[0], files[1])
+    assert len(calls) <= 1, calls  # at most the first use of the explicit name
+
+
+def test_batch_policy_is_logged_when_a_model_loads(caplog):
+    from imgsim_server.config import CoreConfig
+    from imgsim_server.core import SimilarityCore
+
+    core = SimilarityCore(CoreConfig(max_batch_size=32, max_delay_ms=5))
+    try:
+        with caplog.at_level("INFO", logger="imgsim_server.core"):
+            core.engine("")
+    finally:
+        core.close()
+    text = caplog.text
+    assert "loaded model efficientnet-lite0" in text
+    assert "batch policy: close at 4 (runtime default), cap 32, wait up to 5 ms" in text

@@ -1,0 +1,86 @@
+"""The import rules of ../shared/STYLE.md, checked in fresh interpreters by reading sys.modules:
+each install gets only what it needs, and arrows point down the stack only."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules_after(code: str) -> set[str]:
+    """Top-level module names loaded by running `code` in a fresh interpreter."""
+    probe = f"{code}\nimport sys, json; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    return {name.split(".")[0] for name in json.loads(out.splitlines()[-1])}
+
+
+def test_client_help_path_imports_no_grpc():
+    loaded = _modules_after("import imgsim_client.cli as c; c.build_parser().format_help()")
+    assert not loaded & {"grpc", "google", "tqdm", "numpy", "imgsim_server", "imgsim_lab"}
+
+
+def test_client_imports_nothing_of_the_server_or_heavy_stacks():
+    loaded = _modules_after(
+        "import imgsim_client, imgsim_client.client, imgsim_client.scoring, imgsim_client.cli\n"
+        "imgsim_client.ImgsimClient"
+    )
+    forbidden = {"imgsim_server", "imgsim_lab", "imgsim_datasets", "torch", "onnxruntime"}
+    forbidden |= {"pandas", "pyarrow", "matplotlib", "sklearn", "numpy", "PIL", "fastapi"}
+    assert not loaded & forbidden, loaded & forbidden
+
+
+def test_evaluate_loads_only_the_eval_extra():
+    loaded = _modules_after("import imgsim_client.evaluate")
+    assert {"sklearn", "numpy"} <= loaded
+    # (scikit-learn itself imports pandas when it happens to be installed; [eval] does not
+    # install it, which `make check-installs` checks in a fresh venv.)
+    assert not loaded & {"imgsim_server", "imgsim_lab", "torch", "grpc"}
+
+
+def test_embedders_and_serving_stack_load_no_torch():
+    loaded = _modules_after("import imgsim_server.embedders as e; e.list_models()")
+    assert not loaded & {"torch", "onnxruntime", "onnx", "imagehash", "scipy"}, loaded
+    serving = _modules_after("import imgsim_server.server, imgsim_server.__main__")
+    assert not serving & {"torch", "torchvision", "imgsim_lab", "imgsim_datasets", "sklearn"}
+    assert "imgsim_server.export" not in _full_modules("import imgsim_server.server")
+
+
+def _full_modules(code: str) -> set[str]:
+    probe = f"{code}\nimport sys, json; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+@pytest.mark.parametrize("package", ["imgsim_client", "imgsim_server", "imgsim_lab", "datasets"])
+def test_no_sys_path_edits_and_client_never_imports_server(package):
+    for path in (ROOT / package).rglob("*.py"):
+        text = path.read_text()
+        assert "sys.path" not in text, path
+        if package == "imgsim_client":
+            assert not re.search(r"^\s*(from|import) imgsim_(server|lab)", text, re.M), path
+
+
+def test_evaluate_without_the_eval_extra_says_what_to_install(tmp_path):
+    scores = tmp_path / "s.csv"
+    scores.write_text("image_a,image_b,label,score\na,b,1,0.9\nc,d,0,0.1\n")
+    code = (
+        "import sys; sys.modules.update(sklearn=None)\n"
+        "from imgsim_client.cli import main; sys.exit(main(['evaluate', sys.argv[1]]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(scores)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 1, run.stderr
+    assert 'python -m pip install "imgsim[eval]"' in run.stderr
+    assert "Traceback" not in run.stderr
