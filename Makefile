@@ -11,7 +11,7 @@ GENERATED := protos/imgsim/v1/similarity_pb2.py protos/imgsim/v1/similarity_pb2_
              protos/imgsim/v1/similarity_pb2.pyi
 
 .DEFAULT_GOAL := help
-.PHONY: help install generate-protos demo test check bench study report export soak clean
+.PHONY: help install generate-protos demo test check check-installs bench study report export soak clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -46,6 +46,9 @@ test: $(STAMP) ## Run the test suite (real server on loopback, real model, real 
 check: $(STAMP) ## Lint with ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check imgsim_server imgsim_client imgsim_lab tests datasets
+
+check-installs: $(STAMP) ## Base and [server] installs in throwaway venvs: no torch, sizes, real scores
+	bash scripts/check_installs.sh
 
 clean: ## Remove the venv, generated demo data and caches
 	rm -rf $(VENV) datasets/demo .pytest_cache .ruff_cache

@@ -230,13 +230,13 @@ def test_first_connection_failure_is_quick_and_named(tmp_path, photos, command, 
     args = [str(csv)] if command == "score" else ["compare", image, image]
     started = time.monotonic()
     code = main(
-        [*args, "--server", "127.0.0.1:1", "--connect-timeout", "1", "--no-progress"][
+        [*args, "--server", "127.0.0.1:1", "--connect-timeout", "0.3", "--no-progress"][
             : None if command == "score" else -1
         ]
     )
     assert code == 1 and time.monotonic() - started < 5  # no reconnect backoff before a server
     err = capsys.readouterr().err
-    assert "no imgsim server answered at 127.0.0.1:1 within 1s" in err
+    assert "no imgsim server answered at 127.0.0.1:1 within 0.3s" in err
     assert "--server or $IMGSIM_SERVER" in err
 
 
