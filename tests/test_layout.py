@@ -14,13 +14,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _modules_after(code: str) -> set[str]:
-    """Top-level module names loaded by running `code` in a fresh interpreter."""
+def _modules_after(code: str, top_level: bool = True) -> set[str]:
+    """Module names (top-level only, by default) loaded by running `code` in a fresh
+    interpreter."""
     probe = f"{code}\nimport sys, json; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout
-    return {name.split(".")[0] for name in json.loads(out.splitlines()[-1])}
+    names = json.loads(out.splitlines()[-1])
+    return {name.split(".")[0] for name in names} if top_level else set(names)
 
 
 def test_client_help_path_imports_no_grpc():
@@ -51,15 +53,8 @@ def test_embedders_and_serving_stack_load_no_torch():
     assert not loaded & {"torch", "onnxruntime", "onnx", "imagehash", "scipy"}, loaded
     serving = _modules_after("import imgsim_server.server, imgsim_server.__main__")
     assert not serving & {"torch", "torchvision", "imgsim_lab", "imgsim_datasets", "sklearn"}
-    assert "imgsim_server.export" not in _full_modules("import imgsim_server.server")
-
-
-def _full_modules(code: str) -> set[str]:
-    probe = f"{code}\nimport sys, json; print(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
-    return set(json.loads(out.splitlines()[-1]))
+    full = _modules_after("import imgsim_server.server", top_level=False)
+    assert "imgsim_server.export" not in full
 
 
 @pytest.mark.parametrize("package", ["imgsim_client", "imgsim_server", "imgsim_lab", "datasets"])
