@@ -69,8 +69,9 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server",
         default=env_server or DEFAULT_SERVER,
-        metavar="HOST:PORT",
-        help="server address (default: "
+        metavar="TARGET",
+        help="any gRPC target: HOST:PORT, ipv4:H1:P1,H2:P2 or dns:///NAME:PORT (several "
+        "addresses are balanced round robin), unix:PATH (default: "
         + (f"$IMGSIM_SERVER = {env_server}" if env_server else f"{DEFAULT_SERVER}; or set ")
         + ("" if env_server else "$IMGSIM_SERVER")
         + ")",
@@ -141,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up on the whole run after this long (default: no limit); the server stops "
         "working on it, and the partial result is written",
+    )
+    s.add_argument(
+        "--streams",
+        type=int,
+        metavar="K",
+        help="split the pairs over K concurrent streams on one channel; round robin spreads "
+        "them over the target's addresses, and a stream whose backend dies is reopened on the "
+        "others (default: the number of addresses --server resolves to)",
     )
     s.add_argument(
         "--retries",
@@ -217,7 +226,7 @@ def _connect(args: argparse.Namespace):
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from imgsim_client.client import ImgsimError
+    from imgsim_client.client import ImgsimError, target_addresses
     from imgsim_client.scoring import RetryPolicy, read_pairs, score_pairs
 
     out = args.output or args.pairs.with_suffix(".scored.csv")
@@ -237,6 +246,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 idle_timeout_s=args.timeout,
                 retry=RetryPolicy(retries=args.retries),
                 resume=args.resume,
+                streams=args.streams or target_addresses(args.server),
             )
         except (ImgsimError, KeyboardInterrupt):
             if out.exists():

@@ -8,6 +8,7 @@ streams are resumed by `scoring.score_pairs`, which resends only the unanswered 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -34,9 +35,16 @@ UNARY_RETRY = {
 
 
 def service_config(retry: dict | None = None) -> str:
-    """The channel's service-config JSON: unary retry policy for Compare, ListModels, GetStats."""
+    """The channel's service-config JSON: round_robin over every address the target resolves
+    to (one stream stays on one backend; calls and new streams rotate), and the unary retry
+    policy for Compare, ListModels and GetStats."""
     names = [{"service": _SERVICE, "method": m} for m in ("Compare", "ListModels", "GetStats")]
-    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": retry or UNARY_RETRY}]})
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [{"name": names, "retryPolicy": retry or UNARY_RETRY}],
+        }
+    )
 
 
 class ImgsimError(Exception):
@@ -100,29 +108,55 @@ class PairResult:
         return cls(resp.pair_id, resp.score, resp.model)
 
 
-class _IdleWatchdog:
-    """Cancels a streaming call when no message arrives for `idle_s` seconds."""
+class _Watchdog:
+    """Cancels a streaming call when no message arrives for `idle_s` seconds, or when the
+    `stop` event is set (another stream of the same run failed, or the run was interrupted)."""
 
-    def __init__(self, call: grpc.Call, idle_s: float) -> None:
+    def __init__(self, call: grpc.Call, idle_s: float | None, stop: threading.Event | None) -> None:
         self.call = call
         self.idle_s = idle_s
+        self.stop_event = stop
         self.fired = False
         self._last = time.monotonic()
-        self._stop = threading.Event()
-        threading.Thread(target=self._watch, name="imgsim-idle", daemon=True).start()
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, name="imgsim-watchdog", daemon=True).start()
 
     def touch(self) -> None:
         self._last = time.monotonic()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
 
     def _watch(self) -> None:
-        while not self._stop.wait(min(1.0, self.idle_s / 4)):
-            if time.monotonic() - self._last > self.idle_s:
+        poll = min(1.0, self.idle_s / 4) if self.idle_s else 0.2
+        while not self._done.wait(poll):
+            if self.stop_event is not None and self.stop_event.is_set():
+                self.call.cancel()
+                return
+            if self.idle_s and time.monotonic() - self._last > self.idle_s:
                 self.fired = True
                 self.call.cancel()
                 return
+
+
+def target_addresses(target: str) -> int:
+    """How many backends a gRPC target names: the entries of an `ipv4:`/`ipv6:` list, the
+    addresses a DNS name resolves to (best effort), else 1."""
+    scheme, sep, rest = target.partition(":")
+    if sep and scheme in ("ipv4", "ipv6"):
+        return max(1, len([a for a in rest.split(",") if a]))
+    if (sep and scheme == "unix") or target.startswith("unix"):
+        return 1
+    host_port = target.split("///", 1)[1] if target.startswith("dns:") else target
+    host, _, port = host_port.rpartition(":")
+    host = host.strip("[]")
+    if not host or host.replace(".", "").isdigit():
+        return 1
+    try:
+        infos = socket.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return 1
+    return max(1, len({info[4][0] for info in infos}))
 
 
 class ImgsimClient:
@@ -193,6 +227,15 @@ class ImgsimClient:
             ) from None
         self.server_answered = True
 
+    def warm_up(self, timeout: float | None = None) -> None:
+        """Connect before streams open, so that round_robin can place them on every backend
+        of a multi-address target (streams opened on a cold channel can all land on the first
+        backend, grpc issue 20226): wait for the channel, then make one cheap call per
+        backend, which gives the other subchannels time to connect."""
+        self.wait_ready(timeout)
+        for _ in range(target_addresses(self.target)):
+            self.list_models()
+
     def compare(
         self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
     ) -> float:
@@ -216,17 +259,18 @@ class ImgsimClient:
         pairs: Iterable[PairRequest],
         timeout: float | None = None,
         idle_timeout: float | None = None,
+        stop: threading.Event | None = None,
     ) -> Iterator[PairResult]:
         """Stream pairs; yields one result per pair as the server computes them (any order).
 
         `timeout` bounds the whole stream (default: none, since streams may be long); the
         server stops working for it when it passes. `idle_timeout` cancels the stream when no
-        result arrives for that long. Both end in ImgsimError(DEADLINE_EXCEEDED). Leaving the
-        loop early cancels the call.
+        result arrives for that long. Both end in ImgsimError(DEADLINE_EXCEEDED). Setting `stop`
+        cancels the call (ImgsimError(CANCELLED)), as does leaving the loop early.
         """
         requests = (p.to_proto() for p in pairs)
         call = self._stub.CompareStream(requests, timeout=timeout, metadata=self._metadata)
-        watchdog = _IdleWatchdog(call, idle_timeout) if idle_timeout else None
+        watchdog = _Watchdog(call, idle_timeout, stop) if idle_timeout or stop else None
         try:
             for resp in call:
                 if watchdog:

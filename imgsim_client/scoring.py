@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,6 +194,103 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="pair", disable=not enabled, dynamic_ncols=True)
 
 
+class _Run:
+    """What the streams of one run share: results, client-side errors, progress, checkpoints."""
+
+    def __init__(
+        self, table: PairsTable, out_path: Path, results: dict, bar, checkpoint_s: float
+    ) -> None:
+        self.table = table
+        self.out_path = out_path
+        self.results = results
+        self.local_errors: dict[str, str] = {}
+        self.bar = bar
+        self.checkpoint_s = checkpoint_s
+        self.lock = threading.Lock()
+        self.stop = threading.Event()  # set when the run fails or is interrupted
+        self.bytes_sent = 0
+        self.reconnects = 0
+        self._last_checkpoint = time.monotonic()
+
+    def answered(self, res: PairResult) -> None:
+        with self.lock:
+            self.results[res.pair_id] = res
+            self.bar.update(1)
+            if time.monotonic() - self._last_checkpoint > self.checkpoint_s:
+                self.write(NOT_SCORED)
+                self._last_checkpoint = time.monotonic()
+
+    def write(self, missing: str) -> int:
+        return _write_results(self.table, self.results, self.local_errors, self.out_path, missing)
+
+
+def _split(rows: list, parts: int) -> list[list]:
+    """`rows` in `parts` contiguous chunks (neighbouring pairs often share images, and an image
+    is sent once per stream), as even as possible."""
+    parts = max(1, min(parts, len(rows)))
+    size, extra = divmod(len(rows), parts)
+    out, start = [], 0
+    for k in range(parts):
+        end = start + size + (k < extra)
+        out.append(rows[start:end])
+        start = end
+    return out
+
+
+def _stream_chunk(
+    run: _Run,
+    client: ImgsimClient,
+    chunk: list[tuple[str, str, str]],
+    base: Path,
+    model: str,
+    send_once: bool,
+    deadline: float | None,
+    idle_timeout_s: float | None,
+    retry: RetryPolicy,
+) -> None:
+    """Score one chunk over one stream; on UNAVAILABLE (its backend went away), open a new
+    stream with the chunk's unanswered pairs, which round_robin places on a live backend."""
+    reconnects = 0
+    while True:
+        with run.lock:
+            todo = [r for r in chunk if r[0] not in run.results and r[0] not in run.local_errors]
+        if not todo or run.stop.is_set():
+            return
+        requests = _Requests(todo, base, model, send_once)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        try:
+            if remaining is not None and remaining <= 0:
+                raise ImgsimError(grpc.StatusCode.DEADLINE_EXCEEDED, "the run's deadline passed")
+            for res in client.compare_stream(requests, remaining, idle_timeout_s, run.stop):
+                run.answered(res)
+            return
+        except ImgsimError as err:
+            if (
+                err.code != grpc.StatusCode.UNAVAILABLE
+                or not client.server_answered
+                or reconnects >= retry.retries
+                or run.stop.is_set()
+            ):
+                raise
+            reconnects += 1
+            wait = retry.backoff(reconnects)
+            with run.lock:
+                run.reconnects += 1
+                left = sum(1 for r in todo if r[0] not in run.results)
+                run.bar.write(
+                    f"imgsim-client: {err.message or err.code.name}; reconnecting in "
+                    f"{wait:.1f}s (retry {reconnects}/{retry.retries}), {left} pairs of this "
+                    "stream to go"
+                )
+            if run.stop.wait(wait):
+                return
+        finally:
+            with run.lock:
+                run.local_errors.update(requests.local_errors)
+                run.bar.update(len(requests.local_errors))
+                run.bytes_sent += requests.bytes_sent
+
+
 def score_pairs(
     client: ImgsimClient,
     csv_path: Path,
@@ -204,69 +303,60 @@ def score_pairs(
     retry: RetryPolicy | None = None,
     resume: bool = False,
     checkpoint_s: float = 60.0,
+    streams: int = 1,
 ) -> ScoreSummary:
     """Score every row of `csv_path` and write it, in input order, with score and error.
 
-    `deadline_s` bounds the whole run, `idle_timeout_s` the wait for each result. Once a server
-    has answered, a lost server is reconnected per `retry`; a server that never answered is
-    an error at once. Every `checkpoint_s` seconds, and when interrupted or failing, it writes
-    the partial result, which `resume=True` completes.
+    The rows are split over `streams` concurrent streams on the client's one channel; with a
+    multi-address target, round_robin spreads them over the backends (one stream stays on one
+    backend). `deadline_s` bounds the whole run, `idle_timeout_s` the wait for each result.
+    Once a server has answered, a stream whose backend is lost reopens per `retry` with only
+    its unanswered pairs (on the surviving backends); a server that never answered is an error
+    at once. Every `checkpoint_s` seconds, and when interrupted or failing, it writes the
+    partial result, which `resume=True` completes.
     """
     retry = retry or RetryPolicy()
     table = read_pairs(csv_path)
     rows = [(r["pair_id"], r["image_a"], r["image_b"]) for r in table.rows]
     results: dict[str, PairResult] = load_partial(out_path, table) if resume else {}
     resumed = len(results)
-    local_errors: dict[str, str] = {}
-    bytes_sent = reconnects = 0
+    todo = [r for r in rows if r[0] not in results]
+    chunks = _split(todo, streams)
+    deadline = None if deadline_s is None else time.monotonic() + deadline_s
     started = time.perf_counter()
-    last_checkpoint = time.monotonic()
     with _progress(len(table), resumed, progress) as bar:
+        run = _Run(table, out_path, results, bar, checkpoint_s)
+        if len(chunks) > 1:
+            client.warm_up()
+        pool = ThreadPoolExecutor(len(chunks), thread_name_prefix="imgsim-stream")
+        futures = [
+            pool.submit(
+                _stream_chunk,
+                run,
+                client,
+                chunk,
+                csv_path.parent,
+                model,
+                send_once,
+                deadline,
+                idle_timeout_s,
+                retry,
+            )
+            for chunk in chunks
+        ]
         try:
-            while True:
-                todo = [r for r in rows if r[0] not in results and r[0] not in local_errors]
-                if not todo:
-                    break
-                requests = _Requests(todo, csv_path.parent, model, send_once)
-                remaining = (
-                    None if deadline_s is None else deadline_s - (time.perf_counter() - started)
-                )
-                try:
-                    if remaining is not None and remaining <= 0:
-                        raise ImgsimError(
-                            grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline of {deadline_s:g}s passed"
-                        )
-                    for res in client.compare_stream(requests, remaining, idle_timeout_s):
-                        results[res.pair_id] = res
-                        bar.update(1)
-                        if time.monotonic() - last_checkpoint > checkpoint_s:
-                            _write_results(table, results, local_errors, out_path, NOT_SCORED)
-                            last_checkpoint = time.monotonic()
-                    break
-                except ImgsimError as err:
-                    if (
-                        err.code != grpc.StatusCode.UNAVAILABLE
-                        or not client.server_answered
-                        or reconnects >= retry.retries
-                    ):
-                        raise
-                    reconnects += 1
-                    wait = retry.backoff(reconnects)
-                    bar.write(
-                        f"imgsim-client: {err.message or err.code.name}; reconnecting in "
-                        f"{wait:.1f}s (retry {reconnects}/{retry.retries}), "
-                        f"{len(todo) - sum(1 for r in todo if r[0] in results)} pairs to go"
-                    )
-                    time.sleep(wait)
-                finally:
-                    local_errors.update(requests.local_errors)
-                    bar.update(len(requests.local_errors))
-                    bytes_sent += requests.bytes_sent
+            for fut in as_completed(futures):
+                fut.result()  # the first failure cancels the other streams (below)
         except BaseException:
-            # Interrupted (Ctrl-C) or failed for good: keep what is done, ready for --resume.
-            _write_results(table, results, local_errors, out_path, NOT_SCORED)
+            # Interrupted (Ctrl-C) or failed for good: stop every stream, keep what is done,
+            # ready for --resume.
+            run.stop.set()
+            pool.shutdown(wait=True)
+            with run.lock:
+                run.write(NOT_SCORED)
             raise
+        pool.shutdown(wait=True)
     elapsed = time.perf_counter() - started
-    failed = _write_results(table, results, local_errors, out_path, "no response from server")
+    failed = run.write("no response from server")
     n = len(table)
-    return ScoreSummary(n, n - failed, failed, elapsed, bytes_sent, reconnects, resumed)
+    return ScoreSummary(n, n - failed, failed, elapsed, run.bytes_sent, run.reconnects, resumed)

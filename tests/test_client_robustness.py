@@ -26,7 +26,7 @@ class RecordingClient(ImgsimClient):
         self.answered: list[list[str]] = []
         self.on_result = on_result
 
-    def compare_stream(self, pairs, timeout=None, idle_timeout=None):
+    def compare_stream(self, pairs, timeout=None, idle_timeout=None, stop=None):
         sent, answered = [], []
         self.sent.append(sent)
         self.answered.append(answered)
@@ -36,7 +36,7 @@ class RecordingClient(ImgsimClient):
                 sent.append(p.pair_id)
                 yield p
 
-        for res in super().compare_stream(tap(), timeout, idle_timeout):
+        for res in super().compare_stream(tap(), timeout, idle_timeout, stop):
             answered.append(res.pair_id)
             yield res
             if self.on_result:
@@ -291,7 +291,7 @@ def test_help_shows_real_defaults_and_exit_codes(monkeypatch):
         assert "(default: )" not in text and "(default: None)" not in text, name
         assert "default: default" not in text and ") (default:" not in text, name
     score = " ".join(sub["score"].format_help().split())
-    assert "server address (default: 127.0.0.1:50051; or set $IMGSIM_SERVER)" in score
+    assert "unix:PATH (default: 127.0.0.1:50051; or set $IMGSIM_SERVER)" in score
     assert "each next result (default: 60.0)" in score
     assert "answered pairs are never sent again (default: 5)" in score
     assert "3 finished, but some pairs failed" in score

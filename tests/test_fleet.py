@@ -1,0 +1,103 @@
+"""A fleet on loopback: several replicas behind gRPC's round_robin, K streams, failover."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+from imgsim_client import ImgsimClient
+from imgsim_client.cli import main
+from imgsim_client.client import target_addresses
+from imgsim_server.config import CoreConfig, ServerConfig
+from imgsim_server.server import start_server
+from tests.test_client_robustness import _pairs_csv
+
+
+@pytest.fixture()
+def replicas():
+    """Starts replicas, each with its own core (own batcher, cache and counters)."""
+    started = []
+
+    def make(n: int):
+        for _ in range(n):
+            running = start_server(ServerConfig(host="127.0.0.1", port=0, core=CoreConfig()))
+            running.core.engine("")  # loaded, as a deployed replica is before it is ready
+            started.append(running)
+        return started[-n:]
+
+    yield make
+    for running in started:
+        running.stop(0)
+
+
+def _target(servers) -> str:
+    return "ipv4:" + ",".join(f"127.0.0.1:{s.port}" for s in servers)
+
+
+def _scores(path) -> pd.Series:
+    df = pd.read_csv(path, dtype={"pair_id": str}, keep_default_na=False)
+    assert (df["error"] == "").all(), df["error"].unique()
+    return df.set_index("pair_id")["score"].astype(float)
+
+
+def _reference(csv, address, tmp_path) -> pd.Series:
+    out = tmp_path / "single.csv"
+    assert main([str(csv), "-o", str(out), "--server", address, "--no-progress"]) == 0
+    return _scores(out)
+
+
+def test_target_addresses():
+    assert target_addresses("ipv4:127.0.0.1:1,127.0.0.1:2,127.0.0.1:3") == 3
+    assert target_addresses("127.0.0.1:50051") == 1
+    assert target_addresses("unix:/tmp/imgsim.sock") == 1
+
+
+def test_two_replicas_share_the_work_and_agree_with_one_server(replicas, address, photos, tmp_path):
+    servers = replicas(2)
+    csv = _pairs_csv(tmp_path, photos, 120, salt=40)
+    out = tmp_path / "fleet.csv"
+    argv = [str(csv), "-o", str(out), "--server", _target(servers), "--streams", "4"]
+    assert main([*argv, "--no-progress"]) == 0
+    embedded = [sum(s.items for s in r.core.batch_stats().values()) for r in servers]
+    assert min(embedded) >= 0.25 * sum(embedded), embedded
+    fleet, single = _scores(out), _reference(csv, address, tmp_path)
+    assert list(fleet.index) == list(single.index)  # input order, every pair once
+    assert (fleet - single).abs().max() <= 1e-5
+
+
+def test_a_replica_dying_mid_run_loses_nothing(replicas, address, photos, tmp_path, capsys):
+    servers = replicas(3)
+    victim = servers[2]
+    csv = _pairs_csv(tmp_path, photos, 150, salt=41)
+    out = tmp_path / "fleet.csv"
+
+    def kill_when_busy():
+        deadline = time.monotonic() + 30
+        while victim.core.pairs_scored < 5 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        victim.stop(0)  # its stream is cut mid-run: UNAVAILABLE on the client
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    code = main([str(csv), "-o", str(out), "--server", _target(servers), "--no-progress"])
+    killer.join()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "reconnect" in err  # the victim's stream was reopened on a survivor
+    assert victim.core.pairs_scored < 50  # it really died mid-run (its share was 50)
+    fleet, single = _scores(out), _reference(csv, address, tmp_path)
+    assert list(fleet.index) == list(single.index)
+    assert (fleet - single).abs().max() <= 1e-5
+
+
+def test_unary_compare_over_a_multi_address_target(replicas, photos):
+    servers = replicas(2)
+    data = photos["chelsea"].read_bytes()
+    with ImgsimClient(_target(servers), timeout=30) as client:
+        client.warm_up()
+        for _ in range(4):
+            assert client.compare(data, data) >= 0.999
+    assert all(r.core.pairs_scored >= 1 for r in servers)  # calls rotate over the replicas
