@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from imgsim_server.server import serve
+    from imgsim_server.transport.grpc_server import serve
 
     return serve(config_from_args(args))
 

@@ -17,20 +17,24 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    def abort(_request_or_iterator, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def abort(_request_or_iterator, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    return with_behaviour(handler, abort)
+    async def abort_stream(_request_or_iterator, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # never reached: makes this an async generator, as streaming handlers are
+
+    return with_behaviour(handler, abort_stream if handler.response_streaming else abort)
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Rejects calls without the right bearer token with UNAUTHENTICATED."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())

@@ -37,10 +37,12 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     grace_s: float = 10.0
-    max_workers: int = 32
     max_message_mb: int = 64
     max_stream_inflight: int = 256
-    max_concurrent_rpcs: int = 64
+    max_concurrent_streams: int = 64  # streaming calls at once; control calls never count
+    stream_idle_timeout_s: float | None = 300.0  # close streams silent this long; None = never
+    max_connection_age_s: float | None = None  # GOAWAY after this age (gRFC A9); None = off
+    max_connection_age_grace_s: float = 30.0  # then this long for calls in flight
     log_level: str = "INFO"
     auth_token: str = ""
     tls_cert: Path | None = None
@@ -194,10 +196,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="logging verbosity",
     )
     p.add_argument(
-        "--max-concurrent-rpcs",
+        "--max-concurrent-streams",
         type=int,
-        default=64,
-        help="calls served at once; more get RESOURCE_EXHAUSTED",
+        default=int(env("IMGSIM_MAX_STREAMS", "64")),
+        help="streaming calls (CompareStream) served at once; one more gets "
+        "RESOURCE_EXHAUSTED. Unary Compare is bounded by --queue-size instead, and health, "
+        "reflection, ListModels and GetStats never count. An idle stream holds no thread",
+    )
+    p.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a stream that sent nothing and has nothing left to answer for this long "
+        "(DEADLINE_EXCEEDED); 0 = never",
+    )
+    p.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="close each client connection (GOAWAY) after this age, so that long-lived "
+        "clients re-resolve and reach replicas added since (gRFC A9); 0 = off",
+    )
+    p.add_argument(
+        "--max-connection-age-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="after --max-connection-age, how long calls in flight may finish before the "
+        "connection is cut (a cut stream is a resumable UNAVAILABLE for the client)",
     )
     p.add_argument(
         "--auth-token",
@@ -241,7 +269,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=args.port,
         grace_s=args.grace,
         max_message_mb=args.max_message_mb,
-        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_concurrent_streams=args.max_concurrent_streams,
+        stream_idle_timeout_s=args.stream_idle_timeout or None,
+        max_connection_age_s=args.max_connection_age or None,
+        max_connection_age_grace_s=args.max_connection_age_grace,
         log_level=args.log_level,
         auth_token=args.auth_token,
         tls_cert=args.tls_cert,

@@ -39,21 +39,11 @@ from imgsim_server.embedders import (
 from imgsim_server.errors import (
     CancelledError,
     DeadlineExceededError,
-    InvalidRequestError,
     OverloadedError,
 )
 from imgsim_server.images import decode_image
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """An image as a request names it: bytes, or a reference to bytes sent earlier."""
-
-    data: bytes | None = None
-    ref: str = ""
-    id: str = ""
 
 
 class CallToken:
@@ -181,6 +171,22 @@ class SimilarityCore:
             out.append(ModelStatus(mcfg, path, available, loaded, mcfg.weights_source))
         return out
 
+    def warm_up(self, name: str) -> Engine:
+        """Load a model and run one image through it (the first run of a runtime is slow),
+        so that a server reports ready only when its first call will be quick."""
+        eng = self.engine(name)
+        side = eng.cfg.input_size
+        ramp = np.linspace(0, 255, side * side * 3, dtype=np.float32).reshape(side, side, 3)
+        from PIL import Image
+
+        x = eng.embedder.preprocess(Image.fromarray(ramp.astype(np.uint8)))
+        eng.embedder.embed(x[None])
+        return eng
+
+    def loaded_engine(self, name: str) -> Engine | None:
+        """The engine for a request's model name if it is loaded already (never blocks)."""
+        return self._by_request.get(name)
+
     def engine(self, name: str) -> Engine:
         """The engine a request's model name ('' = the default) resolves to, loaded on first
         use and kept. After the first call a name costs one dict lookup."""
@@ -215,25 +221,32 @@ class SimilarityCore:
         timeout: float | None = None,
         token: CallToken | None = None,
     ) -> Future:
-        """Future of one image's embedding. Raises OverloadedError if admission times out."""
+        """Future of one image's embedding: from the cache, joined to the same image in flight,
+        or admitted to the queue. When the queue is full it waits for room (`block`, at most
+        `timeout`) or raises OverloadedError, in both cases having changed nothing."""
         key = (eng.cfg.name, hashlib.blake2b(data, digest_size=16).digest())
         cached = self.cache.get(key)
         if cached is not None:
             fut: Future = Future()
             fut.set_result(cached)
             return fut
-        with self._inflight_lock:
-            existing = self._inflight.get(key)
-            if existing is not None:
-                self.dedup_hits += 1
-                existing.tokens.append(token)
-                return existing.future
-            pending = _Pending(key, token)
-            self._inflight[key] = pending
-        if not self._admission.acquire(blocking=block, timeout=timeout if block else None):
-            err = OverloadedError(f"server queue is full ({self.cfg.queue_size} images)")
-            self._settle(pending, err)
-            raise err
+        admitted = False
+        while True:
+            with self._inflight_lock:
+                existing = self._inflight.get(key)
+                if existing is not None:
+                    if admitted:  # it arrived while we waited for room: join it instead
+                        self._admission.release()
+                    self.dedup_hits += 1
+                    existing.tokens.append(token)
+                    return existing.future
+                if admitted or self._admission.acquire(blocking=False):
+                    pending = _Pending(key, token)
+                    self._inflight[key] = pending
+                    break
+            if not block or not self._admission.acquire(timeout=timeout):
+                raise OverloadedError(f"server queue is full ({self.cfg.queue_size} images)")
+            admitted = True
         pending.future.add_done_callback(lambda _f: self._admission.release())
         if token is not None and token.cancelled:  # it went away while waiting for admission
             self._settle(pending, CancelledError(_GONE))
@@ -378,32 +391,3 @@ class SimilarityCore:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         for eng in self._engines.values():
             eng.batcher.close()
-
-
-class StreamSession:
-    """Per-stream state: the table of images sent with an `id`, for later `ref`s."""
-
-    def __init__(self, max_bytes: int = 512 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self._images: dict[str, bytes] = {}
-        self._bytes = 0
-
-    def resolve(self, spec: ImageSpec, which: str) -> bytes:
-        """The bytes a spec stands for; records specs that carry an id."""
-        if spec.ref:
-            try:
-                return self._images[spec.ref]
-            except KeyError:
-                raise InvalidRequestError(
-                    f"{which}: reference {spec.ref!r} names no image sent earlier in this stream"
-                ) from None
-        if spec.data is None:
-            raise InvalidRequestError(f"{which}: no image given (set data or ref)")
-        if spec.id and spec.id not in self._images:
-            if self._bytes + len(spec.data) > self.max_bytes:
-                raise OverloadedError(
-                    f"{which}: this stream's image table is full ({self.max_bytes} bytes)"
-                )
-            self._images[spec.id] = spec.data
-            self._bytes += len(spec.data)
-        return spec.data

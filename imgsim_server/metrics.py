@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from imgsim_server.core import SimilarityCore
 from imgsim_server.handlers import behaviour_of, with_behaviour
-from imgsim_server.status import status_for
+from imgsim_server.transport.grpc_status import status_for
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -128,41 +128,44 @@ class ServerMetrics:
             self._http = None
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts every call by method and final status, unary and streaming alike."""
 
     def __init__(self, on_call: Callable[[str, grpc.StatusCode], None]) -> None:
         self.on_call = on_call
 
-    def _code(self, context: grpc.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
+    @staticmethod
+    def _code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
         code = context.code()
         if isinstance(code, grpc.StatusCode):
             return code
-        if exc is not None:
-            return status_for(exc)[0] if isinstance(exc, Exception) else grpc.StatusCode.CANCELLED
-        return grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
+        if exc is None:
+            return grpc.StatusCode.OK
+        if isinstance(exc, Exception):
+            return status_for(exc)[0]
+        return grpc.StatusCode.CANCELLED  # asyncio.CancelledError, GeneratorExit: client left
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
-
         behaviour = behaviour_of(handler)
 
-        def unary_response(request, context):
+        async def unary_response(request, context):
             try:
-                response = behaviour(request, context)
+                response = await behaviour(request, context)
             except BaseException as exc:
                 self.on_call(method, self._code(context, exc))
                 raise
             self.on_call(method, self._code(context, None))
             return response
 
-        def stream_response(request, context):
+        async def stream_response(request, context):
             try:
-                yield from behaviour(request, context)
-            except BaseException as exc:  # GeneratorExit: the client went away
+                async for item in behaviour(request, context):
+                    yield item
+            except BaseException as exc:
                 self.on_call(method, self._code(context, exc))
                 raise
             self.on_call(method, self._code(context, None))

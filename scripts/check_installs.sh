@@ -18,6 +18,7 @@ say() { printf '\n== %s\n' "$*"; }
 say "building the imgsim wheel"
 $FULL_VENV/bin/python -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" . >/dev/null
 wheel=$(ls "$work"/dist/imgsim-*.whl)
+rm -rf build  # setuptools builds in the tree
 
 declare -A size
 variants=(base server eval)

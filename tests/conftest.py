@@ -11,7 +11,7 @@ from PIL import Image
 from imgsim_client import ImgsimClient
 from imgsim_datasets.photos import shipped_photos
 from imgsim_server.config import CoreConfig, ServerConfig
-from imgsim_server.server import start_server
+from imgsim_server.transport.grpc_server import start_server
 
 # gRPC's unary retry (the client's service config) kept short, for tests that expect a call to
 # end UNAVAILABLE rather than be retried until its deadline.

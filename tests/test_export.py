@@ -90,8 +90,14 @@ def test_a_server_without_torch_serves_the_exported_graph(exported, client, phot
 
 
 def test_a_server_without_torch_or_graph_fails_at_start(tmp_path):
-    proc, port, out = _start_without_torch("--onnx-dir", str(tmp_path))
-    assert port is None and proc.returncode == 1, out
+    run = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "--port", "0", "--onnx-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
     assert "default model not loaded" in out
     assert "imgsim-server export --model efficientnet-lite0 --precision fp32" in out
 

@@ -12,7 +12,7 @@ from imgsim_client import ImgsimClient
 from imgsim_client.cli import main
 from imgsim_client.client import target_addresses
 from imgsim_server.config import CoreConfig, ServerConfig
-from imgsim_server.server import start_server
+from imgsim_server.transport.grpc_server import start_server
 from tests.test_client_robustness import _pairs_csv
 
 

@@ -193,10 +193,14 @@ def test_health_and_reflection(address):
         assert "imgsim.v1.ImageSimilarity" in names
 
 
-def test_overload_gets_resource_exhausted(extra_server, cat):
+def test_stream_limit_refuses_streams_only(extra_server, cat):
+    """Past --max-concurrent-streams a new stream gets RESOURCE_EXHAUSTED; unary calls and
+    control calls still answer; once the stream ends, its slot is free again."""
     import threading
 
-    address = extra_server(max_concurrent_rpcs=1)
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    address = extra_server(max_concurrent_streams=1)
     good = jpeg_bytes(cat)
     release = threading.Event()
     first_sent = threading.Event()
@@ -204,7 +208,7 @@ def test_overload_gets_resource_exhausted(extra_server, cat):
     def slow_requests():
         yield PairRequest("held", good, good)
         first_sent.set()
-        release.wait(10)  # keep the stream (and the only RPC slot) open
+        release.wait(10)  # keep the stream (and the only stream slot) open
 
     with ImgsimClient(address, timeout=10) as holder, ImgsimClient(address, timeout=10) as c:
         results = []
@@ -213,12 +217,17 @@ def test_overload_gets_resource_exhausted(extra_server, cat):
         assert first_sent.wait(10)
         time.sleep(0.2)
         with pytest.raises(ImgsimError) as err:
-            c.compare(good, good)
+            list(c.compare_stream([PairRequest("refused", good, good)]))
         assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-concurrent-streams" in err.value.message
+        assert c.compare(good, good) >= 0.999  # unary calls take no stream slot
+        with grpc.insecure_channel(address) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
         release.set()
         t.join(10)
         assert [r.pair_id for r in results] == ["held"] and results[0].ok
-        assert c.compare(good, good) >= 0.999  # the slot is free again
+        assert [r.ok for r in c.compare_stream([PairRequest("again", good, good)])] == [True]
 
 
 def test_sigterm_finishes_in_flight_pairs(cat):
@@ -246,3 +255,80 @@ def test_sigterm_finishes_in_flight_pairs(cat):
         with pytest.raises(ImgsimError) as err:
             c.compare(images[0], images[1], timeout=3)
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_control_calls_answer_with_every_stream_slot_idle(extra_servers, cat):
+    """64 idle streams (the default limit) hold no threads: health and ListModels answer in
+    under a second, a 65th stream is refused, and a client scores once a slot frees."""
+    import threading
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from imgsim.v1 import similarity_pb2 as pb
+    from imgsim.v1 import similarity_pb2_grpc as pb_grpc
+
+    running = extra_servers()
+    limit = running.servicer.slots.limit
+    assert limit == 64
+    address = f"127.0.0.1:{running.port}"
+    release = threading.Event()
+
+    def silent():
+        release.wait(30)
+        yield from ()
+
+    good = jpeg_bytes(cat)
+    with grpc.insecure_channel(address) as channel, ImgsimClient(address, timeout=10) as c:
+        stub = pb_grpc.ImageSimilarityStub(channel)
+        idle = [stub.CompareStream(silent(), timeout=30) for _ in range(limit)]
+        deadline = time.monotonic() + 10
+        while running.servicer.slots.active < limit and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert running.servicer.slots.active == limit
+        started = time.perf_counter()
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=1
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert stub.ListModels(pb.ListModelsRequest(), timeout=1).default_model
+        assert time.perf_counter() - started < 1.0
+        with pytest.raises(ImgsimError) as err:
+            list(c.compare_stream([PairRequest("one-too-many", good, good)]))
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        idle[0].cancel()  # a slot frees
+        deadline = time.monotonic() + 10
+        while running.servicer.slots.active >= limit and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [r.ok for r in c.compare_stream([PairRequest("now", good, good)])] == [True]
+        release.set()
+        for call in idle:
+            call.cancel()
+
+
+def test_idle_stream_is_closed_after_the_timeout(extra_servers, cat):
+    import threading
+
+    running = extra_servers(stream_idle_timeout_s=0.5)
+    good = jpeg_bytes(cat)
+    release = threading.Event()
+
+    def one_then_silence():
+        yield PairRequest("only", good, good)
+        release.wait(20)
+
+    started = time.monotonic()
+    results = []
+    with (
+        ImgsimClient(f"127.0.0.1:{running.port}", timeout=10) as c,
+        pytest.raises(ImgsimError) as err,
+    ):
+        for res in c.compare_stream(one_then_silence()):
+            results.append(res)
+    release.set()
+    assert [r.pair_id for r in results] == ["only"]  # answered first, then closed as idle
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "--stream-idle-timeout" in err.value.message
+    assert time.monotonic() - started < 5
+    deadline = time.monotonic() + 2  # the handler's cleanup may finish just after the status
+    while running.servicer.slots.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert running.servicer.slots.active == 0  # its slot is free again

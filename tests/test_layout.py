@@ -51,9 +51,9 @@ def test_evaluate_loads_only_the_eval_extra():
 def test_embedders_and_serving_stack_load_no_torch():
     loaded = _modules_after("import imgsim_server.embedders as e; e.list_models()")
     assert not loaded & {"torch", "onnxruntime", "onnx", "imagehash", "scipy"}, loaded
-    serving = _modules_after("import imgsim_server.server, imgsim_server.__main__")
+    serving = _modules_after("import imgsim_server.transport.grpc_server, imgsim_server.__main__")
     assert not serving & {"torch", "torchvision", "imgsim_lab", "imgsim_datasets", "sklearn"}
-    full = _modules_after("import imgsim_server.server", top_level=False)
+    full = _modules_after("import imgsim_server.transport.grpc_server", top_level=False)
     assert "imgsim_server.export" not in full
 
 

@@ -13,8 +13,9 @@ import pytest
 
 from imgsim_server.batcher import BatchPolicy, DynamicBatcher
 from imgsim_server.cache import EmbeddingCache
-from imgsim_server.core import CallToken, ImageSpec, StreamSession
+from imgsim_server.core import CallToken
 from imgsim_server.errors import ConfigurationError, InvalidRequestError, OverloadedError
+from imgsim_server.transport.stream_protocol import ImageSpec, StreamSession
 
 
 class _Recorder:

@@ -1,11 +1,12 @@
 """The one place that maps core exceptions to gRPC status codes (as KServe's interceptors do).
 
-Unary handlers get the mapping through `ExceptionToStatusInterceptor`; stream handlers use
-`status_for` to fill each failed pair's `PairError`.
+Unary handlers get the mapping through `ExceptionToStatusInterceptor` (an asyncio server
+interceptor); stream handlers use `status_for` to fill each failed pair's `PairError`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 
@@ -26,7 +27,9 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.CancelledError, grpc.StatusCode.CANCELLED),
     (concurrent.futures.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (asyncio.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (concurrent.futures.CancelledError, grpc.StatusCode.CANCELLED),
+    (asyncio.CancelledError, grpc.StatusCode.CANCELLED),
 )
 
 
@@ -39,22 +42,22 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
-class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
+class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
     """Turns exceptions escaping unary handlers into statuses with clear messages."""
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
 
-        def wrapped(request, context):
+        async def wrapped(request, context):
             try:
-                return inner(request, context)
+                return await inner(request, context)
+            except grpc.aio.AbortError:
+                raise
             except Exception as exc:
-                if context.code() is not None:  # already aborted by the handler
-                    raise
                 code, message = status_for(exc)
-                context.abort(code, message)
+                await context.abort(code, message)
 
         return with_behaviour(handler, wrapped)

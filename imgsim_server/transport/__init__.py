@@ -1,0 +1,1 @@
+"""Transports over the core: gRPC (asyncio server) now; the stream protocol they share."""

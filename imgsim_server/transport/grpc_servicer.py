@@ -1,0 +1,270 @@
+"""The gRPC servicer (asyncio): converts protobuf to and from the core's types, nothing more.
+
+Handlers only await. The core's work runs on its own threads (decode pool, batcher workers) and
+hands back concurrent futures, which the handlers await with `asyncio.wrap_future` or turn into
+queue items with `call_soon_threadsafe`. An idle stream is a suspended coroutine, not a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+
+import grpc
+from imgsim.v1 import similarity_pb2 as pb
+from imgsim.v1 import similarity_pb2_grpc as pb_grpc
+
+from imgsim_server.core import CallToken, Engine, SimilarityCore
+from imgsim_server.errors import (
+    CancelledError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    OverloadedError,
+)
+from imgsim_server.transport.grpc_status import status_for
+from imgsim_server.transport.stream_protocol import ImageSpec, StreamSession
+
+log = logging.getLogger(__name__)
+
+_DONE = object()  # the reader has read the last request
+
+
+def _spec(image: pb.Image) -> ImageSpec:
+    source = image.WhichOneof("source")
+    return ImageSpec(
+        data=image.data if source == "data" else None,
+        ref=image.ref if source == "ref" else "",
+        id=image.id,
+    )
+
+
+def _token(context: grpc.aio.ServicerContext) -> CallToken:
+    """A token that is cancelled when the call ends or is cancelled, or its deadline passes."""
+    remaining = context.time_remaining()
+    token = CallToken(remaining if remaining is not None and remaining < 1e7 else None)
+    context.add_done_callback(lambda _call: token.cancel())
+    return token
+
+
+class StreamSlots:
+    """The project's own admission for streaming calls: at most `limit` at once. Control calls
+    (health, ListModels, GetStats) and unary Compare never take a slot."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0  # touched only on the event loop
+
+    def try_take(self) -> bool:
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def give_back(self) -> None:
+        self.active -= 1
+
+
+class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
+    """Thin asyncio adapter over SimilarityCore."""
+
+    def __init__(
+        self,
+        core: SimilarityCore,
+        max_stream_inflight: int = 256,
+        max_streams: int = 64,
+        stream_idle_timeout: float | None = 300.0,
+        on_pair: Callable[[grpc.StatusCode], None] | None = None,
+    ) -> None:
+        """`on_pair` sees the status of every pair answered inside a stream (for metrics)."""
+        self.core = core
+        self.max_stream_inflight = max_stream_inflight
+        self.slots = StreamSlots(max_streams)
+        self.stream_idle_timeout = stream_idle_timeout
+        self.on_pair = on_pair
+        # Threads that wait for room in a full admission queue (one per stream at most), so
+        # that the event loop never blocks; unused while the queue has room.
+        self._waiters = ThreadPoolExecutor(max(1, max_streams), thread_name_prefix="admission")
+
+    def close(self) -> None:
+        self._waiters.shutdown(wait=False, cancel_futures=True)
+
+    async def _engine(self, name: str) -> Engine:
+        """The engine for a model name; loading a model runs off the event loop."""
+        eng = self.core.loaded_engine(name)
+        if eng is None:
+            eng = await asyncio.get_running_loop().run_in_executor(None, self.core.engine, name)
+        return eng
+
+    async def Compare(self, request: pb.CompareRequest, context: grpc.aio.ServicerContext):
+        eng = await self._engine(request.model)
+        a, b = _spec(request.image_a), _spec(request.image_b)
+        if a.ref or b.ref:
+            raise InvalidRequestError("image references (ref) work only inside CompareStream")
+        data = StreamSession()
+        token = _token(context)
+        remaining = context.time_remaining()
+        fut = self.core.compare_async(
+            eng, data.resolve(a, "image_a"), data.resolve(b, "image_b"), block=False, token=token
+        )
+        try:
+            score = await asyncio.wait_for(asyncio.wrap_future(fut), remaining)
+        except (asyncio.TimeoutError, CancelledError) as exc:
+            if token.expired or isinstance(exc, asyncio.TimeoutError):
+                raise DeadlineExceededError("deadline passed before the pair was scored") from None
+            raise
+        finally:
+            token.cancel()  # whatever is still queued for this call is no longer wanted
+        return pb.CompareResponse(pair_id=request.pair_id, score=score, model=eng.cfg.name)
+
+    async def CompareStream(
+        self, request_iterator: AsyncIterator[pb.CompareRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.CompareResponse]:
+        if not self.slots.try_take():
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this server already serves {self.slots.limit} streams "
+                "(--max-concurrent-streams); retry later or use another replica",
+            )
+        loop = asyncio.get_running_loop()
+        token = _token(context)
+        session = StreamSession()
+        settled: asyncio.Queue = asyncio.Queue()
+        # At most this many pairs of this stream are read but not yet answered to gRPC; past
+        # that the reader stops reading, and gRPC flow control pushes back on the client.
+        window = asyncio.Semaphore(self.max_stream_inflight)
+        state = {"outstanding": 0, "last_request": time.monotonic()}
+
+        def settle(pair_id: str, model: str, fut: Future) -> None:
+            loop.call_soon_threadsafe(settled.put_nowait, (pair_id, model, fut))
+
+        async def submit(eng: Engine, a: bytes, b: bytes) -> Future:
+            try:  # room in the queue: no thread involved
+                return self.core.compare_async(eng, a, b, block=False, token=token)
+            except OverloadedError:  # full: wait for room on a thread, not on the loop
+                return await loop.run_in_executor(
+                    self._waiters, partial(self.core.compare_async, eng, a, b, True, None, token)
+                )
+
+        async def feed() -> None:
+            try:
+                async for req in request_iterator:
+                    state["last_request"] = time.monotonic()
+                    await window.acquire()
+                    state["outstanding"] += 1
+                    model = req.model
+                    try:
+                        # Images first: their ids must be recorded even if this pair fails.
+                        a = session.resolve(_spec(req.image_a), "image_a")
+                        b = session.resolve(_spec(req.image_b), "image_b")
+                        eng = await self._engine(req.model)
+                        model = eng.cfg.name
+                        fut = await submit(eng, a, b)
+                    except Exception as exc:
+                        fut = Future()
+                        fut.set_exception(exc)
+                    fut.add_done_callback(partial(settle, req.pair_id, model))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the client went away or sent garbage
+                log.warning("stream reader stopped: %s", exc)
+            finally:
+                settled.put_nowait(_DONE)
+
+        reader = asyncio.create_task(feed())
+        reading = True
+        try:
+            while reading or state["outstanding"]:
+                try:
+                    item = await asyncio.wait_for(settled.get(), self._poll_s())
+                except asyncio.TimeoutError:
+                    if self._idle(state):
+                        await context.abort(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"stream idle for {self.stream_idle_timeout:g}s "
+                            "(--stream-idle-timeout); closed",
+                        )
+                    continue
+                if item is _DONE:
+                    reading = False
+                    continue
+                state["outstanding"] -= 1
+                yield self._response(*item)
+                # Only now, with the answer handed to gRPC, may another pair be read: a client
+                # that stops reading stops the server reading it.
+                window.release()
+        finally:
+            token.cancel()  # queued work of this stream is no longer wanted
+            reader.cancel()
+            self.slots.give_back()
+
+    def _poll_s(self) -> float | None:
+        return None if not self.stream_idle_timeout else min(5.0, self.stream_idle_timeout / 2)
+
+    def _idle(self, state: dict) -> bool:
+        """Nothing received for the idle timeout and nothing left to answer."""
+        quiet = time.monotonic() - state["last_request"]
+        return not state["outstanding"] and quiet >= (self.stream_idle_timeout or float("inf"))
+
+    def _response(self, pair_id: str, model: str, fut: Future) -> pb.CompareResponse:
+        exc = fut.exception()
+        if exc is not None:
+            code, message = status_for(exc)
+            resp = pb.CompareResponse(
+                pair_id=pair_id,
+                model=model,
+                error=pb.PairError(code=code.value[0], message=message),
+            )
+        else:
+            resp = pb.CompareResponse(pair_id=pair_id, score=fut.result(), model=model)
+            code = grpc.StatusCode.OK
+        if self.on_pair is not None:
+            self.on_pair(code)
+        return resp
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
+        models = [
+            pb.ModelInfo(
+                name=m.cfg.name,
+                kind=m.cfg.kind,
+                embedding_dim=m.cfg.embedding_dim,
+                input_size=m.cfg.input_size,
+                weights_source=(f"{m.weights_path} ({m.source})" if m.weights_path else ""),
+                weights_available=m.weights_available,
+                loaded=m.loaded,
+                similarity=m.cfg.similarity,
+                description=m.cfg.description,
+            )
+            for m in self.core.models()
+        ]
+        return pb.ListModelsResponse(models=models, default_model=self.core.cfg.default_model)
+
+    async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext):
+        models = [
+            pb.ModelStats(
+                model=name,
+                batches=s.batches,
+                images_embedded=s.items,
+                mean_batch_size=s.mean_batch_size,
+                max_batch_size_seen=s.max_batch_seen,
+                mean_queue_ms=1000 * s.queue_s / s.items if s.items else 0.0,
+                mean_inference_ms=1000 * s.inference_s / s.batches if s.batches else 0.0,
+            )
+            for name, s in self.core.batch_stats().items()
+        ]
+        cache = self.core.cache
+        hits, misses = self.core.cache_counts()
+        return pb.GetStatsResponse(
+            models=models,
+            cache_hits=hits,
+            cache_misses=misses,
+            cache_entries=len(cache),
+            cache_bytes=cache.nbytes,
+            pairs_scored=self.core.pairs_scored,
+            pairs_failed=self.core.pairs_failed,
+            queue_depth=self.core.queue_depth(),
+            images_cancelled=self.core.images_cancelled,
+        )
