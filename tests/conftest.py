@@ -96,3 +96,20 @@ def client(address):
     with ImgsimClient(address, timeout=120) as c:
         c.wait_ready(10)
         yield c
+
+
+@pytest.fixture()
+def replicas():
+    """Starts replicas, each with its own core (own batcher, cache and counters)."""
+    started = []
+
+    def make(n: int):
+        for _ in range(n):
+            running = start_server(ServerConfig(host="127.0.0.1", port=0, core=CoreConfig()))
+            running.core.engine("")  # loaded, as a deployed replica is before it is ready
+            started.append(running)
+        return started[-n:]
+
+    yield make
+    for running in started:
+        running.stop(0)

@@ -6,31 +6,11 @@ import threading
 import time
 
 import pandas as pd
-import pytest
 
 from imgsim_client import ImgsimClient
 from imgsim_client.cli import main
 from imgsim_client.client import target_addresses
-from imgsim_server.config import CoreConfig, ServerConfig
-from imgsim_server.transport.grpc_server import start_server
 from tests.test_client_robustness import _pairs_csv
-
-
-@pytest.fixture()
-def replicas():
-    """Starts replicas, each with its own core (own batcher, cache and counters)."""
-    started = []
-
-    def make(n: int):
-        for _ in range(n):
-            running = start_server(ServerConfig(host="127.0.0.1", port=0, core=CoreConfig()))
-            running.core.engine("")  # loaded, as a deployed replica is before it is ready
-            started.append(running)
-        return started[-n:]
-
-    yield make
-    for running in started:
-        running.stop(0)
 
 
 def _target(servers) -> str:
