@@ -123,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     s.add_argument("pairs", type=Path, help="CSV with columns image_a,image_b[,label,pair_id]")
-    s.add_argument("-o", "--output", type=Path, help="scored CSV (default: PAIRS.scored.csv)")
+    s.add_argument(
+        "-o",
+        "--output",
+        help="scored CSV (default: PAIRS.scored.csv); with --dask, a folder ending in '/' "
+        "gets a Parquet dataset",
+    )
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s.add_argument(
         "--no-send-once",
@@ -150,6 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="split the pairs over K concurrent streams on one channel; round robin spreads "
         "them over the target's addresses, and a stream whose backend dies is reopened on the "
         "others (default: the number of addresses --server resolves to)",
+    )
+    s.add_argument(
+        "--dask",
+        metavar="CLUSTER",
+        help="score on a Dask cluster: local:N starts a LocalCluster of N worker processes, "
+        "tcp://HOST:PORT joins a running scheduler. PAIRS may then be a glob of CSVs or "
+        "Parquet, and OUTPUT ending in '/' is written as a Parquet dataset. Needs the [dask] "
+        "extra",
+    )
+    s.add_argument(
+        "--partitions",
+        type=int,
+        metavar="N",
+        help="with --dask: how many tasks the pairs are split into (default: 4 per worker)",
     )
     s.add_argument(
         "--retries",
@@ -229,7 +248,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from imgsim_client.client import ImgsimError, target_addresses
     from imgsim_client.scoring import RetryPolicy, read_pairs, score_pairs
 
-    out = args.output or args.pairs.with_suffix(".scored.csv")
+    if args.dask:
+        return _score_with_dask(args)
+    out = Path(args.output) if args.output else args.pairs.with_suffix(".scored.csv")
     if not len(read_pairs(args.pairs)):  # check the CSV before connecting
         print(f"imgsim-client: {args.pairs} has no pairs; nothing to score", file=sys.stderr)
         return OK
@@ -265,6 +286,48 @@ def _cmd_score(args: argparse.Namespace) -> int:
     print(
         f"scored {summary.scored}/{summary.pairs} pairs ({summary.failed} failed{extra}) in "
         f"{summary.seconds:.1f}s, {summary.pairs_per_s:.1f} pairs/s -> {out}",
+        file=sys.stderr,
+    )
+    return SOME_PAIRS_FAILED if summary.failed else OK
+
+
+def _score_with_dask(args: argparse.Namespace) -> int:
+    import time
+
+    from imgsim_client.dask_driver import Connection, score_with_dask
+
+    if args.resume:
+        print("imgsim-client: error: --resume does not apply to --dask runs", file=sys.stderr)
+        return USAGE
+    source = str(args.pairs)
+    output = args.output or f"{Path(source).stem}.scored.csv"  # a str: may end with '/'
+
+    conn = Connection(
+        args.server,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        auth_token=args.auth_token,
+        tls_ca=str(args.tls_ca) if args.tls_ca else None,
+        tls_cert=str(args.tls_cert) if args.tls_cert else None,
+        tls_key=str(args.tls_key) if args.tls_key else None,
+    )
+    started = time.perf_counter()
+    summary = score_with_dask(
+        source,
+        output,
+        conn,
+        args.dask,
+        model=args.model,
+        partitions=args.partitions,
+        streams=args.streams or 1,
+        send_once=not args.no_send_once,
+        retries=args.retries,
+    )
+    seconds = time.perf_counter() - started
+    print(
+        f"scored {summary.pairs - summary.failed}/{summary.pairs} pairs ({summary.failed} "
+        f"failed) on {summary.workers} Dask worker(s) in {summary.partitions} partitions, "
+        f"{seconds:.1f}s, {summary.pairs / seconds:.1f} pairs/s -> {summary.output}",
         file=sys.stderr,
     )
     return SOME_PAIRS_FAILED if summary.failed else OK

@@ -162,14 +162,13 @@ def load_partial(out_path: Path, table: PairsTable) -> dict[str, PairResult]:
     }
 
 
-def _write_results(
+def scored_rows(
     table: PairsTable,
     results: dict[str, PairResult],
     local_errors: dict[str, str],
-    out_path: Path,
     missing: str,
-) -> int:
-    """Write the rows with score and error columns, in input order; returns the failed count."""
+) -> tuple[list[str], list[dict[str, str]], int]:
+    """(columns, rows with score and error, failed count), in input order."""
     columns = [c for c in table.columns if c not in OUTPUT_COLUMNS] + list(OUTPUT_COLUMNS)
     out, failed = [], 0
     for row in table.rows:
@@ -184,8 +183,7 @@ def _write_results(
             error = f"{res.error_code.name}: {res.error}" if res is not None else missing
         failed += bool(error)
         out.append({**row, "score": score, "error": error})
-    write_csv_atomic(columns, out, out_path)
-    return failed
+    return columns, out, failed
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -198,7 +196,7 @@ class _Run:
     """What the streams of one run share: results, client-side errors, progress, checkpoints."""
 
     def __init__(
-        self, table: PairsTable, out_path: Path, results: dict, bar, checkpoint_s: float
+        self, table: PairsTable, out_path: Path | None, results: dict, bar, checkpoint_s: float
     ) -> None:
         self.table = table
         self.out_path = out_path
@@ -216,12 +214,16 @@ class _Run:
         with self.lock:
             self.results[res.pair_id] = res
             self.bar.update(1)
-            if time.monotonic() - self._last_checkpoint > self.checkpoint_s:
+            if self.out_path and time.monotonic() - self._last_checkpoint > self.checkpoint_s:
                 self.write(NOT_SCORED)
                 self._last_checkpoint = time.monotonic()
 
     def write(self, missing: str) -> int:
-        return _write_results(self.table, self.results, self.local_errors, self.out_path, missing)
+        """Write the output (when there is a file) and return how many rows failed."""
+        columns, rows, failed = scored_rows(self.table, self.results, self.local_errors, missing)
+        if self.out_path is not None:
+            write_csv_atomic(columns, rows, self.out_path)
+        return failed
 
 
 def _split(rows: list, parts: int) -> list[list]:
@@ -291,6 +293,81 @@ def _stream_chunk(
                 run.bytes_sent += requests.bytes_sent
 
 
+def _run_streams(
+    run: _Run,
+    client: ImgsimClient,
+    chunks: list[list[tuple[str, str, str]]],
+    base: Path,
+    model: str,
+    send_once: bool,
+    deadline: float | None,
+    idle_timeout_s: float | None,
+    retry: RetryPolicy,
+) -> None:
+    """Score each chunk over its own stream, concurrently. The first failure (or Ctrl-C) stops
+    every stream and writes the partial output before it propagates."""
+    if len(chunks) > 1:
+        client.warm_up()
+    pool = ThreadPoolExecutor(len(chunks), thread_name_prefix="imgsim-stream")
+    futures = [
+        pool.submit(
+            _stream_chunk,
+            run,
+            client,
+            chunk,
+            base,
+            model,
+            send_once,
+            deadline,
+            idle_timeout_s,
+            retry,
+        )
+        for chunk in chunks
+    ]
+    try:
+        for fut in as_completed(futures):
+            fut.result()
+    except BaseException:
+        # Interrupted (Ctrl-C) or failed for good: stop every stream, keep what is done,
+        # ready for --resume.
+        run.stop.set()
+        pool.shutdown(wait=True)
+        with run.lock:
+            run.write(NOT_SCORED)
+        raise
+    pool.shutdown(wait=True)
+
+
+def score_rows(
+    client: ImgsimClient,
+    table: PairsTable,
+    base: Path,
+    model: str = "",
+    send_once: bool = True,
+    idle_timeout_s: float | None = None,
+    retry: RetryPolicy | None = None,
+    streams: int = 1,
+) -> tuple[list[str], list[dict[str, str]], int]:
+    """Score the rows of an in-memory table (paths relative to `base`); returns (columns,
+    rows with score and error, failed count). For drivers that hold their own output, such as
+    one Dask partition: no file is written and no progress is shown."""
+    rows = [(r["pair_id"], r["image_a"], r["image_b"]) for r in table.rows]
+    with _progress(len(rows), 0, False) as bar:
+        run = _Run(table, None, {}, bar, float("inf"))
+        _run_streams(
+            run,
+            client,
+            _split(rows, streams) or [[]],
+            base,
+            model,
+            send_once,
+            None,
+            idle_timeout_s,
+            retry or RetryPolicy(),
+        )
+    return scored_rows(table, run.results, run.local_errors, "no response from server")
+
+
 def score_pairs(
     client: ImgsimClient,
     csv_path: Path,
@@ -323,39 +400,14 @@ def score_pairs(
     todo = [r for r in rows if r[0] not in results]
     chunks = _split(todo, streams)
     deadline = None if deadline_s is None else time.monotonic() + deadline_s
+    if not chunks:
+        chunks = [[]]
     started = time.perf_counter()
     with _progress(len(table), resumed, progress) as bar:
         run = _Run(table, out_path, results, bar, checkpoint_s)
-        if len(chunks) > 1:
-            client.warm_up()
-        pool = ThreadPoolExecutor(len(chunks), thread_name_prefix="imgsim-stream")
-        futures = [
-            pool.submit(
-                _stream_chunk,
-                run,
-                client,
-                chunk,
-                csv_path.parent,
-                model,
-                send_once,
-                deadline,
-                idle_timeout_s,
-                retry,
-            )
-            for chunk in chunks
-        ]
-        try:
-            for fut in as_completed(futures):
-                fut.result()  # the first failure cancels the other streams (below)
-        except BaseException:
-            # Interrupted (Ctrl-C) or failed for good: stop every stream, keep what is done,
-            # ready for --resume.
-            run.stop.set()
-            pool.shutdown(wait=True)
-            with run.lock:
-                run.write(NOT_SCORED)
-            raise
-        pool.shutdown(wait=True)
+        _run_streams(
+            run, client, chunks, csv_path.parent, model, send_once, deadline, idle_timeout_s, retry
+        )
     elapsed = time.perf_counter() - started
     failed = run.write("no response from server")
     n = len(table)
