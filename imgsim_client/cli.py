@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-COMMANDS = ("score", "compare", "evaluate", "models", "stats")
+COMMANDS = ("score", "compare", "evaluate", "models", "stats", "perf")
 DEFAULT_SERVER = "127.0.0.1:50051"
 
 # Exit codes, documented in --help and the README.
@@ -34,6 +34,7 @@ examples:
   imgsim-client evaluate scores.csv --out m/     AUC, EER, TPR@FPR, best-F1 threshold, plots
   imgsim-client models                           the server's models
   imgsim-client stats --json                     the server's batching and cache counters
+  imgsim-client perf photos/ --concurrency 1,4,16   load sweep: pairs/s, latency, batching
 
 The pairs CSV has columns image_a,image_b and optionally pair_id and label; other columns are
 kept. Paths are absolute or relative to the CSV's folder. The server address comes from
@@ -201,6 +202,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, help="folder for metrics.json and the plots")
     e.add_argument("--group-by", metavar="COLUMN", help="also report metrics per value of COLUMN")
     e.add_argument("--label-column", default="label", help="column of 1/0 labels")
+
+    pf = sub.add_parser(
+        "perf",
+        help="load a target at several concurrency levels: pairs/s, latency, batching",
+        description="Sweep concurrency against any target (after Triton's perf_analyzer): at "
+        "each level, C streams (or C unary callers) keep sending pairs of the given images "
+        "for --duration seconds. Prints pairs/s, p50/p90/p99 latency, and the server's mean "
+        "batch and queue time from GetStats. Every image is really embedded (unique bytes) "
+        "unless --cache-hits.",
+        formatter_class=_Formatter,
+    )
+    pf.add_argument("images", type=Path, nargs="+", help="image files or folders (recursive)")
+    pf.add_argument("--concurrency", default="1,4,16,64", help="comma-separated levels to measure")
+    pf.add_argument("--duration", type=float, default=10.0, metavar="SECONDS", help="per level")
+    pf.add_argument("--pairs", type=int, metavar="N", help="stop a level after N pairs")
+    pf.add_argument("--unary", action="store_true", help="unary Compare calls, not streams")
+    pf.add_argument(
+        "--inflight", type=int, default=4, help="most unanswered pairs per stream (closed loop)"
+    )
+    pf.add_argument("--cache-hits", action="store_true", help="send images unchanged (hits)")
+    pf.add_argument("-o", "--output", type=Path, help="write the levels as JSON (or .csv)")
+    _add_connection(pf)
 
     m = sub.add_parser(
         "models",
@@ -419,12 +442,41 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return OK
 
 
+def _cmd_perf(args: argparse.Namespace) -> int:
+    from imgsim_client import perf
+
+    try:
+        levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+        images = perf.load_images(args.images)
+    except ValueError as exc:
+        print(f"imgsim-client: error: {exc}", file=sys.stderr)
+        return USAGE
+    with _connect(args) as client:
+        result = perf.sweep(
+            client,
+            images,
+            levels,
+            args.duration,
+            args.pairs,
+            args.unary,
+            args.cache_hits,
+            args.model,
+            args.inflight,
+        )
+    print(perf.format_table(result))
+    if args.output:
+        perf.write(result, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return SOME_PAIRS_FAILED if any(lv.errors for lv in result) else OK
+
+
 HANDLERS = {
     "score": _cmd_score,
     "compare": _cmd_compare,
     "evaluate": _cmd_evaluate,
     "models": _cmd_models,
     "stats": _cmd_stats,
+    "perf": _cmd_perf,
 }
 
 

@@ -95,3 +95,20 @@ def test_dask_local_cluster_matches_the_plain_client(replicas, address, photos, 
     assert list(dask_scores.index) == list(single.index)
     assert (dask_scores - single).abs().max() <= 1e-5
     assert all(r.core.pairs_scored > 0 for r in servers), [r.core.pairs_scored for r in servers]
+
+
+def test_perf_sweeps_concurrency_levels(address, photos, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "perf.json"
+    images = [str(photos[n]) for n in ("chelsea", "coffee", "astronaut", "rocket")]
+    argv = ["perf", *images, "--server", address, "--concurrency", "1,3", "--pairs", "12"]
+    assert main([*argv, "--duration", "20", "-o", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "pairs/s" in table and "p99 ms" in table
+    levels = json.loads(out.read_text())["levels"]
+    assert [lv["concurrency"] for lv in levels] == [1, 3]
+    for lv in levels:
+        assert lv["pairs"] == 12 and lv["errors"] == 0
+        assert lv["images_embedded"] == 24  # unique bytes: every image really embedded
+        assert lv["p50_ms"] <= lv["p90_ms"] <= lv["p99_ms"] and lv["mean_batch"] >= 1
