@@ -11,7 +11,7 @@ GENERATED := protos/imgsim/v1/similarity_pb2.py protos/imgsim/v1/similarity_pb2_
              protos/imgsim/v1/similarity_pb2.pyi
 
 .DEFAULT_GOAL := help
-.PHONY: help install generate-protos demo test check check-installs bench study report export soak clean
+.PHONY: help install generate-protos demo test check check-installs bench bench-scale study report export soak clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -55,6 +55,9 @@ clean: ## Remove the venv, generated demo data and caches
 
 bench: $(STAMP) ## Throughput/latency benchmark -> results/bench.md, results/bench.json
 	$(PY) -m imgsim_lab.bench
+
+bench-scale: $(STAMP) ## Replicas, Dask, failover, memory, perf sweep, capacity -> results/scale.md
+	$(PY) -m imgsim_lab.scale
 
 study: $(STAMP) ## Comparative study of every approach -> results/study.md, ROC charts
 	$(PY) -m imgsim_lab.study

@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--pairs", type=int, metavar="N", help="stop a level after N pairs")
     pf.add_argument("--unary", action="store_true", help="unary Compare calls, not streams")
     pf.add_argument(
-        "--inflight", type=int, default=4, help="most unanswered pairs per stream (closed loop)"
+        "--inflight", type=int, default=4, help="most unanswered pairs per stream: a closed loop"
     )
     pf.add_argument("--cache-hits", action="store_true", help="send images unchanged (hits)")
     pf.add_argument("-o", "--output", type=Path, help="write the levels as JSON (or .csv)")
