@@ -90,7 +90,7 @@ def test_client_that_stops_reading_stops_the_server_reading(client, address, pho
     """Backpressure end to end: a client that reads no answers (and whose transport window
     stays small, as on a congested link) soon stops being read, so nothing piles up."""
     a, b = distinct_jpegs(photos, 2, salt=14)
-    n = 20_000
+    n = 10_000
     first = PairRequest("0", a, b, id_a="a", id_b="b").to_proto()
     refs = (PairRequest(str(i), ref_a="a", ref_b="b").to_proto() for i in range(1, n))
     scored0 = client.stats().pairs_scored
@@ -105,5 +105,6 @@ def test_client_that_stops_reading_stops_the_server_reading(client, address, pho
             if len(plateau) >= 4 and plateau[-1] == plateau[-4]:
                 break
         assert plateau[-1] == plateau[-4], plateau  # the server stopped reading
-        assert plateau[-1] < n // 4, plateau
+        # It stops near 2,100 pairs: the 256-pair window plus what the transports buffer.
+        assert plateau[-1] < n // 3, plateau
         assert len({r.pair_id for r in call}) == n  # reading again: every pair answered
