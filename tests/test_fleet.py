@@ -112,3 +112,24 @@ def test_perf_sweeps_concurrency_levels(address, photos, tmp_path, capsys):
         assert lv["pairs"] == 12 and lv["errors"] == 0
         assert lv["images_embedded"] == 24  # unique bytes: every image really embedded
         assert lv["p50_ms"] <= lv["p90_ms"] <= lv["p99_ms"] and lv["mean_batch"] >= 1
+
+
+def test_max_connection_age_reconnects_without_losing_pairs(extra_servers, photos, tmp_path):
+    """--max-connection-age: the server closes connections (GOAWAY) after that age; unary
+    calls carry on over a new connection, and a stream cut after the grace is resumed."""
+    from imgsim_client.scoring import RetryPolicy, score_pairs
+
+    running = extra_servers(max_connection_age_s=0.3, max_connection_age_grace_s=0.2)
+    target = f"127.0.0.1:{running.port}"
+    data = photos["chelsea"].read_bytes()
+    with ImgsimClient(target, timeout=10) as client:
+        deadline = time.monotonic() + 0.8
+        while time.monotonic() < deadline:  # outlives a few connection ages
+            assert client.compare(data, data) >= 0.999
+            time.sleep(0.05)
+        csv = _pairs_csv(tmp_path, photos, 60, salt=43)
+        summary = score_pairs(
+            client, csv, tmp_path / "out.csv", progress=False, retry=RetryPolicy(10, 0.05, 0.2)
+        )
+    assert summary.failed == 0 and summary.scored == 60
+    assert (_scores(tmp_path / "out.csv").index == [str(i) for i in range(60)]).all()
