@@ -79,3 +79,19 @@ def test_evaluate_without_the_eval_extra_says_what_to_install(tmp_path):
     assert run.returncode == 1, run.stderr
     assert 'python -m pip install "imgsim[eval]"' in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_every_package_is_listed_for_the_wheel():
+    """setuptools installs only the packages pyproject lists: a new subpackage left out works
+    in the editable checkout and breaks every real install."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("imgsim_client", "imgsim_server", "imgsim_lab")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert found <= listed, found - listed
