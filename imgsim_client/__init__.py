@@ -12,10 +12,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__all__ = ["ImgsimClient", "ImgsimError", "PairRequest", "PairResult"]
+__all__ = [
+    "ImageRequest",
+    "ImageResult",
+    "ImgsimClient",
+    "ImgsimError",
+    "PairRequest",
+    "PairResult",
+]
 
 if TYPE_CHECKING:
-    from imgsim_client.client import ImgsimClient, ImgsimError, PairRequest, PairResult
+    from imgsim_client.client import (
+        ImageRequest,
+        ImageResult,
+        ImgsimClient,
+        ImgsimError,
+        PairRequest,
+        PairResult,
+    )
 
 
 def __getattr__(name: str):

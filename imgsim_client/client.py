@@ -108,6 +108,44 @@ class PairResult:
         return cls(resp.pair_id, resp.score, resp.model)
 
 
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image to embed: bytes, or (in a stream) a ref to an earlier image's id."""
+
+    image_id: str
+    data: bytes | None = None
+    ref: str = ""
+    id: str = ""
+    model: str = ""
+
+    def to_proto(self) -> pb.EmbedRequest:
+        image = pb.Image(ref=self.ref) if self.ref else pb.Image(data=self.data or b"", id=self.id)
+        return pb.EmbedRequest(image_id=self.image_id, image=image, model=self.model)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's embedding (a list of floats: the base install has no numpy), or its error."""
+
+    image_id: str
+    vector: list[float] | None
+    model: str = ""
+    similarity: str = ""
+    error_code: grpc.StatusCode | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None
+
+    @classmethod
+    def from_proto(cls, resp: pb.EmbedResponse) -> ImageResult:
+        if resp.HasField("error"):
+            code = _CODES_BY_VALUE.get(resp.error.code, grpc.StatusCode.UNKNOWN)
+            return cls(resp.image_id, None, resp.model, "", code, resp.error.message)
+        return cls(resp.image_id, list(resp.vector), resp.model, resp.similarity)
+
+
 class _Watchdog:
     """Cancels a streaming call when no message arrives for `idle_s` seconds, or when the
     `stop` event is set (another stream of the same run failed, or the run was interrupted)."""
@@ -268,15 +306,41 @@ class ImgsimClient:
         result arrives for that long. Both end in ImgsimError(DEADLINE_EXCEEDED). Setting `stop`
         cancels the call (ImgsimError(CANCELLED)), as does leaving the loop early.
         """
-        requests = (p.to_proto() for p in pairs)
-        call = self._stub.CompareStream(requests, timeout=timeout, metadata=self._metadata)
+        call = self._stub.CompareStream
+        for resp in self._run_stream(call, pairs, timeout, idle_timeout, stop):
+            yield PairResult.from_proto(resp)
+
+    def embed_stream(
+        self,
+        images: Iterable[ImageRequest],
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[ImageResult]:
+        """Stream images to Embed; yields one result per image as it is computed (any order),
+        with the same timeouts and cancellation as `compare_stream`."""
+        for resp in self._run_stream(self._stub.Embed, images, timeout, idle_timeout, stop):
+            yield ImageResult.from_proto(resp)
+
+    def _run_stream(
+        self,
+        method,
+        items: Iterable,
+        timeout: float | None,
+        idle_timeout: float | None,
+        stop: threading.Event | None,
+    ) -> Iterator:
+        """Run one bidirectional call over `items` (each with `to_proto`), yielding responses;
+        the watchdog, error conversion and cancellation shared by every stream."""
+        requests = (item.to_proto() for item in items)
+        call = method(requests, timeout=timeout, metadata=self._metadata)
         watchdog = _Watchdog(call, idle_timeout, stop) if idle_timeout or stop else None
         try:
             for resp in call:
                 if watchdog:
                     watchdog.touch()
                 self.server_answered = True
-                yield PairResult.from_proto(resp)
+                yield resp
         except grpc.RpcError as err:
             if watchdog and watchdog.fired:
                 raise ImgsimError(

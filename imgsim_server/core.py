@@ -254,6 +254,31 @@ class SimilarityCore:
             self._decode_pool.submit(self._prepare, eng, data, pending)
         return pending.future
 
+    def embed_vector_async(
+        self,
+        eng: Engine,
+        data: bytes,
+        block: bool = True,
+        timeout: float | None = None,
+        token: CallToken | None = None,
+    ) -> Future:
+        """Future of one image's published vector: L2-normalised float32 when the model's
+        similarity is cosine (so that inner products are scores), else as embedded."""
+        raw = self.embed_async(eng, data, block, timeout, token)
+        out: Future = Future()
+
+        def done(f: Future) -> None:
+            if f.exception() is not None:
+                out.set_exception(f.exception())
+                return
+            v = np.asarray(f.result(), dtype=np.float32)
+            if eng.cfg.similarity == "cosine":
+                v = v / max(float(np.linalg.norm(v)), 1e-12)
+            out.set_result(v)
+
+        raw.add_done_callback(done)
+        return out
+
     def _forget(self, pending: _Pending) -> None:
         """Take `pending` out of the in-flight table (caller holds _inflight_lock)."""
         if self._inflight.get(pending.key) is pending:

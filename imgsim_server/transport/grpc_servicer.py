@@ -123,6 +123,42 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
     async def CompareStream(
         self, request_iterator: AsyncIterator[pb.CompareRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CompareResponse]:
+        async def submit(req: pb.CompareRequest, session: StreamSession, token: CallToken):
+            # Images first: their ids must be recorded even if this pair fails.
+            a = session.resolve(_spec(req.image_a), "image_a")
+            b = session.resolve(_spec(req.image_b), "image_b")
+            eng = await self._engine(req.model)
+            return eng, await self._admit(self.core.compare_async, eng, a, b, token=token)
+
+        async for resp in self._stream(request_iterator, context, submit, self._pair_response):
+            yield resp
+
+    async def Embed(
+        self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EmbedResponse]:
+        async def submit(req: pb.EmbedRequest, session: StreamSession, token: CallToken):
+            data = session.resolve(_spec(req.image), "image")
+            eng = await self._engine(req.model)
+            return eng, await self._admit(self.core.embed_vector_async, eng, data, token=token)
+
+        async for resp in self._stream(request_iterator, context, submit, self._image_response):
+            yield resp
+
+    async def _admit(self, fn, eng: Engine, *images: bytes, token: CallToken) -> Future:
+        """Hand work to the core: at once while its queue has room, else wait for room on a
+        thread, so that the event loop never blocks."""
+        try:
+            return fn(eng, *images, block=False, token=token)
+        except OverloadedError:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._waiters, partial(fn, eng, *images, block=True, token=token)
+            )
+
+    async def _stream(self, request_iterator, context: grpc.aio.ServicerContext, submit, respond):
+        """The stream protocol shared by CompareStream and Embed: a stream slot, a reader task
+        that resolves send-once images and submits each item to the core, and answers yielded
+        as they settle (matched by id), with a bounded window of unanswered items."""
         if not self.slots.try_take():
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -133,21 +169,13 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         token = _token(context)
         session = StreamSession()
         settled: asyncio.Queue = asyncio.Queue()
-        # At most this many pairs of this stream are read but not yet answered to gRPC; past
+        # At most this many items of this stream are read but not yet answered to gRPC; past
         # that the reader stops reading, and gRPC flow control pushes back on the client.
         window = asyncio.Semaphore(self.max_stream_inflight)
         state = {"outstanding": 0, "last_request": time.monotonic()}
 
-        def settle(pair_id: str, model: str, fut: Future) -> None:
-            loop.call_soon_threadsafe(settled.put_nowait, (pair_id, model, fut))
-
-        async def submit(eng: Engine, a: bytes, b: bytes) -> Future:
-            try:  # room in the queue: no thread involved
-                return self.core.compare_async(eng, a, b, block=False, token=token)
-            except OverloadedError:  # full: wait for room on a thread, not on the loop
-                return await loop.run_in_executor(
-                    self._waiters, partial(self.core.compare_async, eng, a, b, True, None, token)
-                )
+        def settle(req, eng: Engine | None, model: str, fut: Future) -> None:
+            loop.call_soon_threadsafe(settled.put_nowait, (req, eng, model, fut))
 
         async def feed() -> None:
             try:
@@ -155,18 +183,14 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                     state["last_request"] = time.monotonic()
                     await window.acquire()
                     state["outstanding"] += 1
-                    model = req.model
+                    eng, model = None, req.model
                     try:
-                        # Images first: their ids must be recorded even if this pair fails.
-                        a = session.resolve(_spec(req.image_a), "image_a")
-                        b = session.resolve(_spec(req.image_b), "image_b")
-                        eng = await self._engine(req.model)
+                        eng, fut = await submit(req, session, token)
                         model = eng.cfg.name
-                        fut = await submit(eng, a, b)
                     except Exception as exc:
                         fut = Future()
                         fut.set_exception(exc)
-                    fut.add_done_callback(partial(settle, req.pair_id, model))
+                    fut.add_done_callback(partial(settle, req, eng, model))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the client went away or sent garbage
@@ -192,8 +216,8 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                     reading = False
                     continue
                 state["outstanding"] -= 1
-                yield self._response(*item)
-                # Only now, with the answer handed to gRPC, may another pair be read: a client
+                yield respond(*item)
+                # Only now, with the answer handed to gRPC, may another item be read: a client
                 # that stops reading stops the server reading it.
                 window.release()
         finally:
@@ -209,21 +233,34 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         quiet = time.monotonic() - state["last_request"]
         return not state["outstanding"] and quiet >= (self.stream_idle_timeout or float("inf"))
 
-    def _response(self, pair_id: str, model: str, fut: Future) -> pb.CompareResponse:
+    def _pair_response(self, req, eng, model: str, fut: Future) -> pb.CompareResponse:
         exc = fut.exception()
         if exc is not None:
             code, message = status_for(exc)
-            resp = pb.CompareResponse(
-                pair_id=pair_id,
-                model=model,
-                error=pb.PairError(code=code.value[0], message=message),
-            )
+            error = pb.PairError(code=code.value[0], message=message)
+            resp = pb.CompareResponse(pair_id=req.pair_id, model=model, error=error)
         else:
-            resp = pb.CompareResponse(pair_id=pair_id, score=fut.result(), model=model)
+            resp = pb.CompareResponse(pair_id=req.pair_id, score=fut.result(), model=model)
             code = grpc.StatusCode.OK
         if self.on_pair is not None:
             self.on_pair(code)
         return resp
+
+    @staticmethod
+    def _image_response(req, eng: Engine | None, model: str, fut: Future) -> pb.EmbedResponse:
+        exc = fut.exception()
+        if exc is not None:
+            code, message = status_for(exc)
+            error = pb.PairError(code=code.value[0], message=message)
+            return pb.EmbedResponse(image_id=req.image_id, model=model, error=error)
+        vector = fut.result()
+        return pb.EmbedResponse(
+            image_id=req.image_id,
+            model=model,
+            vector=vector.tolist(),
+            dimension=len(vector),
+            similarity=eng.cfg.similarity,
+        )
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
         models = [

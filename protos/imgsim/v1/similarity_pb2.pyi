@@ -48,6 +48,32 @@ class CompareResponse(_message.Message):
     error: PairError
     def __init__(self, pair_id: _Optional[str] = ..., score: _Optional[float] = ..., model: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ...) -> None: ...
 
+class EmbedRequest(_message.Message):
+    __slots__ = ("image_id", "image", "model")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    image: Image
+    model: str
+    def __init__(self, image_id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("image_id", "model", "vector", "dimension", "similarity", "error")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    model: str
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    dimension: int
+    similarity: str
+    error: PairError
+    def __init__(self, image_id: _Optional[str] = ..., model: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., dimension: _Optional[int] = ..., similarity: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -45,6 +45,11 @@ class ImageSimilarityStub:
                 request_serializer=imgsim_dot_v1_dot_similarity__pb2.CompareRequest.SerializeToString,
                 response_deserializer=imgsim_dot_v1_dot_similarity__pb2.CompareResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.stream_stream(
+                '/imgsim.v1.ImageSimilarity/Embed',
+                request_serializer=imgsim_dot_v1_dot_similarity__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=imgsim_dot_v1_dot_similarity__pb2.EmbedResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/imgsim.v1.ImageSimilarity/ListModels',
                 request_serializer=imgsim_dot_v1_dot_similarity__pb2.ListModelsRequest.SerializeToString,
@@ -77,6 +82,15 @@ class ImageSimilarityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request_iterator, context):
+        """Many images in, one embedding per image out, each sent as soon as it is computed (match
+        them by image_id). The same send-once id/ref rules as CompareStream; an image that cannot be
+        embedded gets a response with `error` set, and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """The server's model registry.
         """
@@ -103,6 +117,11 @@ def add_ImageSimilarityServicer_to_server(servicer, server):
                     servicer.CompareStream,
                     request_deserializer=imgsim_dot_v1_dot_similarity__pb2.CompareRequest.FromString,
                     response_serializer=imgsim_dot_v1_dot_similarity__pb2.CompareResponse.SerializeToString,
+            ),
+            'Embed': grpc.stream_stream_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=imgsim_dot_v1_dot_similarity__pb2.EmbedRequest.FromString,
+                    response_serializer=imgsim_dot_v1_dot_similarity__pb2.EmbedResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -170,6 +189,33 @@ class ImageSimilarity:
             '/imgsim.v1.ImageSimilarity/CompareStream',
             imgsim_dot_v1_dot_similarity__pb2.CompareRequest.SerializeToString,
             imgsim_dot_v1_dot_similarity__pb2.CompareResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/imgsim.v1.ImageSimilarity/Embed',
+            imgsim_dot_v1_dot_similarity__pb2.EmbedRequest.SerializeToString,
+            imgsim_dot_v1_dot_similarity__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,
