@@ -11,7 +11,7 @@ GENERATED := protos/imgsim/v1/similarity_pb2.py protos/imgsim/v1/similarity_pb2_
              protos/imgsim/v1/similarity_pb2.pyi
 
 .DEFAULT_GOAL := help
-.PHONY: help install generate-protos demo test check check-installs bench bench-scale study report export soak clean
+.PHONY: help install generate-protos demo test check check-installs bench bench-scale bench-collections study report export soak clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -58,6 +58,9 @@ bench: $(STAMP) ## Throughput/latency benchmark -> results/bench.md, results/ben
 
 bench-scale: $(STAMP) ## Replicas, Dask, failover, memory, perf sweep, capacity -> results/scale.md
 	$(PY) -m imgsim_lab.scale
+
+bench-collections: $(STAMP) ## Near-dup F1 vs imagededup, UKBench N-S by search, FAISS vs usearch, 10k-1M scale -> results/collections.md
+	$(PY) -m imgsim_lab.collections_bench
 
 study: $(STAMP) ## Comparative study of every approach -> results/study.md, ROC charts
 	$(PY) -m imgsim_lab.study

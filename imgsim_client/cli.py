@@ -9,9 +9,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
-COMMANDS = ("score", "compare", "evaluate", "models", "stats", "perf")
+COMMANDS = (
+    "score",
+    "compare",
+    "evaluate",
+    "models",
+    "stats",
+    "perf",
+    "embed",
+    "index",
+    "search",
+    "dedup",
+)
 DEFAULT_SERVER = "127.0.0.1:50051"
 
 # Exit codes, documented in --help and the README.
@@ -224,6 +236,68 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--cache-hits", action="store_true", help="send images unchanged (hits)")
     pf.add_argument("-o", "--output", type=Path, help="write the levels as JSON (or .csv)")
     _add_connection(pf)
+
+    em = sub.add_parser(
+        "embed",
+        help="embed images (files, folders, lists) into a vectors Parquet file",
+        description="Embed every image once through the server's Embed stream and write "
+        "path, model, vector (float32, L2-normalised for cosine models) and error columns. "
+        'Needs the [index] extra: pip install "imgsim[index]".',
+        formatter_class=_Formatter,
+    )
+    em.add_argument("paths", type=Path, nargs="+", help="image files, folders, .csv or .txt lists")
+    em.add_argument("-o", "--output", type=Path, required=True, help="vectors .parquet file")
+    em.add_argument("--resume", action="store_true", help="keep the vectors OUTPUT already has")
+    em.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_connection(em)
+
+    ix = sub.add_parser(
+        "index",
+        help="build and save a vector index from a vectors Parquet file",
+        description="Exact (flat inner product) below --exact-below vectors, approximate "
+        "(PCA + IVF, with exact re-ranking) above; the parameters are saved in index.json.",
+        formatter_class=_Formatter,
+    )
+    ix.add_argument("vectors", type=Path, help="Parquet written by 'imgsim-client embed'")
+    ix.add_argument("-o", "--output", type=Path, required=True, help="folder for the index")
+    ix.add_argument("--exact-below", type=int, default=50_000, help="vectors for an exact index")
+
+    se = sub.add_parser(
+        "search",
+        help="the k nearest indexed images of each query image",
+        description="Queries are embedded through the server with the index's model. Writes "
+        "query,rank,path,score.",
+        formatter_class=_Formatter,
+    )
+    se.add_argument("index", type=Path, help="a saved index folder or a vectors .parquet file")
+    se.add_argument("queries", type=Path, nargs="+", help="query images (files or folders)")
+    se.add_argument("-k", "--k", type=int, default=10, help="neighbours per query")
+    se.add_argument("-o", "--output", type=Path, help="hits CSV (default: standard output)")
+    se.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_connection(se)
+
+    de = sub.add_parser(
+        "dedup",
+        help="every pair of near-duplicate images in a collection, with groups",
+        description="Embeds the images, then finds every pair scoring at or above the "
+        "threshold with the index's range search (exact index) or k-NN (approximate index, "
+        "-k neighbours each: it says how many images reached k, whose groups may be larger). "
+        "Writes image_a,image_b,score,group; group is the connected component.",
+        formatter_class=_Formatter,
+    )
+    de.add_argument("paths", type=Path, nargs="+", help="image files, folders, .csv or .txt lists")
+    de.add_argument("-o", "--output", type=Path, required=True, help="duplicates CSV")
+    de.add_argument(
+        "--threshold",
+        type=float,
+        help="lowest score of a duplicate (default: the model's measured F1-best threshold)",
+    )
+    de.add_argument(
+        "-k", "--k", type=int, default=50, help="neighbours per image, with an approximate index"
+    )
+    de.add_argument("--exact-below", type=int, default=50_000, help="vectors for an exact index")
+    de.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_connection(de)
 
     m = sub.add_parser(
         "models",
@@ -470,6 +544,134 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     return SOME_PAIRS_FAILED if any(lv.errors for lv in result) else OK
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from imgsim_client import collection
+    from imgsim_client.index import read_parquet, write_parquet
+
+    paths = collection.list_images(args.paths)
+    done = {}
+    if args.resume and args.output.exists():
+        done = collection.from_vectors(read_parquet(args.output))
+        done = {k: v for k, v in done.items() if k in set(paths)}
+    with _connect(args) as client:
+        results = collection.embed_paths(client, paths, args.model, not args.no_progress, done=done)
+    vectors = collection.to_vectors(results, paths)
+    write_parquet(vectors, args.output)
+    print(
+        f"embedded {len(vectors.keys)}/{len(paths)} images ({len(vectors.errors)} failed, "
+        f"{len(done)} kept) with {vectors.model} -> {args.output}",
+        file=sys.stderr,
+    )
+    return SOME_PAIRS_FAILED if vectors.errors else OK
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from imgsim_client.index import VectorIndex, read_parquet
+
+    vectors = read_parquet(args.vectors)
+    index = VectorIndex.build(vectors, exact_below=args.exact_below)
+    index.save(args.output)
+    p = index.params
+    print(
+        f"{p.kind} index ({p.factory}) of {p.count} vectors, {p.dimension}-d, "
+        f"built in {p.build_s:.1f}s -> {args.output}",
+        file=sys.stderr,
+    )
+    return OK
+
+
+def _load_index(path: Path):
+    from imgsim_client.index import VectorIndex, read_parquet
+
+    if path.is_dir():
+        return VectorIndex.load(path)
+    return VectorIndex.build(read_parquet(path))
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from imgsim_client import collection
+
+    index = _load_index(args.index)
+    queries = collection.list_images(args.queries)
+    with _connect(args) as client:
+        results = collection.embed_paths(
+            client, queries, args.model or index.params.model, not args.no_progress
+        )
+    ok = [q for q in queries if results[q].ok]
+    rows = []
+    if ok:
+        sims, ids = index.search(np.array([results[q].vector for q in ok], np.float32), args.k)
+        for q, srow, irow in zip(ok, sims, ids, strict=True):
+            rank = 0
+            for s, i in zip(srow, irow, strict=True):
+                if i >= 0:
+                    rank += 1
+                    rows.append(
+                        {"query": q, "rank": rank, "path": index.keys[i], "score": f"{s:.6f}"}
+                    )
+    out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        import csv
+
+        writer = csv.DictWriter(out, fieldnames=["query", "rank", "path", "score"])
+        writer.writeheader()
+        writer.writerows(rows)
+    finally:
+        if args.output:
+            out.close()
+    for q in queries:
+        if not results[q].ok:
+            print(f"imgsim-client: {q}: {results[q].error}", file=sys.stderr)
+    return SOME_PAIRS_FAILED if len(ok) < len(queries) else OK
+
+
+def _cmd_dedup(args: argparse.Namespace) -> int:
+    import csv
+
+    from imgsim_client import collection
+    from imgsim_client.index import VectorIndex, groups
+
+    paths = collection.list_images(args.paths)
+    started = time.perf_counter()
+    with _connect(args) as client:
+        results = collection.embed_paths(client, paths, args.model, not args.no_progress)
+    vectors = collection.to_vectors(results, paths)
+    threshold = args.threshold
+    if threshold is None:
+        threshold = collection.DEDUP_THRESHOLDS.get(vectors.model)
+        if threshold is None:
+            print(
+                f"imgsim-client: error: no default threshold for {vectors.model}; give --threshold",
+                file=sys.stderr,
+            )
+            return USAGE
+    index = VectorIndex.build(vectors, exact_below=args.exact_below)
+    exact = index.params.kind == "exact"
+    pairs, capped = index.self_pairs(vectors.matrix, threshold, None if exact else args.k)
+    label = groups(len(vectors.keys), pairs)
+    with args.output.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image_a", "image_b", "score", "group"])
+        for a, b, s in pairs:
+            writer.writerow([vectors.keys[a], vectors.keys[b], f"{s:.6f}", label[a]])
+    n_groups = len({label[a] for a, _, _ in pairs})
+    how = "exact range search: every pair" if exact else (
+        f"approximate k-NN, k={args.k}: {capped} image(s) reached k, so pairs in groups "
+        "larger than k can be missed; raise -k"
+    )  # fmt: skip
+    print(
+        f"{len(pairs)} duplicate pairs in {n_groups} groups among {len(vectors.keys)} images "
+        f"(threshold {threshold:g}, {vectors.model}; {how}; {len(vectors.errors)} failed) in "
+        f"{time.perf_counter() - started:.1f}s -> {args.output}",
+        file=sys.stderr,
+    )
+    for path, error in vectors.errors.items():
+        print(f"imgsim-client: {path}: {error}", file=sys.stderr)
+    return SOME_PAIRS_FAILED if vectors.errors else OK
+
+
 HANDLERS = {
     "score": _cmd_score,
     "compare": _cmd_compare,
@@ -477,6 +679,10 @@ HANDLERS = {
     "models": _cmd_models,
     "stats": _cmd_stats,
     "perf": _cmd_perf,
+    "embed": _cmd_embed,
+    "index": _cmd_index,
+    "search": _cmd_search,
+    "dedup": _cmd_dedup,
 }
 
 

@@ -98,6 +98,35 @@ def _observations(study: dict) -> list[str]:
     return out
 
 
+def _collections_section(c: dict, results: Path, h2, body) -> list:
+    """Near-duplicate detection on a collection (make bench-collections): the table and the
+    precision/recall curve."""
+    nd = c["near_dup"]
+    rows = [["method", "threshold", "precision", "recall", "F1", "wall s"]]
+    for m in nd["imgsim"]:
+        b = m["best"]
+        rows.append([f"imgsim dedup, {m['model']}", f"{b['threshold']:.2f}",
+                     f"{b['precision']:.3f}", f"{b['recall']:.3f}", f"{b['f1']:.3f}",
+                     f"{m['wall_s']:.1f}"])  # fmt: skip
+    ph = nd["imagededup_phash"]["best"]
+    rows.append(["imagededup PHash", f"distance {ph['max_distance']}", f"{ph['precision']:.3f}",
+                 f"{ph['recall']:.3f}", f"{ph['f1']:.3f}",
+                 f"{nd['imagededup_phash']['wall_s']:.1f}"])  # fmt: skip
+    parts = [
+        Paragraph("Collections: near-duplicate detection (make bench-collections)", h2),
+        Paragraph(
+            f"{nd['images']} images: {nd['originals']} originals with 11 edits each and "
+            f"{nd['distractors']} distractors, {nd['true_pairs']} true pairs. Each method at "
+            "its F1-best threshold, the default of imgsim-client dedup.",
+            body,
+        ),
+        _table(rows),
+    ]
+    if (results / "collections_pr.png").is_file():
+        parts.append(_img(results / "collections_pr.png", 11 * cm))
+    return parts
+
+
 def build_report(results: Path, out_pdf: Path) -> Path:
     study = json.loads((results / "study.json").read_text())
     bench_path = results / "bench.json"
@@ -270,6 +299,10 @@ def build_report(results: Path, out_pdf: Path) -> Path:
                 body,
             )
         )
+
+    collections_path = results / "collections.json"
+    if collections_path.is_file():
+        story += _collections_section(json.loads(collections_path.read_text()), results, h2, body)
 
     story.append(Paragraph("Sources", h2))
     for s in SOURCES:

@@ -1,0 +1,124 @@
+"""Collections against a real loopback server: embed, index, search, dedup."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgsim_client import ImgsimClient
+from imgsim_client.cli import main
+from imgsim_client.index import VectorIndex, read_parquet
+
+NAMES = ("chelsea", "coffee", "astronaut", "rocket", "camera", "grace_hopper")
+
+
+@pytest.fixture()
+def folder(tmp_path, photos):
+    """Six photos (256 px JPEGs) in a folder tree, and a corrupt file among them."""
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    for i, name in enumerate(NAMES):
+        img = Image.open(photos[name]).convert("RGB")
+        img.thumbnail((256, 256))
+        img.save(root / ("sub" if i % 2 else "") / f"{name}.jpg", quality=90)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    return root
+
+
+def test_embed_vectors_are_the_ones_behind_compare(folder, address, tmp_path):
+    out = tmp_path / "vectors.parquet"
+    argv = ["embed", str(folder), "-o", str(out), "--server", address, "--no-progress"]
+    assert main(argv) == 3  # finished, one image failed
+    vectors = read_parquet(out)
+    assert len(vectors.keys) == len(NAMES) and vectors.matrix.shape == (len(NAMES), 1280)
+    assert list(vectors.errors) == [str(folder / "broken.jpg")]
+    assert "INVALID_ARGUMENT" in vectors.errors[str(folder / "broken.jpg")]
+    assert np.allclose(np.linalg.norm(vectors.matrix, axis=1), 1.0, atol=1e-5)
+    by_path = dict(zip(vectors.keys, vectors.matrix, strict=True))
+    a, b = sorted(by_path)[:2]
+    with ImgsimClient(address, timeout=30) as client:
+        score = client.compare(Path(a).read_bytes(), Path(b).read_bytes())
+    assert abs(float(by_path[a] @ by_path[b]) - score) < 1e-5
+    # --resume keeps what is there and embeds nothing again.
+    argv += ["--resume"]
+    assert main(argv) == 3
+
+
+def test_search_finds_each_image_first(folder, address, tmp_path):
+    vectors = tmp_path / "vectors.parquet"
+    main(["embed", str(folder), "-o", str(vectors), "--server", address, "--no-progress"])
+    assert main(["index", str(vectors), "-o", str(tmp_path / "idx")]) == 0
+    hits = tmp_path / "hits.csv"
+    queries = [str(p) for p in sorted(folder.rglob("*.jpg")) if p.name != "broken.jpg"]
+    argv = ["search", str(tmp_path / "idx"), *queries, "-k", "3", "-o", str(hits)]
+    assert main([*argv, "--server", address, "--no-progress"]) == 0
+    rows = list(csv.DictReader(hits.open()))
+    assert len(rows) == 3 * len(queries)
+    for q in queries:
+        first = next(r for r in rows if r["query"] == q and r["rank"] == "1")
+        assert first["path"] == q and float(first["score"]) > 0.999
+
+
+def test_dedup_groups_edited_copies(address, photos, tmp_path, capsys):
+    """Three photos with two edited copies each (JPEG quality 30, half size), three unrelated
+    photos and a corrupt file: dedup pairs each original with its copies, groups each family,
+    pairs nothing else, and reports the corrupt file."""
+    folder = tmp_path / "collection"
+    folder.mkdir()
+    originals = ("chelsea", "coffee", "rocket")
+    for name in (*originals, "astronaut", "camera", "grace_hopper"):
+        img = Image.open(photos[name]).convert("RGB")
+        img.thumbnail((512, 512))
+        img.save(folder / f"{name}.jpg", quality=95)
+        if name in originals:
+            img.save(folder / f"{name}_q30.jpg", quality=30)
+            img.resize((img.width // 2, img.height // 2)).save(folder / f"{name}_half.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    out = tmp_path / "dups.csv"
+    argv = ["dedup", str(folder), "-o", str(out), "--server", address, "--no-progress"]
+    assert main(argv) == 3  # the broken file failed; everything else was compared
+    rows = list(csv.DictReader(out.open()))
+
+    def family(path: str) -> str:
+        return Path(path).stem.removesuffix("_q30").removesuffix("_half")
+
+    assert all(family(r["image_a"]) == family(r["image_b"]) for r in rows), rows
+    group_of = {}
+    for r in rows:
+        group_of[r["image_a"]] = group_of[r["image_b"]] = r["group"]
+    assert {family(p) for p in group_of} == set(originals)  # no distractor was paired
+    for name in originals:  # each original and both its copies, in one group
+        members = [str(folder / f"{name}{edit}.jpg") for edit in ("", "_q30", "_half")]
+        assert all(m in group_of for m in members), (name, sorted(group_of))
+        assert len({group_of[m] for m in members}) == 1
+    assert len(set(group_of.values())) == len(originals)
+    err = capsys.readouterr().err
+    assert "exact range search: every pair" in err and "broken.jpg" in err
+
+
+def test_index_approximate_above_the_exact_size(folder, address, tmp_path):
+    """Past --exact-below the index is PCA + IVF with re-ranking; k-NN then finds the same
+    nearest image for every query on this tiny set, and the parameters are recorded."""
+    vectors_path = tmp_path / "vectors.parquet"
+    main(["embed", str(folder), "-o", str(vectors_path), "--server", address, "--no-progress"])
+    vectors = read_parquet(vectors_path)
+    rng = np.random.default_rng(0)
+    noisy = vectors.matrix[rng.integers(0, len(vectors.keys), 3000)]
+    noisy = noisy + rng.normal(0, 0.05, noisy.shape).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    big = type(vectors)(
+        vectors.keys + [f"n{i}" for i in range(len(noisy))],
+        np.vstack([vectors.matrix, noisy]),
+        vectors.model,
+        vectors.similarity,
+    )
+    index = VectorIndex.build(big, exact_below=1000, pca=32)
+    assert index.params.kind == "approximate" and index.params.factory.endswith(",RFlat")
+    _, ids = index.search(vectors.matrix, 1)
+    assert list(ids[:, 0]) == list(range(len(vectors.keys)))
+    index.save(tmp_path / "approx")
+    assert VectorIndex.load(tmp_path / "approx").params == index.params
