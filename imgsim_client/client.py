@@ -60,6 +60,18 @@ class ImgsimError(Exception):
         return cls(err.code(), err.details() or "")
 
 
+def _image(data: bytes | None, ref: str, image_id: str) -> pb.Image:
+    """An Image message: a ref to an earlier image of the stream, or bytes (with an id)."""
+    return pb.Image(ref=ref) if ref else pb.Image(data=data or b"", id=image_id)
+
+
+def _error(resp) -> tuple[grpc.StatusCode, str] | None:
+    """(code, message) of a response's per-item error, or None when it succeeded."""
+    if not resp.HasField("error"):
+        return None
+    return _CODES_BY_VALUE.get(resp.error.code, grpc.StatusCode.UNKNOWN), resp.error.message
+
+
 @dataclass(frozen=True)
 class PairRequest:
     """One pair to score. Each image is bytes, or (in a stream) a ref to an earlier image id.
@@ -77,14 +89,11 @@ class PairRequest:
     model: str = ""
 
     def to_proto(self) -> pb.CompareRequest:
-        def image(data: bytes | None, ref: str, image_id: str) -> pb.Image:
-            return pb.Image(ref=ref) if ref else pb.Image(data=data or b"", id=image_id)
-
         return pb.CompareRequest(
             pair_id=self.pair_id,
             model=self.model,
-            image_a=image(self.data_a, self.ref_a, self.id_a),
-            image_b=image(self.data_b, self.ref_b, self.id_b),
+            image_a=_image(self.data_a, self.ref_a, self.id_a),
+            image_b=_image(self.data_b, self.ref_b, self.id_b),
         )
 
 
@@ -102,9 +111,8 @@ class PairResult:
 
     @classmethod
     def from_proto(cls, resp: pb.CompareResponse) -> PairResult:
-        if resp.HasField("error"):
-            code = _CODES_BY_VALUE.get(resp.error.code, grpc.StatusCode.UNKNOWN)
-            return cls(resp.pair_id, None, resp.model, code, resp.error.message)
+        if (error := _error(resp)) is not None:
+            return cls(resp.pair_id, None, resp.model, *error)
         return cls(resp.pair_id, resp.score, resp.model)
 
 
@@ -119,7 +127,7 @@ class ImageRequest:
     model: str = ""
 
     def to_proto(self) -> pb.EmbedRequest:
-        image = pb.Image(ref=self.ref) if self.ref else pb.Image(data=self.data or b"", id=self.id)
+        image = _image(self.data, self.ref, self.id)
         return pb.EmbedRequest(image_id=self.image_id, image=image, model=self.model)
 
 
@@ -140,9 +148,8 @@ class ImageResult:
 
     @classmethod
     def from_proto(cls, resp: pb.EmbedResponse) -> ImageResult:
-        if resp.HasField("error"):
-            code = _CODES_BY_VALUE.get(resp.error.code, grpc.StatusCode.UNKNOWN)
-            return cls(resp.image_id, None, resp.model, "", code, resp.error.message)
+        if (error := _error(resp)) is not None:
+            return cls(resp.image_id, None, resp.model, "", *error)
         return cls(resp.image_id, list(resp.vector), resp.model, resp.similarity)
 
 

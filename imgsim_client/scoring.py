@@ -192,6 +192,18 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="pair", disable=not enabled, dynamic_ncols=True)
 
 
+@dataclass(frozen=True)
+class _StreamOptions:
+    """What every stream of one run sends with and how it recovers."""
+
+    base: Path  # relative image paths are relative to this folder
+    model: str
+    send_once: bool
+    deadline: float | None  # time.monotonic() when the whole run must end
+    idle_timeout_s: float | None
+    retry: RetryPolicy
+
+
 class _Run:
     """What the streams of one run share: results, client-side errors, progress, checkpoints."""
 
@@ -240,15 +252,7 @@ def _split(rows: list, parts: int) -> list[list]:
 
 
 def _stream_chunk(
-    run: _Run,
-    client: ImgsimClient,
-    chunk: list[tuple[str, str, str]],
-    base: Path,
-    model: str,
-    send_once: bool,
-    deadline: float | None,
-    idle_timeout_s: float | None,
-    retry: RetryPolicy,
+    run: _Run, client: ImgsimClient, chunk: list[tuple[str, str, str]], opts: _StreamOptions
 ) -> None:
     """Score one chunk over one stream; on UNAVAILABLE (its backend went away), open a new
     stream with the chunk's unanswered pairs, which round_robin places on a live backend."""
@@ -258,30 +262,30 @@ def _stream_chunk(
             todo = [r for r in chunk if r[0] not in run.results and r[0] not in run.local_errors]
         if not todo or run.stop.is_set():
             return
-        requests = _Requests(todo, base, model, send_once)
-        remaining = None if deadline is None else deadline - time.monotonic()
+        requests = _Requests(todo, opts.base, opts.model, opts.send_once)
+        remaining = None if opts.deadline is None else opts.deadline - time.monotonic()
         try:
             if remaining is not None and remaining <= 0:
                 raise ImgsimError(grpc.StatusCode.DEADLINE_EXCEEDED, "the run's deadline passed")
-            for res in client.compare_stream(requests, remaining, idle_timeout_s, run.stop):
+            for res in client.compare_stream(requests, remaining, opts.idle_timeout_s, run.stop):
                 run.answered(res)
             return
         except ImgsimError as err:
             if (
                 err.code != grpc.StatusCode.UNAVAILABLE
                 or not client.server_answered
-                or reconnects >= retry.retries
+                or reconnects >= opts.retry.retries
                 or run.stop.is_set()
             ):
                 raise
             reconnects += 1
-            wait = retry.backoff(reconnects)
+            wait = opts.retry.backoff(reconnects)
             with run.lock:
                 run.reconnects += 1
                 left = sum(1 for r in todo if r[0] not in run.results)
                 run.bar.write(
                     f"imgsim-client: {err.message or err.code.name}; reconnecting in "
-                    f"{wait:.1f}s (retry {reconnects}/{retry.retries}), {left} pairs of this "
+                    f"{wait:.1f}s (retry {reconnects}/{opts.retry.retries}), {left} pairs of this "
                     "stream to go"
                 )
             if run.stop.wait(wait):
@@ -294,36 +298,14 @@ def _stream_chunk(
 
 
 def _run_streams(
-    run: _Run,
-    client: ImgsimClient,
-    chunks: list[list[tuple[str, str, str]]],
-    base: Path,
-    model: str,
-    send_once: bool,
-    deadline: float | None,
-    idle_timeout_s: float | None,
-    retry: RetryPolicy,
+    run: _Run, client: ImgsimClient, chunks: list[list[tuple[str, str, str]]], opts: _StreamOptions
 ) -> None:
     """Score each chunk over its own stream, concurrently. The first failure (or Ctrl-C) stops
     every stream and writes the partial output before it propagates."""
     if len(chunks) > 1:
         client.warm_up()
     pool = ThreadPoolExecutor(len(chunks), thread_name_prefix="imgsim-stream")
-    futures = [
-        pool.submit(
-            _stream_chunk,
-            run,
-            client,
-            chunk,
-            base,
-            model,
-            send_once,
-            deadline,
-            idle_timeout_s,
-            retry,
-        )
-        for chunk in chunks
-    ]
+    futures = [pool.submit(_stream_chunk, run, client, chunk, opts) for chunk in chunks]
     try:
         for fut in as_completed(futures):
             fut.result()
@@ -354,17 +336,8 @@ def score_rows(
     rows = [(r["pair_id"], r["image_a"], r["image_b"]) for r in table.rows]
     with _progress(len(rows), 0, False) as bar:
         run = _Run(table, None, {}, bar, float("inf"))
-        _run_streams(
-            run,
-            client,
-            _split(rows, streams) or [[]],
-            base,
-            model,
-            send_once,
-            None,
-            idle_timeout_s,
-            retry or RetryPolicy(),
-        )
+        opts = _StreamOptions(base, model, send_once, None, idle_timeout_s, retry or RetryPolicy())
+        _run_streams(run, client, _split(rows, streams) or [[]], opts)
     return scored_rows(table, run.results, run.local_errors, "no response from server")
 
 
@@ -405,9 +378,8 @@ def score_pairs(
     started = time.perf_counter()
     with _progress(len(table), resumed, progress) as bar:
         run = _Run(table, out_path, results, bar, checkpoint_s)
-        _run_streams(
-            run, client, chunks, csv_path.parent, model, send_once, deadline, idle_timeout_s, retry
-        )
+        opts = _StreamOptions(csv_path.parent, model, send_once, deadline, idle_timeout_s, retry)
+        _run_streams(run, client, chunks, opts)
     elapsed = time.perf_counter() - started
     failed = run.write("no response from server")
     n = len(table)
