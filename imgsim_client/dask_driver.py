@@ -17,6 +17,7 @@ workers must see the same files (one machine, or shared storage). Needs the `[da
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,13 +51,16 @@ class Connection:
 
 
 _CLIENTS: dict[Connection, object] = {}  # one channel per worker process and connection
+_CLIENTS_LOCK = threading.Lock()  # workers may run several tasks at once on threads
 
 
 def _client(conn: Connection):
     from imgsim_client.client import ImgsimClient
 
-    client = _CLIENTS.get(conn)
-    if client is None:
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(conn)
+        if client is not None:
+            return client
         client = ImgsimClient(
             conn.target,
             timeout=conn.timeout,
@@ -68,7 +72,7 @@ def _client(conn: Connection):
         )
         client.wait_ready()
         _CLIENTS[conn] = client
-    return client
+        return client
 
 
 def score_partition(
