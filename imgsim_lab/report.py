@@ -43,13 +43,35 @@ SOURCES = [
 ]
 
 
+def _fonts() -> tuple[str, str]:
+    """(regular, bold) font names: DejaVu Sans, which has the accents of author names
+    (Radenović) that the built-in Helvetica lacks; it comes with matplotlib, no download.
+    Helvetica when it cannot be found."""
+    from reportlab.lib.fonts import addMapping
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    from imgsim_datasets.photos import package_data
+
+    ttf = package_data("matplotlib", "mpl-data", "fonts", "ttf")
+    if ttf is None or not (ttf / "DejaVuSans.ttf").is_file():
+        return "Helvetica", "Helvetica-Bold"
+    if "DejaVuSans" not in pdfmetrics.getRegisteredFontNames():
+        pdfmetrics.registerFont(TTFont("DejaVuSans", str(ttf / "DejaVuSans.ttf")))
+        pdfmetrics.registerFont(TTFont("DejaVuSans-Bold", str(ttf / "DejaVuSans-Bold.ttf")))
+        addMapping("DejaVuSans", 0, 0, "DejaVuSans")
+        addMapping("DejaVuSans", 1, 0, "DejaVuSans-Bold")
+    return "DejaVuSans", "DejaVuSans-Bold"
+
+
 def _table(rows: list[list[str]], widths: list[float] | None = None, font: int = 7) -> Table:
+    regular, bold = _fonts()
     t = Table(rows, colWidths=widths, repeatRows=1)
     t.setStyle(
         TableStyle(
             [
-                ("FONT", (0, 0), (-1, -1), "Helvetica", font),
-                ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", font),
+                ("FONT", (0, 0), (-1, -1), regular, font),
+                ("FONT", (0, 0), (-1, 0), bold, font),
                 ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e8eef6")),
                 ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
                 ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
@@ -132,6 +154,11 @@ def build_report(results: Path, out_pdf: Path) -> Path:
     bench_path = results / "bench.json"
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
     styles = getSampleStyleSheet()
+    regular, bold = _fonts()
+    for name in ("BodyText", "Normal"):
+        styles[name].fontName = regular
+    for name in ("Title", "Heading2"):
+        styles[name].fontName = bold
     body = styles["BodyText"]
     body.fontSize, body.leading = 8.5, 10.5
     h1, h2 = styles["Title"], styles["Heading2"]

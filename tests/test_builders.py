@@ -108,3 +108,5 @@ def test_report_builds_from_a_small_fixture(tmp_path):
     data = Path(pdf).read_bytes()
     assert data.startswith(b"%PDF")
     assert 1 <= data.count(b"/Type /Page\n") + data.count(b"/Type /Page ") <= 4
+    # A font with accents is embedded (the sources cite Radenović; Helvetica has no "ć").
+    assert b"DejaVuSans" in data
