@@ -54,7 +54,10 @@ class Preset:
         }
 
 
+# EfficientNet-Lite's own evaluation pipeline: resize to the input size + 32, centre crop.
 LITE0 = Preset(resize=256, crop=224, mean=TF_LITE_MEAN, std=TF_LITE_STD)
+LITE1 = Preset(resize=272, crop=240, mean=TF_LITE_MEAN, std=TF_LITE_STD)
+LITE2 = Preset(resize=292, crop=260, mean=TF_LITE_MEAN, std=TF_LITE_STD)
 RESNET18 = Preset(256, 224, IMAGENET_MEAN, IMAGENET_STD)
 RESNET50 = Preset(232, 224, IMAGENET_MEAN, IMAGENET_STD)
 EFFICIENTNET_B0 = Preset(256, 224, IMAGENET_MEAN, IMAGENET_STD, Image.Resampling.BICUBIC)

