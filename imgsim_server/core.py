@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -38,7 +37,6 @@ from imgsim_server.embedders import (
 )
 from imgsim_server.errors import (
     CancelledError,
-    DeadlineExceededError,
     OverloadedError,
 )
 from imgsim_server.images import decode_image
@@ -366,31 +364,6 @@ class SimilarityCore:
         fa.add_done_callback(one_done)
         fb.add_done_callback(one_done)
         return out
-
-    def compare(
-        self,
-        eng: Engine,
-        a: bytes,
-        b: bytes,
-        timeout: float | None = None,
-        token: CallToken | None = None,
-    ) -> float:
-        """Score one pair, refusing (OverloadedError) rather than waiting when the queue is full.
-
-        A pair still unscored when the deadline passes raises DeadlineExceededError, whether
-        the wait timed out or the dropped work reported the cancellation first.
-        """
-        token = token or CallToken(timeout)
-        try:
-            return self.compare_async(eng, a, b, block=False, token=token).result(timeout)
-        except (FutureTimeoutError, CancelledError) as exc:
-            if token.expired or isinstance(exc, FutureTimeoutError):
-                raise DeadlineExceededError(
-                    "the deadline passed before the pair was scored"
-                ) from None
-            raise
-        finally:
-            token.cancel()  # whatever is still queued for this call is no longer wanted
 
     def _count(self, failed: bool) -> None:
         with self._counter_lock:
