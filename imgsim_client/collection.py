@@ -103,11 +103,7 @@ def embed_paths(
                     bar.update(1)
                 return results
             except ImgsimError as err:
-                if (
-                    err.code != grpc.StatusCode.UNAVAILABLE
-                    or not client.server_answered
-                    or reconnects >= retry.retries
-                ):
+                if not retry.should_reconnect(err, client, reconnects):
                     raise
                 reconnects += 1
                 bar.write(f"imgsim-client: {err.message}; reconnecting (retry {reconnects})")

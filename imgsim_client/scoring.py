@@ -45,6 +45,16 @@ class RetryPolicy:
         """Seconds to wait before reconnect number `attempt` (1-based)."""
         return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
 
+    def should_reconnect(self, err: ImgsimError, client: ImgsimClient, done: int) -> bool:
+        """Whether a stream that failed with `err`, after `done` reconnects, opens again: only
+        for UNAVAILABLE, only once a server has answered on this channel (a wrong address fails
+        at once), and at most `retries` times."""
+        return (
+            err.code == grpc.StatusCode.UNAVAILABLE
+            and client.server_answered
+            and done < self.retries
+        )
+
 
 @dataclass(frozen=True)
 class ScoreSummary:
@@ -271,12 +281,7 @@ def _stream_chunk(
                 run.answered(res)
             return
         except ImgsimError as err:
-            if (
-                err.code != grpc.StatusCode.UNAVAILABLE
-                or not client.server_answered
-                or reconnects >= opts.retry.retries
-                or run.stop.is_set()
-            ):
+            if run.stop.is_set() or not opts.retry.should_reconnect(err, client, reconnects):
                 raise
             reconnects += 1
             wait = opts.retry.backoff(reconnects)
