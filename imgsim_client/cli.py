@@ -551,8 +551,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     paths = collection.list_images(args.paths)
     done = {}
     if args.resume and args.output.exists():
+        wanted = set(paths)
         done = collection.from_vectors(read_parquet(args.output))
-        done = {k: v for k, v in done.items() if k in set(paths)}
+        done = {k: v for k, v in done.items() if k in wanted}
     with _connect(args) as client:
         results = collection.embed_paths(client, paths, args.model, not args.no_progress, done=done)
     vectors = collection.to_vectors(results, paths)
