@@ -321,10 +321,10 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return argv
 
 
-def _connect(args: argparse.Namespace):
-    from imgsim_client.client import ImgsimClient
+def _client_config(args: argparse.Namespace):
+    from imgsim_client.client import ClientConfig
 
-    client = ImgsimClient(
+    return ClientConfig(
         args.server,
         timeout=args.timeout,
         connect_timeout=args.connect_timeout,
@@ -333,12 +333,10 @@ def _connect(args: argparse.Namespace):
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
-    try:
-        client.wait_ready()
-    except BaseException:
-        client.close()
-        raise
-    return client
+
+
+def _connect(args: argparse.Namespace):
+    return _client_config(args).connect()
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -391,7 +389,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _score_with_dask(args: argparse.Namespace) -> int:
     import time
 
-    from imgsim_client.dask_driver import Connection, score_with_dask
+    from imgsim_client.dask_driver import score_with_dask
 
     if args.resume:
         print("imgsim-client: error: --resume does not apply to --dask runs", file=sys.stderr)
@@ -399,15 +397,7 @@ def _score_with_dask(args: argparse.Namespace) -> int:
     source = str(args.pairs)
     output = args.output or f"{Path(source).stem}.scored.csv"  # a str: may end with '/'
 
-    conn = Connection(
-        args.server,
-        timeout=args.timeout,
-        connect_timeout=args.connect_timeout,
-        auth_token=args.auth_token,
-        tls_ca=str(args.tls_ca) if args.tls_ca else None,
-        tls_cert=str(args.tls_cert) if args.tls_cert else None,
-        tls_key=str(args.tls_key) if args.tls_key else None,
-    )
+    conn = _client_config(args)
     started = time.perf_counter()
     summary = score_with_dask(
         source,

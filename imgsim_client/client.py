@@ -377,3 +377,36 @@ class ImgsimClient:
             )
         except grpc.RpcError as err:
             raise ImgsimError.from_rpc(err) from None
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How to reach a server: target, timeouts and credentials. Picklable, so that a Dask
+    driver can send it to its workers, which connect with it."""
+
+    target: str = "127.0.0.1:50051"
+    timeout: float = 60.0
+    connect_timeout: float = 10.0
+    auth_token: str = ""
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def connect(self) -> ImgsimClient:
+        """A client whose channel is ready; ImgsimError(UNAVAILABLE) when no server answers
+        within `connect_timeout` (the channel is closed then)."""
+        client = ImgsimClient(
+            self.target,
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            auth_token=self.auth_token,
+            tls_ca=self.tls_ca,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+        )
+        try:
+            client.wait_ready()
+        except BaseException:
+            client.close()
+            raise
+        return client

@@ -34,49 +34,24 @@ except ModuleNotFoundError as e:
     ) from e
 
 from imgsim_client._csv import PairsFileError, PairsTable
+from imgsim_client.client import ClientConfig, ImgsimClient
 from imgsim_client.scoring import OUTPUT_COLUMNS, RetryPolicy, score_rows
 
-
-@dataclass(frozen=True)
-class Connection:
-    """What a worker needs to open its channel (picklable, sent with every task)."""
-
-    target: str
-    timeout: float = 60.0
-    connect_timeout: float = 10.0
-    auth_token: str = ""
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-
-
-_CLIENTS: dict[Connection, object] = {}  # one channel per worker process and connection
+_CLIENTS: dict[ClientConfig, ImgsimClient] = {}  # one channel per worker process and connection
 _CLIENTS_LOCK = threading.Lock()  # workers may run several tasks at once on threads
 
 
-def _client(conn: Connection):
-    from imgsim_client.client import ImgsimClient
-
+def _client(conn: ClientConfig) -> ImgsimClient:
+    """This worker process's channel for `conn`, opened on first use and kept."""
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(conn)
-        if client is not None:
-            return client
-        client = ImgsimClient(
-            conn.target,
-            timeout=conn.timeout,
-            connect_timeout=conn.connect_timeout,
-            auth_token=conn.auth_token,
-            tls_ca=Path(conn.tls_ca) if conn.tls_ca else None,
-            tls_cert=Path(conn.tls_cert) if conn.tls_cert else None,
-            tls_key=Path(conn.tls_key) if conn.tls_key else None,
-        )
-        client.wait_ready()
-        _CLIENTS[conn] = client
+        if client is None:
+            client = _CLIENTS[conn] = conn.connect()
         return client
 
 
 def score_partition(
-    part: pd.DataFrame, conn: Connection, model: str, streams: int, send_once: bool
+    part: pd.DataFrame, conn: ClientConfig, model: str, streams: int, send_once: bool
 ) -> pd.DataFrame:
     """One Dask task: score a partition's pairs over the worker's channel; adds score, error."""
     columns = [c for c in part.columns if c not in OUTPUT_COLUMNS]
@@ -172,7 +147,7 @@ class DaskSummary:
 def score_with_dask(
     source: str,
     output: str,
-    conn: Connection,
+    conn: ClientConfig,
     cluster: str,
     model: str = "",
     partitions: int | None = None,

@@ -79,13 +79,14 @@ def replicas_run(n: int, csv: Path, work: Path, streams: int) -> dict:
 
 
 def dask_run(csv: Path, work: Path, workers: int) -> dict:
-    from imgsim_client.dask_driver import Connection, score_with_dask
+    from imgsim_client.client import ClientConfig
+    from imgsim_client.dask_driver import score_with_dask
 
     with ExitStack() as stack:
         servers = [stack.enter_context(ServerProcess()) for _ in range(2)]
         started = time.perf_counter()
         summary = score_with_dask(
-            str(csv), str(work / "dask.csv"), Connection(_target(servers)), f"local:{workers}"
+            str(csv), str(work / "dask.csv"), ClientConfig(_target(servers)), f"local:{workers}"
         )
         seconds = time.perf_counter() - started
         split = [_embedded(s) for s in servers]
