@@ -21,17 +21,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgsim_client._extras import missing_extra
+
 try:
     import dask.dataframe as dd
     import pandas as pd
     from distributed import Client, LocalCluster
 except ModuleNotFoundError as e:
-    if (e.name or "").split(".")[0] not in ("dask", "distributed", "pandas", "pyarrow"):
-        raise
-    raise ModuleNotFoundError(
-        f'{e}\n\n  --dask needs the [dask] extra: python -m pip install "imgsim[dask]"',
-        name=e.name,
-    ) from e
+    missing_extra(e, "dask", "--dask", {"dask", "distributed", "pandas", "pyarrow"})
 
 from imgsim_client._csv import PairsFileError, PairsTable
 from imgsim_client.client import ClientConfig, ImgsimClient

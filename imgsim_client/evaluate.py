@@ -11,17 +11,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from imgsim_client._extras import missing_extra
+
 try:
     import numpy as np
     from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 except ModuleNotFoundError as e:
-    if (e.name or "").split(".")[0] not in ("numpy", "sklearn", "scipy"):  # deeper breakage
-        raise
-    raise ModuleNotFoundError(
-        f"{e}\n\n  imgsim-client evaluate needs the [eval] extra: "
-        'python -m pip install "imgsim[eval]"',
-        name=e.name,
-    ) from e
+    missing_extra(e, "eval", "imgsim-client evaluate", {"numpy", "sklearn", "scipy"})
 
 from imgsim_client._csv import PairsFileError, read_table
 

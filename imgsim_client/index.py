@@ -22,18 +22,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from imgsim_client._extras import missing_extra
+
 try:
     import faiss
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 except ModuleNotFoundError as e:
-    if (e.name or "").split(".")[0] not in ("faiss", "numpy", "pyarrow"):
-        raise
-    raise ModuleNotFoundError(
-        f'{e}\n\n  collections need the [index] extra: python -m pip install "imgsim[index]"',
-        name=e.name,
-    ) from e
+    missing_extra(
+        e, "index", "collections (embed, index, search, dedup)", {"faiss", "numpy", "pyarrow"}
+    )
 
 EXACT_BELOW = 50_000
 
