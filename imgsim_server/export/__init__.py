@@ -13,6 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
+from imgsim_server.config import CoreConfig
 from imgsim_server.embedders import EmbedderOptions, ModelCfg, _onnx, cnn, get_cfg, list_models
 
 
@@ -45,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--model",
         action="append",
-        help="model to export; repeatable (default: every CNN whose weights are installed)",
+        help="model to export; repeatable (default: the server's default model)",
+    )
+    ap.add_argument(
+        "--all",
+        action="store_true",
+        help="export every CNN whose weights are installed (every preprocessing variant)",
     )
     ap.add_argument(
         "--output-dir",
@@ -75,9 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown precision(s): {', '.join(sorted(bad))}")
     if args.weights and len(args.model or []) != 1:
         ap.error("--weights needs exactly one --model")
-    names = args.model or [
-        m.name for m in list_models() if m.kind == "cnn" and m.weights_available(EmbedderOptions())
-    ]
+    if args.all:
+        names = [
+            m.name
+            for m in list_models()
+            if m.kind == "cnn" and m.weights_available(EmbedderOptions())
+        ]
+    else:
+        names = args.model or [CoreConfig().default_model]
     for name in names:
         cfg = get_cfg(name)
         if cfg.kind != "cnn":
