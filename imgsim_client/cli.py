@@ -195,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare",
         help="print the similarity of two image files",
-        description="Score one pair with the unary Compare call and print the score.",
+        description="Score one pair with the unary Compare call and print the score, then, "
+        "for a model with calibrated thresholds, the verdict on the same line "
+        "(`0.9412 near-duplicate`; also `same object`, `same category`, `different`: the "
+        "most specific task whose 1%%-false-positive threshold the score reaches, see "
+        "`imgsim-client models`).",
         formatter_class=_Formatter,
     )
     c.add_argument("image_a", type=Path)
@@ -430,7 +434,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise PairsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     with _connect(args) as client:
-        print(f"{client.compare(data[0], data[1], model=args.model):.4f}")
+        score, _, verdict = client.compare_pair(data[0], data[1], model=args.model)
+    print(f"{score:.4f} {verdict}".rstrip())
     return OK
 
 
@@ -447,13 +452,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         resp = client.list_models()
-    print(f"{'name':<24}{'kind':<11}{'dim':>6}{'input':>7}  {'similarity':<10} {'weights':<10}")
+    tasks = ("near-duplicate", "same object", "same category")
+    print(
+        f"{'name':<34}{'kind':<10}{'dim':>5}{'input':>6}  {'similarity':<10} {'weights':<8}"
+        f"{'dup/object/category @1% FPR':<28}"
+    )
     for m in resp.models:
         default = " (default)" if m.name == resp.default_model else ""
         weights = "n/a" if not m.weights_source else ("ok" if m.weights_available else "MISSING")
+        at_1pct = {t.task: t.score for t in m.thresholds if abs(t.fpr - 0.01) < 1e-9}
+        thr = "/".join(f"{at_1pct[t]:.3f}" if t in at_1pct else "-" for t in tasks)
         print(
-            f"{m.name:<24}{m.kind:<11}{m.embedding_dim:>6}{m.input_size:>7}  "
-            f"{m.similarity:<10} {weights:<10}{default}"
+            f"{m.name:<34}{m.kind:<10}{m.embedding_dim:>5}{m.input_size:>6}  "
+            f"{m.similarity:<10} {weights:<8}{thr:<28}{default}"
         )
         if m.weights_source and not m.weights_available:
             print(f"    looked for {m.weights_source}")

@@ -289,15 +289,16 @@ class ImgsimClient:
 
     def compare_pair(
         self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
-    ) -> tuple[float, str]:
-        """Score one pair with the unary Compare call: (score, the model that scored it)."""
+    ) -> tuple[float, str, str]:
+        """Score one pair with the unary Compare call: (score, the model that scored it, the
+        verdict of the model's calibrated thresholds, "" if it has none)."""
         req = PairRequest("", image_a, image_b, model=model).to_proto()
         try:
             resp = self._stub.Compare(req, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise ImgsimError.from_rpc(err) from None
         self.server_answered = True
-        return resp.score, resp.model
+        return resp.score, resp.model, resp.verdict
 
     def compare_stream(
         self,

@@ -57,7 +57,11 @@ on that set; otherwise the next candidate by mean rank is tried, and if none pas
 `{OLD_DEFAULT}` stays the default. Model names keep their meaning: the old default stays
 selectable by name."""
 
-TASK_OF = {"near-dup edits": "near-duplicate", "ukbench": "same object", "caltech7": "same category"}
+TASK_OF = {
+    "near-dup edits": "near-duplicate",
+    "ukbench": "same object",
+    "caltech7": "same category",
+}
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -104,23 +108,27 @@ def build_sets(work: Path, shared: Path) -> tuple[dict[str, dict], list[str]]:
 # ---- statistics --------------------------------------------------------------------------------
 
 
-def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, n: int = BOOTSTRAP, seed: int = 0):
-    """95% percentile interval of ROC AUC with the pairs resampled `n` times (vectorised
-    Mann-Whitney over tie groups, so 1000 resamples of 5k pairs take well under a second)."""
-    rng = np.random.default_rng(seed)
+def weighted_aucs(labels: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """ROC AUC under each row of `counts` (how often each pair is drawn): Mann-Whitney over tie
+    groups, vectorised over rows; equal to sklearn's AUC with those sample weights."""
     order = np.argsort(scores, kind="stable")
-    s, y = scores[order], labels[order]
-    m = len(s)
-    draws = rng.integers(0, m, size=(n, m))
-    counts = np.bincount((np.arange(n)[:, None] * m + draws).ravel(), minlength=n * m)
-    counts = counts.reshape(n, m).astype(np.float64)
+    s, y, w = scores[order], labels[order], counts[:, order].astype(np.float64)
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # tie groups of equal scores
-    pos = np.add.reduceat(counts * y, starts, axis=1)
-    neg = np.add.reduceat(counts * (1 - y), starts, axis=1)
+    pos = np.add.reduceat(w * y, starts, axis=1)
+    neg = np.add.reduceat(w * (1 - y), starts, axis=1)
     below = np.cumsum(neg, axis=1) - neg  # negatives strictly below each tie group
     wins = (pos * (below + 0.5 * neg)).sum(axis=1)
-    auc = wins / np.maximum(pos.sum(axis=1) * neg.sum(axis=1), 1)
-    lo, hi = np.percentile(auc, [2.5, 97.5])
+    return wins / np.maximum(pos.sum(axis=1) * neg.sum(axis=1), 1)
+
+
+def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, n: int = BOOTSTRAP, seed: int = 0):
+    """95% percentile interval of ROC AUC with the pairs resampled `n` times (1000 resamples of
+    5k pairs take well under a second)."""
+    rng = np.random.default_rng(seed)
+    m = len(scores)
+    draws = rng.integers(0, m, size=(n, m))
+    counts = np.bincount((np.arange(n)[:, None] * m + draws).ravel(), minlength=n * m)
+    lo, hi = np.percentile(weighted_aucs(labels, scores, counts.reshape(n, m)), [2.5, 97.5])
     return float(lo), float(hi)
 
 
@@ -186,7 +194,7 @@ def evaluate_set(vecs: np.ndarray, similarity: str, spec: dict) -> dict:
                 "low": t_lo,
                 "high": t_hi,
                 "tpr": float((pos_all > thr).mean()),
-                "negatives": int(len(neg_all)),
+                "negatives": len(neg_all),
             }
         )
     if spec["task"] == "same object":
@@ -349,6 +357,116 @@ def thresholds_for_server(results: dict[str, dict]) -> dict:
             for t in s["thresholds"]
         ]
     return out
+
+
+def _ci(m: dict) -> str:
+    return f"{m['auc']:.4f} [{m['auc_low']:.4f}, {m['auc_high']:.4f}]"
+
+
+def render_models(r: dict) -> list[str]:
+    """Markdown lines of the model choice: rule, result, grid table, runtimes, thresholds."""
+    sets = list(r["sets"])
+    choice = r["choice"] or {}
+    ranks = {o["model"]: o["mean_rank"] for o in choice.get("order", [])}
+    old = r["models"][OLD_DEFAULT]
+    lines = ["## Choosing the default model and preprocessing", "", r["rule"], ""]
+    if choice:
+        top = ", ".join(f"`{o['model']}` {o['mean_rank']:.2f}" for o in choice["order"][:5])
+        lines += [
+            f"**Result.** {choice['candidates']} candidates within {COST_LIMIT}x the cost of "
+            f"`{OLD_DEFAULT}` ({old['images_per_s']:.0f} img/s); excluded by cost: "
+            f"{', '.join(f'`{n}`' for n in choice['excluded_by_cost'] if '-' in n) or 'none'} "
+            f"(and the classical baselines, which are not candidates). Best mean AUC ranks: "
+            f"{top}.",
+            "",
+        ]
+        for c in choice["checks"]:
+            verdict = (
+                f"worse than `{OLD_DEFAULT}` beyond its interval on {', '.join(c['worse_on'])}"
+                if c["worse_on"]
+                else "no set worse than the old default beyond its interval: **chosen**"
+            )
+            lines.append(f"- `{c['model']}` (mean rank {c['mean_rank']:.2f}): {verdict}.")
+        lines += ["", f"**Default by the rule: `{choice['winner']}`.**", ""]
+    lines += [
+        "Sets: "
+        + "; ".join(
+            f"{ds} ({s['task']}, {s['images']} images, {s['pairs']} pairs)"
+            for ds, s in r["sets"].items()
+        )
+        + ". AUC with its bootstrap 95% interval (pairs resampled "
+        f"{BOOTSTRAP}x); N-S on ukbench (4.0 perfect); img/s of the embedding alone (ONNX fp32, "
+        "batch 32, one single-threaded session per core, decode and resize not counted); mean "
+        "rank among the candidates (- : not a candidate).",
+        "",
+        "| model | "
+        + " | ".join(f"{ds} AUC [95% CI]" for ds in sets)
+        + " | EER ("
+        + "/".join(sets)
+        + ") | N-S | img/s | mean rank |",
+        "|---|" + "---|" * (len(sets) + 4),
+    ]
+    order = sorted(r["models"], key=lambda n: ranks.get(n, 1e9))
+    for name in order:
+        m = r["models"][name]
+        ns = m["sets"].get("ukbench", {}).get("ns")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_ci(m["sets"][ds]) for ds in sets)
+            + " | "
+            + "/".join(f"{m['sets'][ds]['eer']:.3f}" for ds in sets)
+            + f" | {'-' if ns is None else f'{ns:.3f}'} | "
+            + (f"{m['images_per_s']:.0f} | " if m["kind"] == "cnn" else "- | ")
+            + (f"{ranks[name]:.2f}" if name in ranks else "-")
+            + " |"
+        )
+    lines += [
+        "",
+        "TPR at 1% FPR: "
+        + "; ".join(
+            f"{ds}: "
+            + ", ".join(
+                f"{n} {r['models'][n]['sets'][ds]['tpr_at_fpr_1pct']:.3f}"
+                for n in dict.fromkeys([*order[:3], OLD_DEFAULT])
+            )
+            for ds in sets
+        )
+        + " (all models in models.json).",
+        "",
+        "### Runtimes, sizes and memory",
+        "",
+        "Embedding only, batch 32, 256 images of the near-dup set; peak RSS of a fresh process "
+        "that loads the model and embeds two batches of 32.",
+        "",
+        "| model | runtime | img/s | file | MB | peak RSS MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in r["runtimes"]:
+        lines.append(
+            f"| {c['model']} | {c['runtime']} | {c['images_per_s']:.0f} | {c['file']} | "
+            f"{c['file_mb']:.1f} | {c['peak_rss_mib']:.0f} |"
+        )
+    winner = choice.get("winner", OLD_DEFAULT)
+    lines += [
+        "",
+        f"### Calibrated thresholds of `{winner}`",
+        "",
+        "The score that the given fraction of a set's unrelated pairs (all cross-group pairs) "
+        "reaches, with a distribution-free 95% interval; TPR is the fraction of the set's "
+        "related pairs above it. Served by ListModels; `compare` names the verdict at 1% FPR.",
+        "",
+        "| task | set | FPR | threshold [95% CI] | TPR | negatives |",
+        "|---|---|---|---|---|---|",
+    ]
+    for ds in sets:
+        s = r["models"][winner]["sets"][ds]
+        for t in s["thresholds"]:
+            lines.append(
+                f"| {s['task']} | {ds} | {t['fpr']:.1%} | {t['score']:.3f} "
+                f"[{t['low']:.3f}, {t['high']:.3f}] | {t['tpr']:.3f} | {t['negatives']} |"
+            )
+    lines += [""] + [f"- {n}" for n in r["notes"]] + [""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

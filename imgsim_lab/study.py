@@ -25,9 +25,25 @@ from imgsim_client.scoring import score_pairs
 from imgsim_datasets import pairs as pair_builders
 from imgsim_lab import machine
 from imgsim_lab._paths import RESULTS, ROOT, SHARED
+from imgsim_lab.model_study import ns_score, render_models, similarity_matrix
 from imgsim_lab.servers import ServerProcess
 
 DEFAULT_CNN = "efficientnet-lite0"
+# The approaches run through the server: the baselines, each Lite size with its own pipeline,
+# GeM, and the server's default (added when it is another variant). The full grid of
+# preprocessing variants runs in-process in imgsim_lab.model_study.
+SERVER_APPROACHES = (
+    "pixels",
+    "color-hist",
+    "phash",
+    "efficientnet-lite0",
+    "efficientnet-lite0-gem",
+    "efficientnet-lite1",
+    "efficientnet-lite2",
+    "resnet18",
+    "resnet50",
+    "efficientnet_b0",
+)
 
 
 def scored_frame(path: Path) -> pd.DataFrame:
@@ -77,21 +93,8 @@ def build_datasets(work: Path, shared: Path) -> tuple[dict[str, dict], list[str]
     return out, notes
 
 
-def similarity_matrix(kind: str, emb: np.ndarray) -> np.ndarray:
-    """All-pairs similarity with the registry's similarity functions, vectorised."""
-    if kind == "cosine":
-        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        return unit @ unit.T
-    if kind == "hamming":
-        bits = emb.astype(np.float32)
-        agree = bits @ bits.T + (1 - bits) @ (1 - bits).T
-        return agree / bits.shape[1]
-    raise ValueError(kind)
-
-
-def ns_score(model: str, images: list[tuple[str, str]], opts: dict | None = None) -> float:
-    """UKBench N-S: for each image, how many of its group's 4 images (itself included) are in
-    its top 4 by similarity; averaged over all queries (4.0 is perfect)."""
+def ns_from_images(model: str, images: list[tuple[str, str]], opts: dict | None = None) -> float:
+    """UKBench N-S of `model` (registry embedder in-process, same code as the server)."""
     from imgsim_server.embedders import EmbedderOptions, create, get_cfg
     from imgsim_server.images import decode_image
 
@@ -99,10 +102,7 @@ def ns_score(model: str, images: list[tuple[str, str]], opts: dict | None = None
     xs = [emb.preprocess(decode_image(Path(p).read_bytes())) for p, _ in images]
     vecs = np.concatenate([emb.embed(np.stack(xs[i : i + 32])) for i in range(0, len(xs), 32)])
     sim = similarity_matrix(get_cfg(model).similarity, vecs)
-    groups = np.array([g for _, g in images])
-    np.fill_diagonal(sim, np.inf)  # the query itself ranks first
-    top4 = np.argsort(-sim, axis=1, kind="stable")[:, :4]
-    return float((groups[top4] == groups[:, None]).sum(axis=1).mean())
+    return ns_score(sim, np.array([g for _, g in images]))
 
 
 def failure_strip(scored: pd.DataFrame, base: Path, path: Path, title: str, k: int = 3) -> None:
@@ -160,7 +160,7 @@ def run_approach(
             for v, p in df.groupby(spec["group_by"])
         }
     if "images" in spec:
-        m["ns"] = ns_score(model, spec["images"], opts)
+        m["ns"] = ns_from_images(model, spec["images"], opts)
     ns = f", N-S {m['ns']:.2f}" if "ns" in m else ""
     print(
         f"{ds:<16} {label:<30} AUC {m['auc']:.4f} EER {m['eer']:.4f} "
@@ -197,14 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     for suffix, flags, opts in VARIANTS[: 1 if args.no_variants else None]:
         with ServerProcess(*flags) as srv, ImgsimClient(srv.address, timeout=600) as client:
             client.wait_ready(60)
-            models = client.list_models().models
+            listing = client.list_models()
+            models = listing.models
             if suffix:
                 approaches = [DEFAULT_CNN]
             else:
-                approaches = [m.name for m in models if m.weights_available]
+                wanted = [*SERVER_APPROACHES, listing.default_model]
+                approaches = [m.name for m in models if m.weights_available and m.name in wanted]
                 if args.models:
                     approaches = [a for a in approaches if a in args.models.split(",")]
-                missing = [m.name for m in models if not m.weights_available]
+                missing = [m.name for m in models if not m.weights_available and m.name in wanted]
                 if missing:
                     results["notes"].append(f"skipped (weights absent): {', '.join(missing)}")
                 results["approaches"] = [
@@ -239,14 +241,20 @@ def main(argv: list[str] | None = None) -> int:
         plot_roc(curves[ds], roc, f"{ds} ({spec['task']})")
         results["datasets"][ds]["roc"] = roc.name
     (args.out / "study.json").write_text(json.dumps(results, indent=2))
-    (args.out / "study.md").write_text(render(results))
+    models_json = args.out / "models.json"
+    choice = json.loads(models_json.read_text()) if models_json.is_file() else None
+    (args.out / "study.md").write_text(render(results, choice))
     print(f"wrote {args.out / 'study.md'}")
     return 0
 
 
-def render(r: dict) -> str:
+def render(r: dict, models: dict | None = None) -> str:
+    """study.md: the model choice (from model_study's models.json), then each dataset."""
     lines = [
         "# imgsim comparative study",
+        "",
+        *(render_models(models) if models else []),
+        "## Every approach through the server",
         "",
         "Every approach through the real server and stream client. AUC, EER and TPR at 1% "
         "FPR from sklearn on the pair sets; N-S (UKBench retrieval, 4.0 perfect) from the "

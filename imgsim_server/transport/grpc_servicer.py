@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
 from functools import partial
 
 import grpc
@@ -19,6 +20,7 @@ from imgsim.v1 import similarity_pb2 as pb
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
 from imgsim_server.core import CallToken, Engine, SimilarityCore
+from imgsim_server.embedders import _calibration as calibration
 from imgsim_server.errors import (
     CancelledError,
     DeadlineExceededError,
@@ -118,7 +120,12 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             raise
         finally:
             token.cancel()  # whatever is still queued for this call is no longer wanted
-        return pb.CompareResponse(pair_id=request.pair_id, score=score, model=eng.cfg.name)
+        return pb.CompareResponse(
+            pair_id=request.pair_id,
+            score=score,
+            model=eng.cfg.name,
+            verdict=calibration.verdict(eng.cfg.name, score),
+        )
 
     async def CompareStream(
         self, request_iterator: AsyncIterator[pb.CompareRequest], context: grpc.aio.ServicerContext
@@ -274,6 +281,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                 loaded=m.loaded,
                 similarity=m.cfg.similarity,
                 description=m.cfg.description,
+                thresholds=[pb.Threshold(**asdict(t)) for t in calibration.thresholds(m.cfg.name)],
             )
             for m in self.core.models()
         ]

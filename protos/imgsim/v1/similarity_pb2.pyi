@@ -37,16 +37,18 @@ class PairError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class CompareResponse(_message.Message):
-    __slots__ = ("pair_id", "score", "model", "error")
+    __slots__ = ("pair_id", "score", "model", "error", "verdict")
     PAIR_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
     pair_id: str
     score: float
     model: str
     error: PairError
-    def __init__(self, pair_id: _Optional[str] = ..., score: _Optional[float] = ..., model: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ...) -> None: ...
+    verdict: str
+    def __init__(self, pair_id: _Optional[str] = ..., score: _Optional[float] = ..., model: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ..., verdict: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("image_id", "image", "model")
@@ -79,7 +81,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "embedding_dim", "input_size", "weights_source", "weights_available", "loaded", "similarity", "description")
+    __slots__ = ("name", "kind", "embedding_dim", "input_size", "weights_source", "weights_available", "loaded", "similarity", "description", "thresholds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +91,7 @@ class ModelInfo(_message.Message):
     LOADED_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     embedding_dim: int
@@ -98,7 +101,26 @@ class ModelInfo(_message.Message):
     loaded: bool
     similarity: str
     description: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., input_size: _Optional[int] = ..., weights_source: _Optional[str] = ..., weights_available: _Optional[bool] = ..., loaded: _Optional[bool] = ..., similarity: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    thresholds: _containers.RepeatedCompositeFieldContainer[Threshold]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., input_size: _Optional[int] = ..., weights_source: _Optional[str] = ..., weights_available: _Optional[bool] = ..., loaded: _Optional[bool] = ..., similarity: _Optional[str] = ..., description: _Optional[str] = ..., thresholds: _Optional[_Iterable[_Union[Threshold, _Mapping]]] = ...) -> None: ...
+
+class Threshold(_message.Message):
+    __slots__ = ("task", "dataset", "fpr", "score", "low", "high", "tpr")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    FPR_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    TPR_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    dataset: str
+    fpr: float
+    score: float
+    low: float
+    high: float
+    tpr: float
+    def __init__(self, task: _Optional[str] = ..., dataset: _Optional[str] = ..., fpr: _Optional[float] = ..., score: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., tpr: _Optional[float] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model")

@@ -1,0 +1,126 @@
+"""Preprocessing and pooling variants as registry names, the study's statistics, and the
+calibrated thresholds that ListModels reports and `compare` turns into a verdict."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from imgsim_server.embedders import _calibration as calibration
+from imgsim_server.embedders import create, get_cfg, list_models
+from imgsim_server.embedders._preprocess import LITE0, LITE2
+from imgsim_server.embedders.cnn import graph_name, preset_of
+from imgsim_server.images import decode_image
+
+
+def test_variant_names_keep_the_old_names_meaning():
+    """`efficientnet-lite0` is still 256 -> 224 centre crop, average pooling, no flip; every
+    combination of pooling x resize policy x flip has its own name."""
+    cfg = get_cfg("efficientnet-lite0")
+    assert preset_of(cfg) == LITE0 and cfg.option("pooling") == "avg"
+    assert not cfg.option("hflip")
+    lite = [m for m in list_models() if str(m.option("arch", "")).startswith("efficientnet-lite")]
+    assert len(lite) == 3 * 2 * 3 * 2
+    tight = preset_of(get_cfg("efficientnet-lite2-260"))
+    assert (tight.resize, tight.crop, tight.fit) == (260, 260, "crop")
+    full = preset_of(get_cfg("efficientnet-lite0-gem-full-flip"))
+    assert (full.crop, full.fit) == (224, "full")
+    assert get_cfg("efficientnet-lite0-gem-full-flip").option("pooling") == "gem"
+    assert graph_name(get_cfg("efficientnet-lite2-260-flip")) == "efficientnet-lite2-260"
+    assert preset_of(get_cfg("efficientnet-lite2")) == LITE2
+
+
+def test_resize_policies_differ_where_they_should():
+    """Tight crop drops the long side's margins; full keeps the whole image, squashed."""
+    img = Image.new("RGB", (400, 200), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 40, 200))  # a red band at the left edge
+    crop = preset_of(get_cfg("efficientnet-lite0-224")).apply(img)
+    full = preset_of(get_cfg("efficientnet-lite0-full")).apply(img)
+    assert crop.shape == full.shape == (224, 224, 3)
+    assert crop[:, 0, 0].max() < 50  # cropped away
+    assert full[:, 0, 0].min() > 200 and full[:, -1, 2].min() > 200  # both edges kept
+
+
+def test_flip_variant_is_mirror_invariant_and_the_mean_of_its_base(photos):
+    """What the study assumes: a -flip vector is the normalised mean of the base variant's
+    vectors of the image and its mirror."""
+    imgs = [decode_image(photos[n].read_bytes()) for n in ("chelsea", "astronaut", "coffee")]
+    flip, base = create("efficientnet-lite0-224-flip"), create("efficientnet-lite0-224")
+    x = np.stack([flip.preprocess(i) for i in imgs])
+    xm = np.stack([flip.preprocess(ImageOps.mirror(i)) for i in imgs])
+    v, vm = flip.embed(x), flip.embed(xm)
+    assert np.abs(v - vm).max() < 1e-5
+    mean = base.embed(x) + base.embed(xm)
+    mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    assert np.abs(v - mean).max() < 1e-5
+    assert (v[0] @ v[1]) < 0.9  # still discriminative
+
+
+def test_bootstrap_auc_matches_sklearn_and_brackets_it():
+    from sklearn.metrics import roc_auc_score
+
+    from imgsim_lab.model_study import bootstrap_auc, weighted_aucs
+
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(300), np.zeros(500)].astype(int)
+    s = np.round(np.r_[rng.normal(1, 1, 300), rng.normal(0, 1, 500)], 1)  # many ties
+    counts = rng.integers(0, 3, size=(3, len(y)))
+    for row, auc in zip(counts, weighted_aucs(y, s, counts), strict=True):
+        assert auc == pytest.approx(roc_auc_score(y, s, sample_weight=row), abs=1e-12)
+    lo, hi = bootstrap_auc(y, s, n=400)
+    assert lo < roc_auc_score(y, s) < hi and 0.02 < hi - lo < 0.12
+
+
+def test_quantile_interval_covers_the_true_quantile():
+    from imgsim_lab.model_study import quantile_interval
+
+    rng = np.random.default_rng(2)
+    hits = 0
+    for _ in range(200):
+        v = rng.normal(size=5000)
+        _, lo, hi = quantile_interval(v, 0.99)
+        hits += lo <= 2.3263 <= hi  # the normal's 99th percentile
+    assert 0.90 <= hits / 200 <= 0.99
+
+
+@pytest.mark.skipif(not calibration.thresholds("efficientnet-lite0"), reason="no calibration")
+def test_list_models_reports_thresholds_and_compare_a_verdict(
+    client, photos, address, capsys, tmp_path
+):
+    from imgsim_client.cli import main
+
+    info = {m.name: m for m in client.list_models().models}
+    default = info[client.list_models().default_model]
+    tasks = {t.task for t in default.thresholds}
+    assert tasks == {"near-duplicate", "same object", "same category"}
+    for t in default.thresholds:
+        assert t.low <= t.score <= t.high and 0 < t.tpr <= 1 and t.fpr in (0.01, 0.001)
+    assert not info["pixels"].thresholds or info["pixels"].thresholds[0].dataset
+
+    small = tmp_path / "chelsea_small.jpg"
+    img = decode_image(photos["chelsea"].read_bytes())
+    img.resize((img.width // 2, img.height // 2)).save(small, quality=80)
+    assert main(["compare", str(photos["chelsea"]), str(small), "--server", address]) == 0
+    line = capsys.readouterr().out.strip()
+    assert re.fullmatch(r"\d\.\d{4} near-duplicate", line), line
+    assert (
+        main(["compare", str(photos["chelsea"]), str(photos["rocket"]), "--server", address]) == 0
+    )
+    score, verdict = capsys.readouterr().out.strip().split(" ", 1)
+    assert verdict == calibration.verdict(default.name, float(score)) == "different"
+
+
+def test_verdict_takes_the_highest_threshold_reached():
+    name = "efficientnet-lite0"
+    levels = {t.task: t.score for t in calibration.thresholds(name) if t.fpr == 0.01}
+    if not levels:
+        pytest.skip("no calibration")
+    for task, thr in levels.items():
+        above = [s for s in levels.values() if s > thr]
+        if not above:
+            assert calibration.verdict(name, thr + 1e-6) == task
+    assert calibration.verdict(name, min(levels.values()) - 1e-3) == "different"
+    assert calibration.verdict("no-such-model", 0.5) == ""
