@@ -183,7 +183,7 @@ def plot_histogram(
     ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label="positive (same)", color="tab:green")
     ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="negative", color="tab:red")
     if threshold is not None:
-        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"best-F1 threshold {threshold:.3f}")
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3f}")
     ax.set_xlabel("score")
     ax.set_ylabel("pairs")
     ax.set_title(title, fontsize=10)
@@ -198,8 +198,12 @@ def evaluate_file(
     out_dir: Path | None = None,
     label_col: str = "label",
     group_by: str | None = None,
+    threshold: float | None = None,
+    images_root: Path | None = None,
 ) -> dict:
-    """Metrics (overall and per group), written with plots to out_dir when given."""
+    """Metrics (overall and per group). With out_dir: metrics.json, the plots, and report.html
+    with the hardest pairs, judged at `threshold` (default: the best-F1 threshold); relative
+    image paths are read from `images_root` (default: the CSV's folder)."""
     scored = load_scored(csv_path, label_col)
     labels, scores = scored.labels, scored.scores
     overall = compute_metrics(labels, scores)
@@ -220,15 +224,17 @@ def evaluate_file(
         result["groups"] = {"column": group_by, "metrics": groups}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         plot_roc({csv_path.stem: (labels, scores)}, out_dir / "roc.png", f"ROC: {csv_path.name}")
+        threshold = overall.best_f1_threshold if threshold is None else threshold
+        result["threshold"] = threshold
+        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         plot_histogram(
-            labels,
-            scores,
-            out_dir / "score_hist.png",
-            f"scores: {csv_path.name}",
-            overall.best_f1_threshold,
+            labels, scores, out_dir / "score_hist.png", f"scores: {csv_path.name}", threshold
         )
+        from imgsim_client.html_report import write_report
+
+        root = images_root or csv_path.parent
+        write_report(csv_path, scored.rows, labels, scores, result, out_dir, threshold, root)
     return result
 
 

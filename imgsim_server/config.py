@@ -49,6 +49,7 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None = off, 0 = a free port
+    http_port: int | None = None  # HTTP/JSON API and web page ([http] extra); None = off
     core: CoreConfig = field(default_factory=CoreConfig)
 
     @property
@@ -245,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics on --host, unauthenticated "
         "(default: $IMGSIM_METRICS_PORT; unset = off; 0 = a free port)",
     )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=int(env("IMGSIM_HTTP_PORT")) if env("IMGSIM_HTTP_PORT") else None,
+        help="also serve HTTP/JSON (/v1/compare, /v1/embed, /v1/models, /healthz, /readyz, "
+        "/metrics, docs at /docs) and the two-photo web page at / on --host, from the same "
+        "process, core, cache, limits, auth and TLS; needs the [http] extra "
+        "(default: $IMGSIM_HTTP_PORT; unset = off; 0 = a free port)",
+    )
     return p
 
 
@@ -279,5 +289,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         metrics_port=args.metrics_port,
+        http_port=args.http_port,
         core=core,
     )

@@ -9,6 +9,10 @@ class InvalidImageError(CoreError):
     """The bytes are not a decodable, allowed image."""
 
 
+class ImageTooLargeError(InvalidImageError):
+    """The image is over a size limit (bytes or pixels); HTTP answers 413."""
+
+
 class InvalidRequestError(CoreError):
     """The request is malformed (missing image, bad reference, ...)."""
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imgsim_server.errors import InvalidImageError
+from imgsim_server.errors import ImageTooLargeError, InvalidImageError
 
 # Formats Pillow may parse. Everything else (EPS, PDF, FITS, ...) is refused before decoding.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
@@ -37,7 +37,7 @@ def decode_image(
     try:
         img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise InvalidImageError(f"refused as a decompression bomb: {exc}") from None
+        raise ImageTooLargeError(f"refused as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
         raise InvalidImageError(
             f"not a decodable image in an allowed format ({', '.join(ALLOWED_FORMATS)})"
@@ -46,7 +46,7 @@ def decode_image(
         raise InvalidImageError(f"unreadable image header: {exc}") from None
     width, height = img.size
     if width * height > limits.max_pixels:
-        raise InvalidImageError(
+        raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels, over the limit of "
             f"{limits.max_pixels}"
         )

@@ -113,3 +113,60 @@ def replicas():
     yield make
     for running in started:
         running.stop(0)
+
+
+@pytest.fixture()
+def tls_files(tmp_path) -> dict[str, Path]:
+    """A test CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def make(name, issuer_key=None, issuer_name=None, ca=False, san=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer_name or subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        return key, cert
+
+    def write(stem, key, cert):
+        (tmp_path / f"{stem}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        (tmp_path / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    import ipaddress
+
+    ca_key, ca_cert = make("imgsim test CA", ca=True)
+    write("ca", ca_key, ca_cert)
+    srv = make(
+        "localhost",
+        ca_key,
+        ca_cert.subject,
+        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    write("server", *srv)
+    write("client", *make("client", ca_key, ca_cert.subject))
+    return {
+        n: tmp_path / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+    }

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,6 +28,9 @@ from imgsim_server.errors import CoreError
 from imgsim_server.metrics import MetricsInterceptor, ServerMetrics
 from imgsim_server.transport.grpc_servicer import ImageSimilarityServicer
 from imgsim_server.transport.grpc_status import ExceptionToStatusInterceptor
+
+if TYPE_CHECKING:
+    from imgsim_server.transport.http_app import HttpServer
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageSimilarity"].full_name
@@ -44,8 +48,15 @@ class AsyncServer:
     owns_core: bool = True
     metrics: ServerMetrics | None = None
     metrics_port: int | None = None
+    http: HttpServer | None = None
+    serving: bool = False  # the health state, also /readyz
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http else None
 
     async def set_serving(self, serving: bool) -> None:
+        self.serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -57,8 +68,11 @@ class AsyncServer:
     async def stop(self, grace: float | None = None) -> None:
         """Health goes NOT_SERVING first, new calls are refused, in-flight calls (streams
         included) get `grace` seconds to drain."""
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.http is not None:
+            await self.http.stop()
         self.servicer.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -139,7 +153,30 @@ async def build_server(
         server, core, health_servicer, servicer, port, owns_core, metrics, metrics_port
     )
     await running.set_serving(serving)
+    if cfg.http_port is not None:
+        running.http = await _start_http(cfg, running)
     return running
+
+
+async def _start_http(cfg: ServerConfig, running: AsyncServer) -> HttpServer:
+    """HTTP/JSON on the same loop and core (the [http] extra)."""
+    from imgsim_server.transport import http_app
+
+    metrics_app = None
+    if running.metrics is not None:
+        from prometheus_client import make_asgi_app
+
+        metrics_app = make_asgi_app(registry=running.metrics.registry)
+    settings = http_app.HttpSettings(
+        max_body_bytes=cfg.max_message_mb * 1024 * 1024,
+        auth_token=cfg.auth_token,
+        ready=lambda: running.serving,
+        on_call=running.metrics.on_call if running.metrics else None,
+        metrics_app=metrics_app,
+    )
+    tls = (cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert else None
+    app = http_app.build_app(running.core, settings)
+    return await http_app.start_http(app, cfg.host, cfg.http_port, tls)
 
 
 @dataclass
@@ -162,6 +199,10 @@ class RunningServer:
     @property
     def metrics_port(self) -> int | None:
         return self.aio.metrics_port
+
+    @property
+    def http_port(self) -> int | None:
+        return self.aio.http_port
 
     @property
     def servicer(self) -> ImageSimilarityServicer:
@@ -206,6 +247,13 @@ async def _serve(cfg: ServerConfig, core: SimilarityCore) -> int:
         + (f"; metrics at http://{host}:{running.metrics_port}/metrics" if running.metrics else ""),
         flush=True,
     )
+    if running.http is not None:
+        scheme = "https" if cfg.tls_cert else "http"
+        print(
+            f"imgsim-server HTTP/JSON and the web page at {scheme}://{host}:{running.http_port}/ "
+            f"(API docs at /docs)",
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,356 @@
+"""HTTP/JSON beside gRPC (the `[http]` extra): FastAPI on uvicorn, on the gRPC server's event
+loop, over the same SimilarityCore, so both protocols share its batcher and cache.
+
+Endpoints: `POST /v1/compare` (multipart `image_a`, `image_b`, `model`; or JSON with base64
+images), `POST /v1/embed`, `GET /v1/models`, `GET /healthz`, `GET /readyz`, `GET /metrics` (when
+Prometheus is on), OpenAPI docs at `/docs`, and the two-photo page at `/`. JSON field names are
+the proto's. Errors are `{"error": {"code": "INVALID_ARGUMENT", "message": ...}}` with the HTTP
+status of the gRPC code (`grpc_status.status_for` stays the one place that classifies
+exceptions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+import grpc
+
+try:
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+except ImportError as exc:  # pragma: no cover - exercised by installs without the extra
+    raise ImportError(
+        f'--http-port needs the [http] extra ({exc.name} is missing): pip install "imgsim[http]"'
+    ) from exc
+
+from imgsim_server import errors
+from imgsim_server.core import CallToken, SimilarityCore
+from imgsim_server.embedders import _calibration as calibration
+from imgsim_server.transport.grpc_status import status_for
+
+log = logging.getLogger(__name__)
+
+# gRPC code -> HTTP status, as grpc-gateway maps them.
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+OPEN_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+REQUEST_TIMEOUT_S = 60.0
+
+
+class HttpError(Exception):
+    """A request error with its gRPC code (mapped to the HTTP status like any other)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None):
+        super().__init__(message)
+        self.code, self.http_status = code, http_status
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """The JSON error body and HTTP status of an exception."""
+    if isinstance(exc, HttpError):
+        code, message = exc.code, str(exc)
+        status = exc.http_status or HTTP_STATUS.get(code, 500)
+    else:
+        code, message = status_for(exc)
+        status = 413 if isinstance(exc, errors.ImageTooLargeError) else None
+        status = status or HTTP_STATUS.get(code, 500)
+    return JSONResponse({"error": {"code": code.name, "message": message}}, status_code=status)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """What the HTTP side shares with the gRPC side of one server."""
+
+    max_body_bytes: int
+    auth_token: str = ""
+    ready: Callable[[], bool] = lambda: True
+    on_call: Callable[[str, grpc.StatusCode], None] | None = None
+    metrics_app: Any = None  # an ASGI app serving Prometheus text, or None
+
+
+def _web_dir():
+    return resources.files("imgsim_server.transport") / "web"
+
+
+def _b64(value: object, field: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: expected a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: not valid base64") from None
+
+
+async def _read_images(request: Request, fields: tuple[str, ...], limit: int):
+    """(images by field, model) from a multipart form or a JSON object with base64 images."""
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=len(fields), max_part_size=limit)
+        out = {}
+        for f in fields:
+            part = form.get(f)
+            if part is None or isinstance(part, str):
+                raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"missing file field {f!r}")
+            out[f] = await part.read()
+        model = form.get("model") or ""
+        return out, model if isinstance(model, str) else ""
+    if kind.startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "body must be a JSON object")
+        return {f: _b64(body.get(f), f) for f in fields}, str(body.get("model") or "")
+    raise HttpError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "send multipart/form-data (files) or application/json (base64 images)",
+        http_status=415,
+    )
+
+
+def _compare_body(fields: tuple[str, ...]) -> dict:
+    """OpenAPI description of a request that is multipart files or base64 JSON."""
+    files = {f: {"type": "string", "format": "binary"} for f in fields}
+    b64 = {f: {"type": "string", "format": "byte"} for f in fields}
+    model = {"model": {"type": "string", "description": "registry name; empty: the default"}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {**files, **model},
+                        "required": list(fields),
+                    }
+                },
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {**b64, **model},
+                        "required": list(fields),
+                    }
+                },
+            },
+        }
+    }
+
+
+def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
+    """The ASGI app over `core`."""
+    app = FastAPI(
+        title="imgsim",
+        description="Image similarity over HTTP/JSON, beside the gRPC service (same core, "
+        "same batching and cache). Field names are those of imgsim/v1/similarity.proto.",
+        version="1",
+    )
+    expected = f"Bearer {settings.auth_token}".encode()
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        path = request.url.path
+        try:
+            if settings.auth_token and not (
+                path in OPEN_PATHS or path.startswith(("/static/", "/metrics"))
+            ):
+                given = request.headers.get("authorization", "")
+                if not given:
+                    raise HttpError(
+                        grpc.StatusCode.UNAUTHENTICATED, "missing 'Authorization: Bearer <token>'"
+                    )
+                if not hmac.compare_digest(given.encode(), expected):
+                    raise HttpError(
+                        grpc.StatusCode.PERMISSION_DENIED, "invalid bearer token", http_status=403
+                    )
+            size = request.headers.get("content-length")
+            if size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
+                raise HttpError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"request body of {size} bytes is over the limit of "
+                    f"{settings.max_body_bytes} (--max-message-mb)",
+                    http_status=413,
+                )
+            response = await call_next(request)
+        except Exception as exc:
+            response = error_response(exc)
+        if settings.on_call is not None and path.startswith("/v1/"):
+            code = grpc.StatusCode.OK if response.status_code < 400 else _code_of(response)
+            settings.on_call(f"HTTP {request.method} {path}", code)
+        return response
+
+    async def engine(name: str):
+        eng = core.loaded_engine(name)
+        if eng is None:
+            eng = await asyncio.get_running_loop().run_in_executor(None, core.engine, name)
+        return eng
+
+    async def result(make_future):
+        token = CallToken(REQUEST_TIMEOUT_S)
+        try:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(make_future(token)), REQUEST_TIMEOUT_S
+            )
+        except asyncio.TimeoutError:
+            raise errors.DeadlineExceededError("the request took too long") from None
+        finally:
+            token.cancel()
+
+    @app.post(
+        "/v1/compare",
+        summary="Similarity of two images",
+        openapi_extra=_compare_body(("image_a", "image_b")),
+    )
+    async def compare(request: Request) -> dict:
+        """`score` and `model` as in CompareResponse, plus `verdict` for calibrated models."""
+        images, model = await _read_images(request, ("image_a", "image_b"), settings.max_body_bytes)
+        eng = await engine(model)
+        score = await result(
+            lambda token: core.compare_async(
+                eng, images["image_a"], images["image_b"], block=False, token=token
+            )
+        )
+        name = eng.cfg.name
+        return {"score": score, "model": name, "verdict": calibration.verdict(name, score)}
+
+    @app.post(
+        "/v1/embed", summary="Embedding of one image", openapi_extra=_compare_body(("image",))
+    )
+    async def embed(request: Request) -> dict:
+        """`vector`, `dimension`, `similarity` and `model` as in EmbedResponse."""
+        images, model = await _read_images(request, ("image",), settings.max_body_bytes)
+        eng = await engine(model)
+        vector = await result(
+            lambda token: core.embed_vector_async(eng, images["image"], block=False, token=token)
+        )
+        return {
+            "model": eng.cfg.name,
+            "vector": vector.tolist(),
+            "dimension": len(vector),
+            "similarity": eng.cfg.similarity,
+        }
+
+    @app.get("/v1/models", summary="The server's models, as ListModels")
+    async def models() -> dict:
+        out = []
+        for m in core.models():
+            out.append(
+                {
+                    "name": m.cfg.name,
+                    "kind": m.cfg.kind,
+                    "embedding_dim": m.cfg.embedding_dim,
+                    "input_size": m.cfg.input_size,
+                    "weights_source": f"{m.weights_path} ({m.source})" if m.weights_path else "",
+                    "weights_available": m.weights_available,
+                    "loaded": m.loaded,
+                    "similarity": m.cfg.similarity,
+                    "description": m.cfg.description,
+                    "thresholds": [asdict(t) for t in calibration.thresholds(m.cfg.name)],
+                }
+            )
+        return {"models": out, "default_model": core.cfg.default_model}
+
+    @app.get("/healthz", summary="Liveness: the process serves HTTP")
+    async def healthz() -> dict:
+        return {"status": "SERVING"}
+
+    @app.get("/readyz", summary="Readiness: the gRPC health state (default model loaded)")
+    async def readyz():
+        if settings.ready():
+            return {"status": "SERVING"}
+        return JSONResponse({"status": "NOT_SERVING"}, status_code=503)
+
+    web = _web_dir()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((web / "index.html").read_text(encoding="utf-8"))
+
+    app.mount("/static", StaticFiles(directory=str(web)), name="static")
+    if settings.metrics_app is not None:
+        app.mount("/metrics", settings.metrics_app)
+    return app
+
+
+def _code_of(response) -> grpc.StatusCode:
+    inverse = {v: k for k, v in HTTP_STATUS.items()}
+    return inverse.get(response.status_code, grpc.StatusCode.UNKNOWN)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn on a loop it does not own: the gRPC server keeps the signal handling."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+@dataclass
+class HttpServer:
+    """A started HTTP server on the current event loop."""
+
+    server: _EmbeddedServer
+    task: asyncio.Task
+    port: int
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def start_http(
+    app: FastAPI,
+    host: str,
+    port: int,
+    tls: tuple | None = None,
+) -> HttpServer:
+    """Serve `app` on host:port (0 = a free port) on the running loop; `tls` is (cert, key,
+    client_ca or None) as for gRPC."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    kwargs: dict = {}
+    if tls is not None:
+        cert, key, client_ca = tls
+        kwargs = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+        if client_ca is not None:
+            kwargs.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        **kwargs,
+    )
+    server = _EmbeddedServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()  # raises what stopped it
+        await asyncio.sleep(0.01)
+    return HttpServer(server, task, sock.getsockname()[1])

@@ -1,0 +1,96 @@
+// The two-photo page: plain JS over /v1/models and /v1/compare, no build step, no CDN.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MEANING = {
+  "near-duplicate": "Scores like this come from edited copies of one photo (resized, cropped, " +
+    "recompressed, recoloured); fewer than 1% of unrelated photo pairs score this high.",
+  "same object": "Scores like this come from the same object photographed from another " +
+    "viewpoint or in other light; fewer than 1% of photos of different objects score this high.",
+  "same category": "Scores like this come from two things of the same kind (two cups, two " +
+    "faces); fewer than 1% of pairs from different categories score this high.",
+  "different": "Below every calibrated threshold: most likely unrelated photos.",
+};
+let thresholds = {};
+
+function showPreview(input, img) {
+  const file = input.files[0];
+  if (!file) { img.hidden = true; return; }
+  img.src = URL.createObjectURL(file);
+  img.hidden = false;
+}
+
+function updateButton() {
+  $("compare").disabled = !($("image-a").files.length && $("image-b").files.length);
+}
+
+for (const [inputId, previewId] of [["image-a", "preview-a"], ["image-b", "preview-b"]]) {
+  const input = $(inputId);
+  const zone = document.querySelector(`.drop[data-for="${inputId}"]`);
+  input.addEventListener("change", () => { showPreview(input, $(previewId)); updateButton(); });
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    if (e.dataTransfer.files.length) {
+      input.files = e.dataTransfer.files;
+      input.dispatchEvent(new Event("change"));
+    }
+  });
+}
+
+async function loadModels() {
+  try {
+    const resp = await fetch("/v1/models");
+    const body = await resp.json();
+    if (!resp.ok) throw new Error(body.error ? body.error.message : resp.statusText);
+    const select = $("model");
+    for (const m of body.models) {
+      if (!m.weights_available) continue;
+      const opt = document.createElement("option");
+      opt.value = m.name;
+      opt.textContent = m.name + (m.name === body.default_model ? " (default)" : "");
+      opt.title = m.description;
+      select.appendChild(opt);
+      thresholds[m.name] = m.thresholds;
+    }
+    select.value = body.default_model;
+  } catch (err) {
+    $("error").textContent = "Could not list the models: " + err.message;
+  }
+}
+
+$("form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  $("error").textContent = "";
+  $("score").textContent = "";
+  $("verdict").textContent = "";
+  $("verdict").className = "";
+  $("meaning").textContent = "";
+  const data = new FormData();
+  data.append("image_a", $("image-a").files[0]);
+  data.append("image_b", $("image-b").files[0]);
+  data.append("model", $("model").value);
+  $("compare").disabled = true;
+  try {
+    const resp = await fetch("/v1/compare", { method: "POST", body: data });
+    const body = await resp.json();
+    if (!resp.ok) {
+      const err = body.error || {};
+      throw new Error(`${err.message || resp.statusText} (HTTP ${resp.status} ${err.code || ""})`.trim());
+    }
+    $("score").textContent = `${body.score.toFixed(4)} (${body.model})`;
+    if (body.verdict) {
+      $("verdict").textContent = body.verdict;
+      $("verdict").className = body.verdict === "different" ? "different" : "";
+      $("meaning").textContent = MEANING[body.verdict] || "";
+    }
+  } catch (err) {
+    $("error").textContent = "Comparison failed: " + err.message;
+  } finally {
+    updateButton();
+  }
+});
+
+loadModels();
