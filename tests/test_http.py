@@ -9,8 +9,8 @@ import ssl
 import grpc
 import numpy as np
 import pytest
-
 from imgsim.v1 import similarity_pb2 as pb
+
 from imgsim_client import ImageRequest
 from imgsim_server import errors
 from tests.conftest import distinct_jpegs

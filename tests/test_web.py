@@ -1,0 +1,134 @@
+"""The web page and the HTML evaluation report in a real browser: the system's Chromium driven by
+Playwright. Skips cleanly where Chromium, Playwright or the [http] extra is absent.
+
+With IMGSIM_SCREENSHOTS=1 (`make screenshots`) the tests also save the README's screenshots
+under results/.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import distinct_jpegs
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytest.importorskip("imgsim_server.transport.http_app", reason="the [http] extra is not installed")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no system Chromium (apt-get install chromium chromium-driver)"
+)
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def _screenshot(page, name: str) -> None:
+    if os.environ.get("IMGSIM_SCREENSHOTS"):
+        page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 900, "height": 900})
+    pg = context.new_page()
+    pg.console_errors = []  # type: ignore[attr-defined]
+    pg.on("console", lambda m: m.type == "error" and pg.console_errors.append(m.text))
+    pg.on("pageerror", lambda e: pg.console_errors.append(str(e)))
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def web(server):
+    from imgsim_server.config import ServerConfig
+    from imgsim_server.transport.grpc_server import start_server
+
+    running = start_server(ServerConfig(port=0, http_port=0), core=server.core)
+    yield f"http://127.0.0.1:{running.http_port}"
+    running.stop(0.5)
+
+
+def _compare(page, a: Path, b: Path) -> None:
+    page.set_input_files("#image-a", str(a))
+    page.set_input_files("#image-b", str(b))
+    page.click("#compare")
+    page.wait_for_function(
+        "document.querySelector('#score').textContent || document.querySelector('#error')"
+        ".textContent"
+    )
+
+
+def test_page_scores_two_photos_like_grpc(web, page, client, photos, tmp_path):
+    a, b = distinct_jpegs(photos, 2, salt=9600)
+    (tmp_path / "a.jpg").write_bytes(a)
+    (tmp_path / "b.jpg").write_bytes(b)
+    page.goto(web + "/")
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    default = client.list_models().default_model
+    assert page.input_value("#model") == default
+    assert page.get_attribute("#image-a", "type") == "file"
+    _compare(page, tmp_path / "a.jpg", tmp_path / "b.jpg")
+    score, _, verdict = client.compare_pair(a, b)
+    assert page.text_content("#error") == ""
+    assert page.text_content("#score").startswith(f"{score:.4f}")
+    assert page.text_content("#verdict") == verdict
+    assert page.console_errors == []
+    _screenshot(page, "web_page.png")
+
+
+def test_corrupt_file_shows_an_error_and_the_page_recovers(web, page, photos, tmp_path):
+    (good,) = distinct_jpegs(photos, 1, salt=9700)
+    (tmp_path / "good.jpg").write_bytes(good)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 this is not really a JPEG")
+    page.goto(web + "/")
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    _compare(page, tmp_path / "good.jpg", tmp_path / "bad.jpg")
+    error = page.text_content("#error")
+    assert "not a decodable image" in error or "corrupt" in error, error
+    assert "400" in error and page.text_content("#score") == ""
+    _compare(page, tmp_path / "good.jpg", tmp_path / "good.jpg")
+    assert page.text_content("#error") == ""
+    assert float(page.text_content("#score").split()[0]) > 0.999
+
+
+def test_report_html_loads_every_image_without_errors(page, client, photos, tmp_path):
+    """evaluate --out writes report.html; every gallery thumbnail and plot loads."""
+    from imgsim_client.cli import main
+    from imgsim_client.scoring import score_pairs
+
+    names = sorted(photos)[:8]
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 : i + 4]:
+            rows.append({"image_a": str(photos[a]), "image_b": str(photos[b]), "label": 0})
+        rows.append({"image_a": str(photos[a]), "image_b": str(photos[a]), "label": 1})
+    pairs = tmp_path / "pairs.csv"
+    with pairs.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["image_a", "image_b", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    scores = tmp_path / "scores.csv"
+    score_pairs(client, pairs, scores, progress=False)
+    out = tmp_path / "report"
+    assert main(["evaluate", str(scores), "--out", str(out)]) == 0
+    page.goto((out / "report.html").as_uri())
+    page.wait_for_load_state("load")
+    images = page.eval_on_selector_all(
+        "img", "els => els.map(e => [e.getAttribute('src'), e.complete && e.naturalWidth > 0])"
+    )
+    gallery = [src for src, _ in images if src.startswith("thumbs/")]
+    assert len(gallery) >= 2 * 8 and all(ok for _, ok in images), images
+    assert page.locator(".gallery").count() == 2
+    assert page.console_errors == []
+    _screenshot(page, "report_html.png")
