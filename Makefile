@@ -5,13 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 50061
+HTTP_PORT ?= 8080
 SHARED ?= ../shared/data
 PROTO := protos/imgsim/v1/similarity.proto
 GENERATED := protos/imgsim/v1/similarity_pb2.py protos/imgsim/v1/similarity_pb2_grpc.py \
              protos/imgsim/v1/similarity_pb2.pyi
 
 .DEFAULT_GOAL := help
-.PHONY: help install generate-protos demo test check check-installs bench bench-scale bench-collections study report export soak clean
+.PHONY: help install generate-protos demo test check check-installs bench bench-scale bench-collections study report export soak screenshots clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -32,13 +33,16 @@ generate-protos: $(STAMP) ## Regenerate the Python modules and .pyi stubs from p
 datasets/demo/pairs.csv: datasets/pairs.py | $(STAMP)
 	$(PY) -m imgsim_datasets.pairs near-dup --out datasets/demo
 
-demo: $(STAMP) datasets/demo/pairs.csv ## Build the demo pairs, serve, score them over a stream, print the AUC
+demo: $(STAMP) datasets/demo/pairs.csv ## Build the demo pairs, serve (gRPC + HTTP page), score them over a stream, print the AUC, write an HTML report
 	@set -euo pipefail; \
-	$(VENV)/bin/imgsim-server --port $(PORT) --log-level WARNING & pid=$$!; \
+	$(VENV)/bin/imgsim-server --port $(PORT) --http-port $(HTTP_PORT) --log-level WARNING & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
 	$(VENV)/bin/imgsim-client datasets/demo/pairs.csv -o results/demo_scores.csv \
 	  --server 127.0.0.1:$(PORT) --timeout 120; \
-	$(VENV)/bin/imgsim-client evaluate results/demo_scores.csv
+	$(VENV)/bin/imgsim-client evaluate results/demo_scores.csv --out results/demo \
+	  --images-root datasets/demo --group-by transform; \
+	echo "HTML report: results/demo/report.html"; \
+	echo "Keep a server with the page up: $(VENV)/bin/imgsim-server --http-port $(HTTP_PORT), then open http://127.0.0.1:$(HTTP_PORT)/"
 
 test: $(STAMP) ## Run the test suite (real server on loopback, real model, real images)
 	$(PY) -m pytest -q
@@ -62,8 +66,12 @@ bench-scale: $(STAMP) ## Replicas, Dask, failover, memory, perf sweep, capacity 
 bench-collections: $(STAMP) ## Near-dup F1 vs imagededup, UKBench N-S by search, FAISS vs usearch, 10k-1M scale -> results/collections.md
 	$(PY) -m imgsim_lab.collections_bench
 
-study: $(STAMP) ## Comparative study of every approach -> results/study.md, ROC charts
+study: $(STAMP) ## Model/preprocessing grid, the default's rule, thresholds; then every approach via the server -> results/study.md, models.json, ROC charts
+	$(PY) -m imgsim_lab.model_study
 	$(PY) -m imgsim_lab.study
+
+screenshots: $(STAMP) ## Browser tests that also save results/web_page.png and results/report_html.png
+	IMGSIM_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_web.py
 
 report: $(STAMP) ## Build results/report.pdf from the study's files (no server needed)
 	$(PY) -m imgsim_lab.report

@@ -347,6 +347,49 @@ def apply_rule(results: dict[str, dict], sets: list[str]) -> dict:
     }
 
 
+def plot_choice(r: dict, path: Path) -> None:
+    """AUC with its 95% interval against img/s, one panel per set, every Lite variant."""
+    from imgsim_client.evaluate import pyplot
+
+    plt = pyplot()
+    sets = list(r["sets"])
+    winner = (r["choice"] or {}).get("winner", OLD_DEFAULT)
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6), dpi=110)
+    colors = {"efficientnet-lite0": "tab:blue", "efficientnet-lite1": "tab:orange",
+              "efficientnet-lite2": "tab:green"}  # fmt: skip
+    for ax, ds in zip(np.atleast_1d(axes), sets, strict=True):
+        for name, m in r["models"].items():
+            if m["kind"] != "cnn":
+                continue
+            s = m["sets"][ds]
+            arch = next(a for a in colors if name.startswith(a))
+            marker = "*" if name == winner else ("s" if name == OLD_DEFAULT else "o")
+            ax.errorbar(
+                m["images_per_s"],
+                s["auc"],
+                yerr=[[s["auc"] - s["auc_low"]], [s["auc_high"] - s["auc"]]],
+                fmt=marker,
+                color=colors[arch],
+                ms=11 if marker == "*" else 5,
+                alpha=0.9,
+                lw=0.8,
+            )
+        ax.set_title(f"{ds} ({r['sets'][ds]['task']})", fontsize=9)
+        ax.set_xlabel("img/s (ONNX fp32, embedding only)", fontsize=8)
+        ax.set_ylabel("ROC AUC (95% CI)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=a) for a, c in colors.items()]
+    handles += [
+        plt.Line2D([], [], color="k", marker="s", ls="", label=f"{OLD_DEFAULT} (old default)"),
+        plt.Line2D([], [], color="k", marker="*", ms=10, ls="", label=f"{winner} (by the rule)"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def thresholds_for_server(results: dict[str, dict]) -> dict:
     """model -> [{task, dataset, fpr, score, low, high, tpr}], the ListModels metadata."""
     out = {}
@@ -527,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "models.json").write_text(json.dumps(report, indent=1))
+    plot_choice(report, args.out / "models_auc_vs_speed.png")
     if not notes:  # calibrate only from the complete set of tasks
         args.thresholds_file.write_text(json.dumps(thresholds_for_server(results), indent=1))
         print(f"wrote {args.thresholds_file}")
