@@ -310,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument(
         "--threshold",
         type=float,
-        help="lowest score of a duplicate (default: the model's measured F1-best threshold)",
+        help="lowest score of a duplicate (default: the model's F1-best threshold measured by "
+        "make bench-collections, else the server's calibrated near-duplicate threshold at "
+        "0.1%% FPR from ListModels)",
     )
     de.add_argument(
         "-k", "--k", type=int, default=50, help="neighbours per image, with an approximate index"
@@ -657,10 +659,14 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with _connect(args) as client:
         results = collection.embed_paths(client, paths, args.model, not args.no_progress)
-    vectors = collection.to_vectors(results, paths)
-    threshold = args.threshold
-    if threshold is None:
-        threshold = collection.DEDUP_THRESHOLDS.get(vectors.model)
+        vectors = collection.to_vectors(results, paths)
+        threshold = args.threshold
+        if threshold is None:
+            threshold = collection.DEDUP_THRESHOLDS.get(vectors.model)
+        if threshold is None:  # the server's calibration: 0.1% of unrelated pairs reach it
+            threshold = collection.calibrated_threshold(
+                client.list_models(), vectors.model, "near-duplicate", 0.001
+            )
         if threshold is None:
             print(
                 f"imgsim-client: error: no default threshold for {vectors.model}; give --threshold",

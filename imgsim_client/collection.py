@@ -25,7 +25,8 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 # Default dedup thresholds (cosine or hamming similarity), per model: the F1-maximising
 # threshold on near-duplicate edits of real photos, measured by `make bench-collections`
-# (results/collections.md). ListModels will carry them once the server has thresholds.
+# (results/collections.md). Other models use the server's calibrated near-duplicate threshold
+# at 0.1% FPR (ListModels), which for efficientnet-lite0 is close to its F1-best 0.80.
 DEDUP_THRESHOLDS = {
     "efficientnet-lite0": 0.80,  # P 0.85, R 0.79, F1 0.82
     "efficientnet-lite0-gem": 0.80,  # P 0.93, R 0.85, F1 0.89
@@ -33,6 +34,16 @@ DEDUP_THRESHOLDS = {
     "color-hist": 0.96,  # P 0.86, R 0.57, F1 0.68
     "pixels": 0.71,  # P 0.79, R 0.55, F1 0.65
 }
+
+
+def calibrated_threshold(listing, model: str, task: str, fpr: float) -> float | None:
+    """The server's calibrated threshold (a ListModelsResponse) for model, task and FPR."""
+    for m in listing.models:
+        if m.name == model:
+            for t in m.thresholds:
+                if t.task == task and abs(t.fpr - fpr) < 1e-9:
+                    return float(t.score)
+    return None
 
 
 def list_images(paths: list[Path]) -> list[str]:

@@ -30,6 +30,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.max_batch_size}; a batch closes at the preferred size and never exceeds "
             "the max"
         )
+    if args.http_port is not None:
+        import importlib.util
+
+        missing = [
+            m for m in ("fastapi", "uvicorn", "multipart") if not importlib.util.find_spec(m)
+        ]
+        if missing:
+            parser.error(
+                f"--http-port needs the [http] extra ({', '.join(missing)} missing): "
+                'pip install "imgsim[http]"'
+            )
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
