@@ -52,6 +52,26 @@ def _token(context: grpc.aio.ServicerContext) -> CallToken:
     return token
 
 
+def list_models_response(core: SimilarityCore) -> pb.ListModelsResponse:
+    """Every registered model as ListModels reports it (also the HTTP /v1/models body)."""
+    models = [
+        pb.ModelInfo(
+            name=m.cfg.name,
+            kind=m.cfg.kind,
+            embedding_dim=m.cfg.embedding_dim,
+            input_size=m.cfg.input_size,
+            weights_source=(f"{m.weights_path} ({m.source})" if m.weights_path else ""),
+            weights_available=m.weights_available,
+            loaded=m.loaded,
+            similarity=m.cfg.similarity,
+            description=m.cfg.description,
+            thresholds=[pb.Threshold(**asdict(t)) for t in calibration.thresholds(m.cfg.name)],
+        )
+        for m in core.models()
+    ]
+    return pb.ListModelsResponse(models=models, default_model=core.cfg.default_model)
+
+
 class StreamSlots:
     """The project's own admission for streaming calls: at most `limit` at once. Control calls
     (health, ListModels, GetStats) and unary Compare never take a slot."""
@@ -270,22 +290,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         )
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
-        models = [
-            pb.ModelInfo(
-                name=m.cfg.name,
-                kind=m.cfg.kind,
-                embedding_dim=m.cfg.embedding_dim,
-                input_size=m.cfg.input_size,
-                weights_source=(f"{m.weights_path} ({m.source})" if m.weights_path else ""),
-                weights_available=m.weights_available,
-                loaded=m.loaded,
-                similarity=m.cfg.similarity,
-                description=m.cfg.description,
-                thresholds=[pb.Threshold(**asdict(t)) for t in calibration.thresholds(m.cfg.name)],
-            )
-            for m in self.core.models()
-        ]
-        return pb.ListModelsResponse(models=models, default_model=self.core.cfg.default_model)
+        return list_models_response(self.core)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext):
         models = [

@@ -20,11 +20,12 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 try:
     import uvicorn
@@ -39,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised by installs without t
 from imgsim_server import errors
 from imgsim_server.core import CallToken, SimilarityCore
 from imgsim_server.embedders import _calibration as calibration
+from imgsim_server.transport.grpc_servicer import list_models_response
 from imgsim_server.transport.grpc_status import status_for
 
 log = logging.getLogger(__name__)
@@ -254,23 +256,11 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
 
     @app.get("/v1/models", summary="The server's models, as ListModels")
     async def models() -> dict:
-        out = []
-        for m in core.models():
-            out.append(
-                {
-                    "name": m.cfg.name,
-                    "kind": m.cfg.kind,
-                    "embedding_dim": m.cfg.embedding_dim,
-                    "input_size": m.cfg.input_size,
-                    "weights_source": f"{m.weights_path} ({m.source})" if m.weights_path else "",
-                    "weights_available": m.weights_available,
-                    "loaded": m.loaded,
-                    "similarity": m.cfg.similarity,
-                    "description": m.cfg.description,
-                    "thresholds": [asdict(t) for t in calibration.thresholds(m.cfg.name)],
-                }
-            )
-        return {"models": out, "default_model": core.cfg.default_model}
+        return json_format.MessageToDict(
+            list_models_response(core),
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
 
     @app.get("/healthz", summary="Liveness: the process serves HTTP")
     async def healthz() -> dict:
