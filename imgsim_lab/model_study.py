@@ -414,11 +414,12 @@ def render_models(r: dict) -> list[str]:
     old = r["models"][OLD_DEFAULT]
     lines = ["## Choosing the default model and preprocessing", "", r["rule"], ""]
     if choice:
+        excluded = [n for n in choice["excluded_by_cost"] if r["models"][n]["kind"] == "cnn"]
         top = ", ".join(f"`{o['model']}` {o['mean_rank']:.2f}" for o in choice["order"][:5])
         lines += [
             f"**Result.** {choice['candidates']} candidates within {COST_LIMIT}x the cost of "
             f"`{OLD_DEFAULT}` ({old['images_per_s']:.0f} img/s); excluded by cost: "
-            f"{', '.join(f'`{n}`' for n in choice['excluded_by_cost'] if '-' in n) or 'none'} "
+            f"{', '.join(f'`{n}`' for n in excluded) or 'none'} "
             f"(and the classical baselines, which are not candidates). Best mean AUC ranks: "
             f"{top}.",
             "",

@@ -55,7 +55,7 @@ fi
 grep -q 'imgsim\[eval\]' "$work/eval.err" && cat "$work/eval.err"
 
 say "export the ONNX graph with the full install, serve it from the [server] install"
-$FULL_VENV/bin/imgsim-server export --model efficientnet-lite0 --precision fp32 --output-dir "$work/onnx"
+$FULL_VENV/bin/imgsim-server export --precision fp32 --output-dir "$work/onnx"  # the default model
 port_of() {  # port_of LOG: wait for the server's "listening on" line, print its port
   for _ in $(seq 1 300); do
     port=$(sed -n 's/.*listening on .*:\([0-9]*\) .*/\1/p' "$1")

@@ -15,6 +15,10 @@ from imgsim_server.transport.grpc_server import start_server
 
 # gRPC's unary retry (the client's service config) kept short, for tests that expect a call to
 # end UNAVAILABLE rather than be retried until its deadline.
+# The serving machinery is tested on the fastest Lite (half the cost of the default); the
+# product default (imgsim_server.config.DEFAULT_MODEL) has its own end-to-end test.
+TEST_MODEL = "efficientnet-lite0"
+
 QUICK_RETRY = {
     "maxAttempts": 2,
     "initialBackoff": "0.05s",
@@ -56,9 +60,8 @@ def photos() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def server():
     """A real server with the default model, on a free loopback port."""
-    cfg = ServerConfig(
-        host="127.0.0.1", port=0, core=CoreConfig(max_batch_size=32, max_delay_ms=20.0)
-    )
+    core = CoreConfig(default_model=TEST_MODEL, max_batch_size=32, max_delay_ms=20.0)
+    cfg = ServerConfig(host="127.0.0.1", port=0, core=core)
     running = start_server(cfg)
     running.core.engine(cfg.core.default_model)  # load once for the session
     yield running
@@ -105,7 +108,8 @@ def replicas():
 
     def make(n: int):
         for _ in range(n):
-            running = start_server(ServerConfig(host="127.0.0.1", port=0, core=CoreConfig()))
+            core = CoreConfig(default_model=TEST_MODEL)
+            running = start_server(ServerConfig(host="127.0.0.1", port=0, core=core))
             running.core.engine("")  # loaded, as a deployed replica is before it is ready
             started.append(running)
         return started[-n:]

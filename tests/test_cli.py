@@ -57,7 +57,8 @@ def test_cli_round_trip_keeps_input_order(pairs_csv, address, tmp_path, capsys):
 def test_cli_compare_prints_score(photos, address, capsys):
     code = main(["compare", str(photos["chelsea"]), str(photos["chelsea"]), "--server", address])
     assert code == 0
-    assert float(capsys.readouterr().out) >= 0.999
+    score, verdict = capsys.readouterr().out.split()
+    assert float(score) >= 0.999 and verdict == "near-duplicate"
 
 
 def test_cli_reports_bad_csv(tmp_path, address, capsys):

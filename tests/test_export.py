@@ -13,6 +13,7 @@ import torch
 
 from imgsim_client import ImgsimClient, ImgsimError
 from imgsim_datasets.photos import shipped_photos
+from imgsim_server.config import DEFAULT_MODEL
 from imgsim_server.embedders import EmbedderOptions, _onnx, _torch, create
 from imgsim_server.embedders._preprocess import LITE0, Preset
 from imgsim_server.images import decode_image
@@ -69,7 +70,9 @@ def test_export_writes_a_graph_and_its_manifest(exported, capsys):
 
 def test_a_server_without_torch_serves_the_exported_graph(exported, client, photos):
     a, b = photos["chelsea"].read_bytes(), photos["coffee"].read_bytes()
-    proc, port, out = _start_without_torch("--onnx-dir", str(exported))
+    proc, port, out = _start_without_torch(
+        "--onnx-dir", str(exported), "--model", "efficientnet-lite0"
+    )
     assert port, out
     try:
         with ImgsimClient(f"127.0.0.1:{port}", timeout=30) as c:
@@ -99,7 +102,7 @@ def test_a_server_without_torch_or_graph_fails_at_start(tmp_path):
     out = run.stdout + run.stderr
     assert run.returncode == 1, out
     assert "default model not loaded" in out
-    assert "imgsim-server export --model efficientnet-lite0 --precision fp32" in out
+    assert f"imgsim-server export --model {DEFAULT_MODEL} --precision fp32" in out
 
 
 def test_a_graph_for_other_preprocessing_is_refused(exported, tmp_path):

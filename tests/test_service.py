@@ -8,7 +8,7 @@ import grpc
 import pytest
 from PIL import Image
 
-from imgsim_client import ImgsimError, PairRequest
+from imgsim_client import ImgsimClient, ImgsimError, PairRequest
 from tests.conftest import jpeg_bytes
 
 CLASSICAL = ("pixels", "color-hist", "phash")
@@ -152,13 +152,40 @@ def test_model_names_are_resolved_once_not_per_pair(client, photos, monkeypatch)
 def test_batch_policy_is_logged_when_a_model_loads(caplog):
     from imgsim_server.config import CoreConfig
     from imgsim_server.core import SimilarityCore
+    from tests.conftest import TEST_MODEL
 
-    core = SimilarityCore(CoreConfig(max_batch_size=32, max_delay_ms=5))
+    core = SimilarityCore(CoreConfig(TEST_MODEL, max_batch_size=32, max_delay_ms=5))
     try:
         with caplog.at_level("INFO", logger="imgsim_server.core"):
             core.engine("")
     finally:
         core.close()
     text = caplog.text
-    assert "loaded model efficientnet-lite0" in text
+    assert f"loaded model {TEST_MODEL} in" in text
     assert "batch policy: close at 4 (runtime default), cap 32, wait up to 5 ms" in text
+
+
+def test_the_default_model_serves_with_its_verdict(photos):
+    """A server with the product's defaults loads the model the study chose, and Compare names
+    the verdict of its calibrated thresholds."""
+    from imgsim_server.config import DEFAULT_MODEL, ServerConfig
+    from imgsim_server.transport.grpc_server import start_server
+
+    running = start_server(ServerConfig(host="127.0.0.1", port=0))
+    try:
+        with ImgsimClient(f"127.0.0.1:{running.port}", timeout=120) as c:
+            resp = c.list_models()
+            assert resp.default_model == DEFAULT_MODEL
+            info = {m.name: m for m in resp.models}[DEFAULT_MODEL]
+            assert {t.task for t in info.thresholds} == {
+                "near-duplicate",
+                "same object",
+                "same category",
+            }
+            cat = photos["chelsea"].read_bytes()
+            score, model, verdict = c.compare_pair(cat, cat)
+            assert (model, verdict) == (DEFAULT_MODEL, "near-duplicate") and score > 0.999
+            score, _, verdict = c.compare_pair(cat, photos["rocket"].read_bytes())
+            assert verdict == "different" and score < 0.5
+    finally:
+        running.stop(0)
