@@ -70,7 +70,7 @@ study: $(STAMP) ## Model/preprocessing grid, the default's rule, thresholds; the
 	$(PY) -m imgsim_lab.model_study
 	$(PY) -m imgsim_lab.study
 
-screenshots: $(STAMP) ## Browser tests that also save results/web_page.png and results/report_html.png
+screenshots: $(STAMP) ## Browser tests that also save results/web_page.png and results/report_html.jpg
 	IMGSIM_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_web.py
 
 report: $(STAMP) ## Build results/report.pdf from the study's files (no server needed)

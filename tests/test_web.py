@@ -27,7 +27,8 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "results"
 
 def _screenshot(page, name: str) -> None:
     if os.environ.get("IMGSIM_SCREENSHOTS"):
-        page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+        jpeg = {"type": "jpeg", "quality": 70} if name.endswith(".jpg") else {}
+        page.screenshot(path=str(SCREENSHOTS / name), full_page=True, **jpeg)
 
 
 @pytest.fixture(scope="module")
@@ -131,4 +132,4 @@ def test_report_html_loads_every_image_without_errors(page, client, photos, tmp_
     assert len(gallery) >= 2 * 8 and all(ok for _, ok in images), images
     assert page.locator(".gallery").count() == 2
     assert page.console_errors == []
-    _screenshot(page, "report_html.png")
+    _screenshot(page, "report_html.jpg")
