@@ -50,10 +50,12 @@ def rss_mib() -> float:
 # ---- 1. near-duplicates ----------------------------------------------------------------------
 
 
-def build_near_dup(folder: Path, per_class: int = 5, distractors: int = 200) -> dict[str, str]:
+def build_near_dup(
+    folder: Path, per_class: int = 5, distractors: int = 200, shared: Path = SHARED
+) -> dict[str, str]:
     """Originals with 11 edits each, and distractors; returns file name -> group."""
     rng = random.Random(0)
-    cal = SHARED / "caltech101_subset"
+    cal = shared / "caltech101_subset"
     cal_files = sorted(cal.rglob("*.jpg")) if cal.is_dir() else []
     by_class: dict[str, list[Path]] = {}
     for f in cal_files:

@@ -77,7 +77,7 @@ def build_sets(work: Path, shared: Path) -> tuple[dict[str, dict], list[str]]:
     marker = nd / "groups.json"
     if not marker.is_file():
         nd.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(build_near_dup(nd)))
+        marker.write_text(json.dumps(build_near_dup(nd, shared=shared)))
     groups = json.loads(marker.read_text())
     sets["near-dup edits"] = {"items": [(nd / name, g) for name, g in sorted(groups.items())]}
     uk = shared / "ukbench_sample"
