@@ -114,6 +114,10 @@ class ServerMetrics:
     def on_call(self, method: str, code: grpc.StatusCode) -> None:
         self.requests.labels(method, code.name).inc()
 
+    def on_http(self, method: str, code: str) -> None:
+        """An HTTP call (`HTTP POST /v1/compare`) and its outcome (`OK`, `HTTP_400`, ...)."""
+        self.requests.labels(method, code).inc()
+
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP on host:port (0 = a free port); returns the port."""
         self._http, _thread = start_http_server(port, addr=host, registry=self.registry)

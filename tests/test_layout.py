@@ -57,6 +57,15 @@ def test_embedders_and_serving_stack_load_no_torch():
     assert "imgsim_server.export" not in full
 
 
+def test_grpc_and_http_transports_do_not_import_each_other():
+    http = _modules_after("import imgsim_server.transport.http_app", top_level=False)
+    assert "grpc" not in {m.split(".")[0] for m in http}
+    assert not {m for m in http if m.startswith("imgsim_server.transport.grpc_")}, http
+    grpc_side = _modules_after("import imgsim_server.transport.grpc_server", top_level=False)
+    assert not {m for m in grpc_side if m.startswith("imgsim_server.transport.http_")}
+    assert "fastapi" not in {m.split(".")[0] for m in grpc_side}
+
+
 @pytest.mark.parametrize("package", ["imgsim_client", "imgsim_server", "imgsim_lab", "datasets"])
 def test_no_sys_path_edits_and_client_never_imports_server(package):
     for path in (ROOT / package).rglob("*.py"):

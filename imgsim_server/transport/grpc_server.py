@@ -171,7 +171,7 @@ async def _start_http(cfg: ServerConfig, running: AsyncServer) -> HttpServer:
         max_body_bytes=cfg.max_message_mb * 1024 * 1024,
         auth_token=cfg.auth_token,
         ready=lambda: running.serving,
-        on_call=running.metrics.on_call if running.metrics else None,
+        on_call=running.metrics.on_http if running.metrics else None,
         metrics_app=metrics_app,
     )
     tls = (cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert else None

@@ -5,8 +5,8 @@ Endpoints: `POST /v1/compare` (multipart `image_a`, `image_b`, `model`; or JSON 
 images), `POST /v1/embed`, `GET /v1/models`, `GET /healthz`, `GET /readyz`, `GET /metrics` (when
 Prometheus is on), OpenAPI docs at `/docs`, and the two-photo page at `/`. JSON field names are
 the proto's. Errors are `{"error": {"code": "INVALID_ARGUMENT", "message": ...}}` with the HTTP
-status of the gRPC code (`grpc_status.status_for` stays the one place that classifies
-exceptions).
+status from `http_status` (the gRPC code names, grpc-gateway's statuses). Imports nothing of the
+gRPC side.
 """
 
 from __future__ import annotations
@@ -20,12 +20,9 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
-
-import grpc
-from google.protobuf import json_format
 
 try:
     import uvicorn
@@ -40,45 +37,19 @@ except ImportError as exc:  # pragma: no cover - exercised by installs without t
 from imgsim_server import errors
 from imgsim_server.core import CallToken, SimilarityCore
 from imgsim_server.embedders import _calibration as calibration
-from imgsim_server.transport.grpc_servicer import list_models_response
-from imgsim_server.transport.grpc_status import status_for
+from imgsim_server.transport.http_status import HttpError, http_status_for
 
 log = logging.getLogger(__name__)
 
-# gRPC code -> HTTP status, as grpc-gateway maps them.
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 REQUEST_TIMEOUT_S = 60.0
-
-
-class HttpError(Exception):
-    """A request error with its gRPC code (mapped to the HTTP status like any other)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None):
-        super().__init__(message)
-        self.code, self.http_status = code, http_status
+BAD_REQUEST = (400, "INVALID_ARGUMENT")
 
 
 def error_response(exc: BaseException) -> JSONResponse:
     """The JSON error body and HTTP status of an exception."""
-    if isinstance(exc, HttpError):
-        code, message = exc.code, str(exc)
-        status = exc.http_status or HTTP_STATUS.get(code, 500)
-    else:
-        code, message = status_for(exc)
-        status = 413 if isinstance(exc, errors.ImageTooLargeError) else None
-        status = status or HTTP_STATUS.get(code, 500)
-    return JSONResponse({"error": {"code": code.name, "message": message}}, status_code=status)
+    status, code, message = http_status_for(exc)
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
 @dataclass(frozen=True)
@@ -88,7 +59,7 @@ class HttpSettings:
     max_body_bytes: int
     auth_token: str = ""
     ready: Callable[[], bool] = lambda: True
-    on_call: Callable[[str, grpc.StatusCode], None] | None = None
+    on_call: Callable[[str, str], None] | None = None  # (method, code name), for metrics
     metrics_app: Any = None  # an ASGI app serving Prometheus text, or None
 
 
@@ -98,11 +69,11 @@ def _web_dir():
 
 def _b64(value: object, field: str) -> bytes:
     if not isinstance(value, str) or not value:
-        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: expected a base64 string")
+        raise HttpError(*BAD_REQUEST, f"{field}: expected a base64 string")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: not valid base64") from None
+        raise HttpError(*BAD_REQUEST, f"{field}: not valid base64") from None
 
 
 async def _read_images(request: Request, fields: tuple[str, ...], limit: int):
@@ -114,7 +85,7 @@ async def _read_images(request: Request, fields: tuple[str, ...], limit: int):
         for f in fields:
             part = form.get(f)
             if part is None or isinstance(part, str):
-                raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"missing file field {f!r}")
+                raise HttpError(*BAD_REQUEST, f"missing file field {f!r}")
             out[f] = await part.read()
         model = form.get("model") or ""
         return out, model if isinstance(model, str) else ""
@@ -122,14 +93,12 @@ async def _read_images(request: Request, fields: tuple[str, ...], limit: int):
         try:
             body = await request.json()
         except ValueError:
-            raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "body is not valid JSON") from None
+            raise HttpError(*BAD_REQUEST, "body is not valid JSON") from None
         if not isinstance(body, dict):
-            raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "body must be a JSON object")
+            raise HttpError(*BAD_REQUEST, "body must be a JSON object")
         return {f: _b64(body.get(f), f) for f in fields}, str(body.get("model") or "")
     raise HttpError(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "send multipart/form-data (files) or application/json (base64 images)",
-        http_status=415,
+        415, "INVALID_ARGUMENT", "send multipart/form-data (files) or application/json (base64)"
     )
 
 
@@ -181,25 +150,23 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
                 given = request.headers.get("authorization", "")
                 if not given:
                     raise HttpError(
-                        grpc.StatusCode.UNAUTHENTICATED, "missing 'Authorization: Bearer <token>'"
+                        401, "UNAUTHENTICATED", "missing 'Authorization: Bearer <token>'"
                     )
                 if not hmac.compare_digest(given.encode(), expected):
-                    raise HttpError(
-                        grpc.StatusCode.PERMISSION_DENIED, "invalid bearer token", http_status=403
-                    )
+                    raise HttpError(403, "PERMISSION_DENIED", "invalid bearer token")
             size = request.headers.get("content-length")
             if size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
                 raise HttpError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    413,
+                    "RESOURCE_EXHAUSTED",
                     f"request body of {size} bytes is over the limit of "
                     f"{settings.max_body_bytes} (--max-message-mb)",
-                    http_status=413,
                 )
             response = await call_next(request)
         except Exception as exc:
             response = error_response(exc)
         if settings.on_call is not None and path.startswith("/v1/"):
-            code = grpc.StatusCode.OK if response.status_code < 400 else _code_of(response)
+            code = "OK" if response.status_code < 400 else f"HTTP_{response.status_code}"
             settings.on_call(f"HTTP {request.method} {path}", code)
         return response
 
@@ -256,11 +223,23 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
 
     @app.get("/v1/models", summary="The server's models, as ListModels")
     async def models() -> dict:
-        return json_format.MessageToDict(
-            list_models_response(core),
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-        )
+        """ListModelsResponse's fields (a test checks the names against the proto)."""
+        models = [
+            {
+                "name": m.cfg.name,
+                "kind": m.cfg.kind,
+                "embedding_dim": m.cfg.embedding_dim,
+                "input_size": m.cfg.input_size,
+                "weights_source": f"{m.weights_path} ({m.source})" if m.weights_path else "",
+                "weights_available": m.weights_available,
+                "loaded": m.loaded,
+                "similarity": m.cfg.similarity,
+                "description": m.cfg.description,
+                "thresholds": [asdict(t) for t in calibration.thresholds(m.cfg.name)],
+            }
+            for m in core.models()
+        ]
+        return {"models": models, "default_model": core.cfg.default_model}
 
     @app.get("/healthz", summary="Liveness: the process serves HTTP")
     async def healthz() -> dict:
@@ -282,11 +261,6 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
     if settings.metrics_app is not None:
         app.mount("/metrics", settings.metrics_app)
     return app
-
-
-def _code_of(response) -> grpc.StatusCode:
-    inverse = {v: k for k, v in HTTP_STATUS.items()}
-    return inverse.get(response.status_code, grpc.StatusCode.UNKNOWN)
 
 
 class _EmbeddedServer(uvicorn.Server):
