@@ -133,3 +133,11 @@ def test_report_html_loads_every_image_without_errors(page, client, photos, tmp_
     assert page.locator(".gallery").count() == 2
     assert page.console_errors == []
     _screenshot(page, "report_html.jpg")
+
+
+def test_api_docs_render_offline(web, page):
+    """/docs loads Swagger UI from the package, not a CDN (this machine has none)."""
+    page.goto(web + "/docs")
+    page.wait_for_selector('.opblock-summary-path[data-path="/v1/compare"]', timeout=15000)
+    assert page.locator(".opblock").count() >= 3
+    assert page.console_errors == []

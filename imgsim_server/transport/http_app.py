@@ -29,6 +29,7 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path  # noqa: F401  (the offline /docs)
 except ImportError as exc:  # pragma: no cover - exercised by installs without the extra
     raise ImportError(
         f'--http-port needs the [http] extra ({exc.name} is missing): pip install "imgsim[http]"'
@@ -133,11 +134,15 @@ def _compare_body(fields: tuple[str, ...]) -> dict:
 def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
     """The ASGI app over `core`."""
     app = FastAPI(
+        docs_url=None,  # served below from local files: the CDN default fails offline
+        redoc_url=None,
         title="imgsim",
         description="Image similarity over HTTP/JSON, beside the gRPC service (same core, "
         "same batching and cache). Field names are those of imgsim/v1/similarity.proto.",
         version="1",
     )
+    # The bundled Swagger UI (4.15) reads OpenAPI 3.0 documents; this schema needs nothing of 3.1.
+    app.openapi_version = "3.0.3"
     expected = f"Bearer {settings.auth_token}".encode()
 
     @app.middleware("http")
@@ -145,7 +150,7 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
         path = request.url.path
         try:
             if settings.auth_token and not (
-                path in OPEN_PATHS or path.startswith(("/static/", "/metrics"))
+                path in OPEN_PATHS or path.startswith(("/static/", "/docs-static/", "/metrics"))
             ):
                 given = request.headers.get("authorization", "")
                 if not given:
@@ -258,9 +263,28 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
         return HTMLResponse((web / "index.html").read_text(encoding="utf-8"))
 
     app.mount("/static", StaticFiles(directory=str(web)), name="static")
+    _mount_docs(app)
     if settings.metrics_app is not None:
         app.mount("/metrics", settings.metrics_app)
     return app
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """OpenAPI docs at /docs from swagger-ui-bundle's files (part of [http]), never a CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="imgsim API",
+            swagger_js_url="/docs-static/swagger-ui-bundle.js",
+            swagger_css_url="/docs-static/swagger-ui.css",
+            swagger_favicon_url="/docs-static/favicon-32x32.png",
+        )
 
 
 class _EmbeddedServer(uvicorn.Server):
