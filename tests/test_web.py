@@ -141,3 +141,24 @@ def test_api_docs_render_offline(web, page):
     page.wait_for_selector('.opblock-summary-path[data-path="/v1/compare"]', timeout=15000)
     assert page.locator(".opblock").count() >= 3
     assert page.console_errors == []
+
+
+def test_drag_and_drop_fills_the_file_input_and_the_preview(web, page, photos):
+    import base64
+
+    (img,) = distinct_jpegs(photos, 1, salt=9800)
+    page.goto(web + "/")
+    page.evaluate(
+        """([b64, name]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, {type: "image/jpeg"}));
+            const zone = document.querySelector('.drop[data-for="image-b"]');
+            zone.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
+        }""",
+        [base64.b64encode(img).decode(), "dropped.jpg"],
+    )
+    assert page.evaluate("document.querySelector('#image-b').files[0].name") == "dropped.jpg"
+    page.wait_for_function("document.querySelector('#preview-b').naturalWidth > 0")
+    assert page.is_disabled("#compare")  # image A is still missing
+    assert page.console_errors == []
