@@ -301,6 +301,22 @@ def runtime_costs(images: list, archs: list[str]) -> list[dict]:
     return rows
 
 
+def int8_check(name: str, sets: dict[str, dict]) -> dict[str, dict]:
+    """The model's ONNX int8 graph on every set: AUC with its interval, N-S, img/s."""
+    from imgsim_server.embedders import EmbedderOptions, create
+    from imgsim_server.images import decode_image
+
+    emb = create(name, EmbedderOptions(precision="int8"))
+    out = {}
+    for ds, spec in sets.items():
+        images = [decode_image(Path(p).read_bytes()) for p, _ in spec["items"]]
+        vecs, secs = _embed(emb, [emb.preprocess(im) for im in images])
+        r = evaluate_set(vecs, emb.cfg.similarity, spec)
+        r.pop("thresholds")
+        out[ds] = {**r, "images_per_s": len(images) / secs}
+    return out
+
+
 # ---- the rule ----------------------------------------------------------------------------------
 
 
@@ -491,6 +507,18 @@ def render_models(r: dict) -> list[str]:
             f"{c['file_mb']:.1f} | {c['peak_rss_mib']:.0f} |"
         )
     winner = choice.get("winner", OLD_DEFAULT)
+    int8 = r.get("int8", {}).get("sets", {})
+    if int8:
+        lines += [
+            "",
+            f"`{winner}` as an ONNX int8 graph (`--precision int8`), same sets and pairs: "
+            + "; ".join(
+                f"{ds} AUC {_ci(m)} (fp32 {r['models'][winner]['sets'][ds]['auc']:.4f}), "
+                f"{m['images_per_s']:.0f} img/s"
+                for ds, m in int8.items()
+            )
+            + ".",
+        ]
     lines += [
         "",
         f"### Calibrated thresholds of `{winner}`",
@@ -554,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         r["images_per_s"] = 1 / r["s_per_image"]
     set_names = list(sets)
     choice = apply_rule(results, set_names) if OLD_DEFAULT in results else None
+    winner = choice["winner"] if choice else OLD_DEFAULT
+    int8 = int8_check(winner, sets) if results[winner]["kind"] == "cnn" else {}
     sample = [decode_image(Path(p).read_bytes()) for p, _ in sets["near-dup edits"]["items"][:256]]
     archs = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
     costs = runtime_costs(sample, [a for a in archs if a in results])
@@ -566,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "models": results,
         "runtimes": costs,
+        "int8": {"model": winner, "sets": int8},
         "notes": notes,
         "machine": machine.describe(),
     }

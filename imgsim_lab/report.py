@@ -189,6 +189,20 @@ def _models_section(r: dict, results: Path, h2, body) -> list:
         rt.append([c["model"], c["runtime"], f"{c['images_per_s']:.0f}", f"{c['file_mb']:.1f}",
                    f"{c['peak_rss_mib']:.0f}"])  # fmt: skip
     parts += [Paragraph("Runtimes (embedding only, batch 32):", body), _table(rt)]
+    int8 = r.get("int8", {}).get("sets", {})
+    if int8:
+        parts.append(
+            Paragraph(
+                f"{winner} as an int8 graph: "
+                + "; ".join(
+                    f"{ds} AUC {m['auc']:.4f} (fp32 {r['models'][winner]['sets'][ds]['auc']:.4f}), "
+                    f"{m['images_per_s']:.0f} img/s"
+                    for ds, m in int8.items()
+                )
+                + ".",
+                body,
+            )
+        )
     th = [["task", "set", "FPR", "threshold [95% CI]", "TPR"]]
     for ds in sets:
         d = r["models"][winner]["sets"][ds]
