@@ -111,6 +111,17 @@ def test_body_over_the_limit_is_413(extra_servers, photos):
     assert r.status_code == 413 and "over the limit" in r.json()["error"]["message"]
 
 
+def test_a_body_without_length_is_refused(http):
+    def chunks():
+        yield b'{"image_a": "", '
+        yield b'"image_b": ""}'
+
+    r = httpx.post(
+        url(http, "/v1/compare"), content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 411 and "Content-Length" in r.json()["error"]["message"]
+
+
 def test_bearer_token_and_open_probes(extra_servers, photos):
     running = extra_servers(http_port=0, auth_token="s3cret")
     (img,) = distinct_jpegs(photos, 1, salt=9400)

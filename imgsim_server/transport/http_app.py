@@ -160,6 +160,9 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
                 if not hmac.compare_digest(given.encode(), expected):
                     raise HttpError(403, "PERMISSION_DENIED", "invalid bearer token")
             size = request.headers.get("content-length")
+            if request.method == "POST" and not (size and size.isdigit()):
+                # Bodies are read whole; a chunked one could not be bounded before reading it.
+                raise HttpError(411, "INVALID_ARGUMENT", "a POST needs a Content-Length header")
             if size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
                 raise HttpError(
                     413,
