@@ -162,3 +162,21 @@ def test_drag_and_drop_fills_the_file_input_and_the_preview(web, page, photos):
     page.wait_for_function("document.querySelector('#preview-b').naturalWidth > 0")
     assert page.is_disabled("#compare")  # image A is still missing
     assert page.console_errors == []
+
+
+def test_page_with_a_bearer_token(extra_servers, page, photos, tmp_path):
+    """On a server with --auth-token the page says why it cannot list models, and works once
+    the token is given."""
+    running = extra_servers(http_port=0, auth_token="s3cret")
+    (img,) = distinct_jpegs(photos, 1, salt=9900)
+    (tmp_path / "a.jpg").write_bytes(img)
+    page.goto(f"http://127.0.0.1:{running.http_port}/")
+    page.wait_for_function("document.querySelector('#error').textContent")
+    assert "Authorization" in page.text_content("#error")
+    page.click("summary")
+    page.fill("#token", "s3cret")
+    page.dispatch_event("#token", "change")
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    assert page.text_content("#error") == ""
+    _compare(page, tmp_path / "a.jpg", tmp_path / "a.jpg")
+    assert float(page.text_content("#score").split()[0]) > 0.999

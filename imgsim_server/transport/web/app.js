@@ -13,6 +13,18 @@ const MEANING = {
 };
 let thresholds = {};
 
+// A bearer token, when the server needs one: sent with every API call, kept for this tab only.
+$("token").value = sessionStorage.getItem("imgsim-token") || "";
+$("token").addEventListener("change", () => {
+  sessionStorage.setItem("imgsim-token", $("token").value);
+  $("model").innerHTML = "";
+  loadModels();
+});
+function authHeaders() {
+  const token = $("token").value.trim();
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
 function showPreview(input, img) {
   const file = input.files[0];
   if (!file) { img.hidden = true; return; }
@@ -42,7 +54,8 @@ for (const [inputId, previewId] of [["image-a", "preview-a"], ["image-b", "previ
 
 async function loadModels() {
   try {
-    const resp = await fetch("/v1/models");
+    $("error").textContent = "";
+    const resp = await fetch("/v1/models", { headers: authHeaders() });
     const body = await resp.json();
     if (!resp.ok) throw new Error(body.error ? body.error.message : resp.statusText);
     const select = $("model");
@@ -74,7 +87,7 @@ $("form").addEventListener("submit", async (e) => {
   data.append("model", $("model").value);
   $("compare").disabled = true;
   try {
-    const resp = await fetch("/v1/compare", { method: "POST", body: data });
+    const resp = await fetch("/v1/compare", { method: "POST", body: data, headers: authHeaders() });
     const body = await resp.json();
     if (!resp.ok) {
       const err = body.error || {};
