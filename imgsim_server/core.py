@@ -11,13 +11,14 @@ their deadline) is dropped before decoding and again before the model, and count
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from imgsim_server.embedders import (
     get_cfg,
     list_models,
 )
+from imgsim_server.embedders import _calibration as calibration
 from imgsim_server.errors import (
     CancelledError,
     OverloadedError,
@@ -103,6 +105,22 @@ class ModelStatus:
     weights_available: bool
     loaded: bool
     source: str = ""  # where that file comes from, in words
+
+    def info(self) -> dict:
+        """The ModelInfo fields (proto names), calibrated thresholds as dicts: what ListModels
+        and HTTP /v1/models report."""
+        return {
+            "name": self.cfg.name,
+            "kind": self.cfg.kind,
+            "embedding_dim": self.cfg.embedding_dim,
+            "input_size": self.cfg.input_size,
+            "weights_source": f"{self.weights_path} ({self.source})" if self.weights_path else "",
+            "weights_available": self.weights_available,
+            "loaded": self.loaded,
+            "similarity": self.cfg.similarity,
+            "description": self.cfg.description,
+            "thresholds": [asdict(t) for t in calibration.thresholds(self.cfg.name)],
+        }
 
 
 class Engine:
@@ -179,6 +197,14 @@ class SimilarityCore:
 
         x = eng.embedder.preprocess(Image.fromarray(ramp.astype(np.uint8)))
         eng.embedder.embed(x[None])
+        return eng
+
+    async def engine_async(self, name: str) -> Engine:
+        """`engine` for an event loop: a loaded model costs a dict lookup; loading one runs on
+        the loop's default executor, never on the loop."""
+        eng = self._by_request.get(name)
+        if eng is None:
+            eng = await asyncio.get_running_loop().run_in_executor(None, self.engine, name)
         return eng
 
     def loaded_engine(self, name: str) -> Engine | None:

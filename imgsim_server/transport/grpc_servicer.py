@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
 from functools import partial
 
 import grpc
@@ -50,26 +49,6 @@ def _token(context: grpc.aio.ServicerContext) -> CallToken:
     token = CallToken(remaining if remaining is not None and remaining < 1e7 else None)
     context.add_done_callback(lambda _call: token.cancel())
     return token
-
-
-def list_models_response(core: SimilarityCore) -> pb.ListModelsResponse:
-    """Every registered model as ListModels reports it (also the HTTP /v1/models body)."""
-    models = [
-        pb.ModelInfo(
-            name=m.cfg.name,
-            kind=m.cfg.kind,
-            embedding_dim=m.cfg.embedding_dim,
-            input_size=m.cfg.input_size,
-            weights_source=(f"{m.weights_path} ({m.source})" if m.weights_path else ""),
-            weights_available=m.weights_available,
-            loaded=m.loaded,
-            similarity=m.cfg.similarity,
-            description=m.cfg.description,
-            thresholds=[pb.Threshold(**asdict(t)) for t in calibration.thresholds(m.cfg.name)],
-        )
-        for m in core.models()
-    ]
-    return pb.ListModelsResponse(models=models, default_model=core.cfg.default_model)
 
 
 class StreamSlots:
@@ -114,15 +93,8 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
     def close(self) -> None:
         self._waiters.shutdown(wait=False, cancel_futures=True)
 
-    async def _engine(self, name: str) -> Engine:
-        """The engine for a model name; loading a model runs off the event loop."""
-        eng = self.core.loaded_engine(name)
-        if eng is None:
-            eng = await asyncio.get_running_loop().run_in_executor(None, self.core.engine, name)
-        return eng
-
     async def Compare(self, request: pb.CompareRequest, context: grpc.aio.ServicerContext):
-        eng = await self._engine(request.model)
+        eng = await self.core.engine_async(request.model)
         a, b = _spec(request.image_a), _spec(request.image_b)
         if a.ref or b.ref:
             raise InvalidRequestError("image references (ref) work only inside CompareStream")
@@ -154,7 +126,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             # Images first: their ids must be recorded even if this pair fails.
             a = session.resolve(_spec(req.image_a), "image_a")
             b = session.resolve(_spec(req.image_b), "image_b")
-            eng = await self._engine(req.model)
+            eng = await self.core.engine_async(req.model)
             return eng, await self._admit(self.core.compare_async, eng, a, b, token=token)
 
         async for resp in self._stream(request_iterator, context, submit, self._pair_response):
@@ -165,7 +137,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
     ) -> AsyncIterator[pb.EmbedResponse]:
         async def submit(req: pb.EmbedRequest, session: StreamSession, token: CallToken):
             data = session.resolve(_spec(req.image), "image")
-            eng = await self._engine(req.model)
+            eng = await self.core.engine_async(req.model)
             return eng, await self._admit(self.core.embed_vector_async, eng, data, token=token)
 
         async for resp in self._stream(request_iterator, context, submit, self._image_response):
@@ -290,7 +262,11 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         )
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
-        return list_models_response(self.core)
+        models = [
+            pb.ModelInfo(**{**info, "thresholds": [pb.Threshold(**t) for t in info["thresholds"]]})
+            for info in (m.info() for m in self.core.models())
+        ]
+        return pb.ListModelsResponse(models=models, default_model=self.core.cfg.default_model)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext):
         models = [

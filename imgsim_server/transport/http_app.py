@@ -20,7 +20,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -105,30 +105,14 @@ async def _read_images(request: Request, fields: tuple[str, ...], limit: int):
 
 def _compare_body(fields: tuple[str, ...]) -> dict:
     """OpenAPI description of a request that is multipart files or base64 JSON."""
-    files = {f: {"type": "string", "format": "binary"} for f in fields}
-    b64 = {f: {"type": "string", "format": "byte"} for f in fields}
     model = {"model": {"type": "string", "description": "registry name; empty: the default"}}
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {**files, **model},
-                        "required": list(fields),
-                    }
-                },
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {**b64, **model},
-                        "required": list(fields),
-                    }
-                },
-            },
-        }
-    }
+
+    def schema(fmt: str) -> dict:  # "binary": a file part; "byte": a base64 string
+        props = {f: {"type": "string", "format": fmt} for f in fields}
+        return {"schema": {"type": "object", "properties": props | model, "required": [*fields]}}
+
+    content = {"multipart/form-data": schema("binary"), "application/json": schema("byte")}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
@@ -178,12 +162,6 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
             settings.on_call(f"HTTP {request.method} {path}", code)
         return response
 
-    async def engine(name: str):
-        eng = core.loaded_engine(name)
-        if eng is None:
-            eng = await asyncio.get_running_loop().run_in_executor(None, core.engine, name)
-        return eng
-
     async def result(make_future):
         token = CallToken(REQUEST_TIMEOUT_S)
         try:
@@ -203,7 +181,7 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
     async def compare(request: Request) -> dict:
         """`score` and `model` as in CompareResponse, plus `verdict` for calibrated models."""
         images, model = await _read_images(request, ("image_a", "image_b"), settings.max_body_bytes)
-        eng = await engine(model)
+        eng = await core.engine_async(model)
         score = await result(
             lambda token: core.compare_async(
                 eng, images["image_a"], images["image_b"], block=False, token=token
@@ -218,7 +196,7 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
     async def embed(request: Request) -> dict:
         """`vector`, `dimension`, `similarity` and `model` as in EmbedResponse."""
         images, model = await _read_images(request, ("image",), settings.max_body_bytes)
-        eng = await engine(model)
+        eng = await core.engine_async(model)
         vector = await result(
             lambda token: core.embed_vector_async(eng, images["image"], block=False, token=token)
         )
@@ -232,21 +210,7 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
     @app.get("/v1/models", summary="The server's models, as ListModels")
     async def models() -> dict:
         """ListModelsResponse's fields (a test checks the names against the proto)."""
-        models = [
-            {
-                "name": m.cfg.name,
-                "kind": m.cfg.kind,
-                "embedding_dim": m.cfg.embedding_dim,
-                "input_size": m.cfg.input_size,
-                "weights_source": f"{m.weights_path} ({m.source})" if m.weights_path else "",
-                "weights_available": m.weights_available,
-                "loaded": m.loaded,
-                "similarity": m.cfg.similarity,
-                "description": m.cfg.description,
-                "thresholds": [asdict(t) for t in calibration.thresholds(m.cfg.name)],
-            }
-            for m in core.models()
-        ]
+        models = [m.info() for m in core.models()]
         return {"models": models, "default_model": core.cfg.default_model}
 
     @app.get("/healthz", summary="Liveness: the process serves HTTP")
