@@ -70,6 +70,12 @@ class Preset:
             out["fit"] = self.fit
         return out
 
+    def describe(self) -> str:
+        """The geometry in words, for model descriptions."""
+        if self.fit == "full":
+            return f"whole image resized to {self.crop}x{self.crop}, no crop"
+        return f"shorter side to {self.resize}, centre crop {self.crop}"
+
     def with_policy(self, policy: str) -> Preset:
         """This preset under another resize policy (a key of RESIZE_POLICIES)."""
         return RESIZE_POLICIES[policy](self)

