@@ -164,8 +164,9 @@ def ns_score(sim: np.ndarray, groups: np.ndarray) -> float:
     return float((groups[top4] == groups[:, None]).sum(axis=1).mean())
 
 
-def evaluate_set(vecs: np.ndarray, similarity: str, spec: dict) -> dict:
-    """Pair metrics with intervals, thresholds at FPRS with intervals, and N-S for ukbench."""
+def evaluate_set(vecs: np.ndarray, similarity: str, spec: dict, calibrate: bool = True) -> dict:
+    """Pair metrics with intervals, N-S for ukbench, and (`calibrate`) thresholds at FPRS with
+    intervals."""
     a, b, y = spec["pairs"]
     sim = similarity_matrix(similarity, vecs)
     scores = sim[a, b].astype(np.float64)
@@ -181,6 +182,10 @@ def evaluate_set(vecs: np.ndarray, similarity: str, spec: dict) -> dict:
         "pairs": len(y),
     }
     groups = np.array([g for _, g in spec["items"]])
+    if spec["task"] == "same object":
+        out["ns"] = ns_score(sim, groups)
+    if not calibrate:
+        return out
     same = groups[:, None] == groups[None, :]
     iu = np.triu_indices(len(groups), 1)
     neg_all, pos_all = sim[iu][~same[iu]], sim[iu][same[iu]]
@@ -197,15 +202,13 @@ def evaluate_set(vecs: np.ndarray, similarity: str, spec: dict) -> dict:
                 "negatives": len(neg_all),
             }
         )
-    if spec["task"] == "same object":
-        out["ns"] = ns_score(sim, groups)
     return out
 
 
 # ---- embedding ---------------------------------------------------------------------------------
 
 
-def _embed(emb, arrays: list[np.ndarray], batch: int = 32) -> tuple[np.ndarray, float]:
+def embed_arrays(emb, arrays: list[np.ndarray], batch: int = 32) -> tuple[np.ndarray, float]:
     """Embed preprocessed arrays in batches on the embedder's own worker count; (vectors, s)."""
     chunks = [np.stack(arrays[i : i + batch]) for i in range(0, len(arrays), batch)]
     t0 = time.perf_counter()
@@ -239,11 +242,11 @@ def embed_grid(images: list, models: list) -> dict[str, dict]:
             continue
         emb = create(cfg.name)
         arrays = [emb.preprocess(im) for im in images]
-        vecs, secs = _embed(emb, arrays)
+        vecs, secs = embed_arrays(emb, arrays)
         out[cfg.name] = {"vectors": vecs, "s_per_image": secs / len(images)}
         flips = [m for m in models if m.option("hflip") and graph_name(m) == cfg.name]
         if flips:
-            mvecs, msecs = _embed(emb, [emb.preprocess(im) for im in mirrored])
+            mvecs, msecs = embed_arrays(emb, [emb.preprocess(im) for im in mirrored])
             both = vecs + mvecs
             both /= np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
             for f in flips:
@@ -278,8 +281,8 @@ def runtime_costs(images: list, archs: list[str]) -> list[dict]:
             opts = EmbedderOptions(backend=backend, precision=precision)
             emb = create(name, opts)
             arrays = [emb.preprocess(im) for im in images]
-            _embed(emb, arrays[:32])  # warm-up
-            _, secs = _embed(emb, arrays)
+            embed_arrays(emb, arrays[:32])  # warm-up
+            _, secs = embed_arrays(emb, arrays)
             path = emb.graph if backend == "onnx" else emb.cfg.weights_path(opts)
             rss = subprocess.run(
                 [sys.executable, "-c", _RSS_PROBE, name, backend, precision],
@@ -310,9 +313,8 @@ def int8_check(name: str, sets: dict[str, dict]) -> dict[str, dict]:
     out = {}
     for ds, spec in sets.items():
         images = [decode_image(Path(p).read_bytes()) for p, _ in spec["items"]]
-        vecs, secs = _embed(emb, [emb.preprocess(im) for im in images])
-        r = evaluate_set(vecs, emb.cfg.similarity, spec)
-        r.pop("thresholds")
+        vecs, secs = embed_arrays(emb, [emb.preprocess(im) for im in images])
+        r = evaluate_set(vecs, emb.cfg.similarity, spec, calibrate=False)
         out[ds] = {**r, "images_per_s": len(images) / secs}
     return out
 

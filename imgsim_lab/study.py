@@ -25,7 +25,7 @@ from imgsim_client.scoring import score_pairs
 from imgsim_datasets import pairs as pair_builders
 from imgsim_lab import machine
 from imgsim_lab._paths import RESULTS, ROOT, SHARED
-from imgsim_lab.model_study import ns_score, render_models, similarity_matrix
+from imgsim_lab.model_study import embed_arrays, ns_score, render_models, similarity_matrix
 from imgsim_lab.servers import ServerProcess
 
 DEFAULT_CNN = "efficientnet-lite0"
@@ -99,8 +99,9 @@ def ns_from_images(model: str, images: list[tuple[str, str]], opts: dict | None 
     from imgsim_server.images import decode_image
 
     emb = create(model, EmbedderOptions(**(opts or {})))
-    xs = [emb.preprocess(decode_image(Path(p).read_bytes())) for p, _ in images]
-    vecs = np.concatenate([emb.embed(np.stack(xs[i : i + 32])) for i in range(0, len(xs), 32)])
+    vecs, _ = embed_arrays(
+        emb, [emb.preprocess(decode_image(Path(p).read_bytes())) for p, _ in images]
+    )
     sim = similarity_matrix(get_cfg(model).similarity, vecs)
     return ns_score(sim, np.array([g for _, g in images]))
 
