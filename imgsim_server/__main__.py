@@ -31,16 +31,10 @@ def main(argv: list[str] | None = None) -> int:
             "the max"
         )
     if args.http_port is not None:
-        import importlib.util
-
-        missing = [
-            m for m in ("fastapi", "uvicorn", "multipart") if not importlib.util.find_spec(m)
-        ]
-        if missing:
-            parser.error(
-                f"--http-port needs the [http] extra ({', '.join(missing)} missing): "
-                'pip install "imgsim[http]"'
-            )
+        try:  # its import guard names the missing extra
+            import imgsim_server.transport.http_app  # noqa: F401
+        except ImportError as exc:
+            parser.error(str(exc))
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
