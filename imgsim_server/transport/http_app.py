@@ -25,11 +25,11 @@ from importlib import resources
 from typing import Any
 
 try:
+    import python_multipart  # noqa: F401  (multipart forms; Starlette imports it late)
     import uvicorn
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
-    import python_multipart  # noqa: F401  (multipart forms; Starlette imports it late)
     from swagger_ui_bundle import swagger_ui_path  # noqa: F401  (the offline /docs)
 except ImportError as exc:  # pragma: no cover - exercised by installs without the extra
     raise ImportError(
