@@ -27,9 +27,18 @@ class PairsTable:
 def read_table(path: Path, what: str = "pairs file") -> PairsTable:
     """A CSV's header and rows (strings), with clear errors for a missing or empty file."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
             reader = csv.DictReader(fh)
-            rows = list(reader)
+            rows = []
+            for row in reader:
+                if None in row:  # more fields than the header names: a misquoted value?
+                    header = list(reader.fieldnames or ())
+                    raise PairsFileError(
+                        f"{what} {path}, line {reader.line_num}: {len(header) + len(row[None])} "
+                        f"fields but the header has {len(header)} ({', '.join(header)}); quote "
+                        "values that contain commas"
+                    )
+                rows.append(row)
             columns = list(reader.fieldnames or [])
     except FileNotFoundError:
         raise PairsFileError(f"{what} not found: {path}") from None
@@ -37,7 +46,7 @@ def read_table(path: Path, what: str = "pairs file") -> PairsTable:
         raise PairsFileError(f"cannot read {what} {path}: {exc}") from None
     if not columns:
         raise PairsFileError(f"{what} is empty: {path}")
-    return PairsTable(columns, [{k: v or "" for k, v in r.items() if k is not None} for r in rows])
+    return PairsTable(columns, [{k: v or "" for k, v in r.items()} for r in rows])
 
 
 def write_csv_atomic(columns: list[str], rows: list[dict], out_path: Path) -> None:
@@ -45,7 +54,8 @@ def write_csv_atomic(columns: list[str], rows: list[dict], out_path: Path) -> No
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+        # surrogateescape: a file name that is not valid UTF-8 is written back as its bytes.
+        with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)

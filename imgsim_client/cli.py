@@ -56,6 +56,15 @@ kept. Paths are absolute or relative to the CSV's folder. The server address com
 {EXIT_CODES}"""
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imgsim")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps laid-out text (the epilogs) as written and wraps plain paragraphs; appends real
     defaults: none for empty or unset values, none where the help text states its default."""
@@ -77,7 +86,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def _add_connection(p: argparse.ArgumentParser) -> None:
+def _add_connection(p: argparse.ArgumentParser, model: bool = True) -> None:
     env_server = os.environ.get("IMGSIM_SERVER")
     p.add_argument(
         "--server",
@@ -89,9 +98,10 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
         + ("" if env_server else "$IMGSIM_SERVER")
         + ")",
     )
-    p.add_argument(
-        "--model", default="", help="registry model name (default: the server's default model)"
-    )
+    if model:
+        p.add_argument(
+            "--model", default="", help="registry model name (default: the server's default model)"
+        )
     p.add_argument(
         "--connect-timeout",
         type=float,
@@ -124,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=_Formatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser(
@@ -190,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reconnects, with exponential backoff from 0.5 s to 10 s, when a server that "
         "answered becomes UNAVAILABLE; answered pairs are never sent again",
     )
+    _add_checkpoint(s)
     _add_connection(s)
 
     c = sub.add_parser(
@@ -204,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("image_a", type=Path)
     c.add_argument("image_b", type=Path)
+    c.add_argument("--json", action="store_true", help="print score, model and verdict as JSON")
     _add_connection(c)
 
     e = sub.add_parser(
@@ -267,8 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     em.add_argument("paths", type=Path, nargs="+", help="image files, folders, .csv or .txt lists")
     em.add_argument("-o", "--output", type=Path, required=True, help="vectors .parquet file")
-    em.add_argument("--resume", action="store_true", help="keep the vectors OUTPUT already has")
+    em.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the vectors OUTPUT already has (from an interrupted run) and embed only "
+        "the rest; an OUTPUT of another model is refused",
+    )
     em.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_checkpoint(em)
     _add_connection(em)
 
     ix = sub.add_parser(
@@ -326,13 +345,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the server's models and whether they can load",
         formatter_class=_Formatter,
     )
-    _add_connection(m)
+    m.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_connection(m, model=False)
     st = sub.add_parser(
         "stats", help="show the server's batching and cache counters", formatter_class=_Formatter
     )
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_connection(st)
+    _add_connection(st, model=False)
     return p
+
+
+def _add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="write the partial OUTPUT (atomically) this often, so that a killed run loses at "
+        "most this much work; it is also written on Ctrl-C and on failure, for --resume",
+    )
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:
@@ -384,6 +415,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 idle_timeout_s=args.timeout,
                 retry=RetryPolicy(retries=args.retries),
                 resume=args.resume,
+                checkpoint_s=args.checkpoint_every,
                 streams=args.streams or target_addresses(args.server),
             )
         except (ImgsimError, KeyboardInterrupt):
@@ -452,8 +484,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise PairsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     with _connect(args) as client:
-        score, _, verdict = client.compare_pair(data[0], data[1], model=args.model)
-    print(f"{score:.4f} {verdict}".rstrip())
+        score, model, verdict = client.compare_pair(data[0], data[1], model=args.model)
+    if args.json:
+        import json
+
+        print(json.dumps({"score": score, "model": model, "verdict": verdict}))
+    else:
+        print(f"{score:.4f} {verdict}".rstrip())
     return OK
 
 
@@ -472,6 +509,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         resp = client.list_models()
+    if args.json:
+        import json
+
+        print(json.dumps(_plain(resp), indent=2))
+        return OK
     tasks = ("near-duplicate", "same object", "same category")
     print(
         f"{'name':<34}{'kind':<10}{'dim':>5}{'input':>6}  {'similarity':<10} {'weights':<8}"
@@ -567,16 +609,40 @@ def _cmd_perf(args: argparse.Namespace) -> int:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from imgsim_client import collection
+    from imgsim_client._csv import PairsFileError
+    from imgsim_client.client import ImgsimError
     from imgsim_client.index import read_parquet, write_parquet
 
     paths = collection.list_images(args.paths)
-    done = {}
-    if args.resume and args.output.exists():
-        wanted = set(paths)
-        done = collection.from_vectors(read_parquet(args.output))
-        done = {k: v for k, v in done.items() if k in wanted}
     with _connect(args) as client:
-        results = collection.embed_paths(client, paths, args.model, not args.no_progress, done=done)
+        done = {}
+        if args.resume and args.output.exists():
+            kept = read_parquet(args.output)
+            model = args.model or client.list_models().default_model
+            if kept.keys and kept.model != model:
+                raise PairsFileError(
+                    f"cannot resume: {args.output} holds {kept.model} vectors, and this run "
+                    f"embeds with {model}; vectors of two models do not compare. It was left "
+                    "untouched: choose another -o, or the file's --model"
+                )
+            by_key = {collection.display_path(p): p for p in paths}
+            done = {by_key[k]: v for k, v in collection.from_vectors(kept).items() if k in by_key}
+
+        def checkpoint(results) -> None:
+            write_parquet(collection.to_vectors(results, paths), args.output)
+
+        try:
+            results = collection.embed_paths(
+                client, paths, args.model, not args.no_progress, done=done,
+                checkpoint=checkpoint, checkpoint_s=args.checkpoint_every,
+            )  # fmt: skip
+        except (ImgsimError, KeyboardInterrupt):
+            print(
+                f"imgsim-client: partial vectors written to {args.output}; rerun with --resume "
+                "to finish",
+                file=sys.stderr,
+            )
+            raise
     vectors = collection.to_vectors(results, paths)
     write_parquet(vectors, args.output)
     print(
@@ -614,6 +680,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     import numpy as np
 
     from imgsim_client import collection
+    from imgsim_client._csv import write_csv_atomic
 
     index = _load_index(args.index)
     queries = collection.list_images(args.queries)
@@ -633,16 +700,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
                     rows.append(
                         {"query": q, "rank": rank, "path": index.keys[i], "score": f"{s:.6f}"}
                     )
-    out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
-    try:
+    columns = ["query", "rank", "path", "score"]
+    if args.output:
+        write_csv_atomic(columns, rows, Path(args.output))
+    else:
         import csv
 
-        writer = csv.DictWriter(out, fieldnames=["query", "rank", "path", "score"])
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(rows)
-    finally:
-        if args.output:
-            out.close()
+        writer.writerows({**r, "query": collection.display_path(r["query"])} for r in rows)
     for q in queries:
         if not results[q].ok:
             print(f"imgsim-client: {q}: {results[q].error}", file=sys.stderr)
@@ -650,9 +716,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_dedup(args: argparse.Namespace) -> int:
-    import csv
-
     from imgsim_client import collection
+    from imgsim_client._csv import write_csv_atomic
     from imgsim_client.index import VectorIndex, groups
 
     paths = collection.list_images(args.paths)
@@ -677,11 +742,12 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
     exact = index.params.kind == "exact"
     pairs, capped = index.self_pairs(vectors.matrix, threshold, None if exact else args.k)
     label = groups(len(vectors.keys), pairs)
-    with args.output.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image_a", "image_b", "score", "group"])
-        for a, b, s in pairs:
-            writer.writerow([vectors.keys[a], vectors.keys[b], f"{s:.6f}", label[a]])
+    rows = [
+        {"image_a": vectors.keys[a], "image_b": vectors.keys[b], "score": f"{s:.6f}",
+         "group": label[a]}
+        for a, b, s in pairs
+    ]  # fmt: skip
+    write_csv_atomic(["image_a", "image_b", "score", "group"], rows, args.output)
     n_groups = len({label[a] for a, _, _ in pairs})
     how = "exact range search: every pair" if exact else (
         f"approximate k-NN, k={args.k}: {capped} image(s) reached k, so pairs in groups "
@@ -721,6 +787,9 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE
     try:
         return HANDLERS[args.command](args)
+    except BrokenPipeError:  # `imgsim-client stats | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
     except KeyboardInterrupt:
         print("imgsim-client: interrupted", file=sys.stderr)
         return INTERRUPTED

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -69,6 +70,16 @@ def list_images(paths: list[Path]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def display_path(path: str) -> str:
+    """A path as text any file format can hold: a name that is not valid UTF-8 (Python keeps
+    its bytes as surrogate escapes) gets backslash escapes instead, e.g. `caf\\xe9.jpg`."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _relative_to(listing: Path, path: str) -> str:
     return path if os.path.isabs(path) else str(listing.parent / path)
 
@@ -80,45 +91,66 @@ def embed_paths(
     progress: bool = True,
     retry: RetryPolicy | None = None,
     done: dict[str, ImageResult] | None = None,
+    checkpoint: Callable[[dict[str, ImageResult]], None] | None = None,
+    checkpoint_s: float = 30.0,
 ) -> dict[str, ImageResult]:
     """Every path's embedding (or error), each image sent once; on UNAVAILABLE, once a server
     has answered, a new stream carries only the images not answered yet. `done` holds results
-    of an earlier run to keep (resume)."""
+    of an earlier run to keep (resume). `checkpoint(results)` is called every `checkpoint_s`
+    seconds and, before the exception propagates, when the run fails or is interrupted
+    (Ctrl-C), so that what is done is kept for a resume."""
     from tqdm import tqdm
 
     retry = retry or RetryPolicy()
     results: dict[str, ImageResult] = dict(done or {})
-    reconnects = 0
+    last = [time.monotonic()]
+
+    def answered(path: str, res: ImageResult) -> None:
+        results[path] = res
+        bar.update(1)
+        if checkpoint is not None and time.monotonic() - last[0] >= checkpoint_s:
+            checkpoint(results)
+            last[0] = time.monotonic()
+
     with tqdm(total=len(paths), initial=len(results), unit="img", disable=not progress) as bar:
-        while True:
-            todo = [p for p in paths if p not in results]
-            if not todo:
-                return results
+        try:
+            return _embed_all(client, paths, model, retry, results, answered, bar)
+        except BaseException:
+            if checkpoint is not None:
+                checkpoint(results)
+            raise
 
-            def requests(todo=todo):
-                for i, path in enumerate(todo):
-                    try:
-                        data = Path(path).read_bytes()
-                    except OSError as exc:
-                        results[path] = ImageResult(
-                            path, None, model, "", grpc.StatusCode.NOT_FOUND,
-                            f"cannot read image: {exc.strerror or exc}",
-                        )  # fmt: skip
-                        bar.update(1)
-                        continue
-                    yield ImageRequest(str(i), data, model=model)
 
-            try:
-                for res in client.embed_stream(requests(), idle_timeout=client.timeout):
-                    results[todo[int(res.image_id)]] = res
-                    bar.update(1)
-                return results
-            except ImgsimError as err:
-                if not retry.should_reconnect(err, client, reconnects):
-                    raise
-                reconnects += 1
-                bar.write(f"imgsim-client: {err.message}; reconnecting (retry {reconnects})")
-                time.sleep(retry.backoff(reconnects))
+def _embed_all(client, paths, model, retry, results, answered, bar) -> dict[str, ImageResult]:
+    """The streams of `embed_paths`: reopened with what is left after a lost server."""
+    reconnects = 0
+    while True:
+        todo = [p for p in paths if p not in results]
+        if not todo:
+            return results
+
+        def requests(todo=todo):
+            for i, path in enumerate(todo):
+                try:
+                    data = Path(path).read_bytes()
+                except OSError as exc:
+                    answered(path, ImageResult(
+                        path, None, model, "", grpc.StatusCode.NOT_FOUND,
+                        f"cannot read image: {exc.strerror or exc}",
+                    ))  # fmt: skip
+                    continue
+                yield ImageRequest(str(i), data, model=model)
+
+        try:
+            for res in client.embed_stream(requests(), idle_timeout=client.timeout):
+                answered(todo[int(res.image_id)], res)
+            return results
+        except ImgsimError as err:
+            if not retry.should_reconnect(err, client, reconnects):
+                raise
+            reconnects += 1
+            bar.write(f"imgsim-client: {err.message}; reconnecting (retry {reconnects})")
+            time.sleep(retry.backoff(reconnects))
 
 
 def to_vectors(results: dict[str, ImageResult], order: list[str]):
@@ -129,14 +161,20 @@ def to_vectors(results: dict[str, ImageResult], order: list[str]):
 
     ok = [p for p in order if p in results and results[p].ok]
     errors = {
-        p: f"{results[p].error_code.name}: {results[p].error}"
+        display_path(p): f"{results[p].error_code.name}: {results[p].error}"
         for p in order
         if p in results and not results[p].ok
     }
     first = results[ok[0]] if ok else None
+    models = {results[p].model for p in ok}
+    if len(models) > 1:
+        raise PairsFileError(
+            f"the vectors come from several models ({', '.join(sorted(models))}); one file "
+            "holds one model's vectors"
+        )
     matrix = np.array([results[p].vector for p in ok], dtype=np.float32)
     return Vectors(
-        ok,
+        [display_path(p) for p in ok],
         matrix if ok else np.zeros((0, 0), np.float32),
         first.model if first else "",
         first.similarity if first else "cosine",

@@ -65,7 +65,7 @@ def score_partition(
         streams=streams,
     )
     out = pd.DataFrame(rows, columns=[*columns, *OUTPUT_COLUMNS])
-    return out.astype({"score": "string", "error": "string"})
+    return out.astype({"score": "string", "model": "string", "error": "string"})
 
 
 def _absolute(df: pd.DataFrame, base: str) -> pd.DataFrame:

@@ -29,7 +29,8 @@ __all__ = ["PairsFileError", "RetryPolicy", "ScoreSummary", "read_pairs", "score
 log = logging.getLogger(__name__)
 
 NOT_SCORED = "not scored: the run was interrupted (rerun with --resume to finish it)"
-OUTPUT_COLUMNS = ("score", "error")
+OUTPUT_COLUMNS = ("score", "model", "error")
+CHECKPOINT_S = 30.0  # default seconds between checkpoints of a long run
 
 
 @dataclass(frozen=True)
@@ -140,11 +141,12 @@ class _Requests:
             yield PairRequest(pair_id, da, db, ra, rb, ia, ib, self.model)
 
 
-def load_partial(out_path: Path, table: PairsTable) -> dict[str, PairResult]:
-    """The scored rows of an earlier (partial) output of the same input.
+def load_partial(out_path: Path, table: PairsTable, model: str = "") -> dict[str, PairResult]:
+    """The scored rows of an earlier (partial) output of the same input and model.
 
-    The output must belong to this input: the same pair ids with the same image paths. If it
-    does not, PairsFileError says so and the file is left untouched.
+    The output must belong to this input: the same pair ids with the same image paths, and,
+    when `model` is given, scores of that model. If it does not, PairsFileError says so and
+    the file is left untouched.
     """
     if not out_path.exists():
         log.warning("nothing to resume: %s does not exist; scoring every pair", out_path)
@@ -165,8 +167,15 @@ def load_partial(out_path: Path, table: PairsTable) -> dict[str, PairResult]:
             f"{', '.join(map(repr, differ[:3]))}). It was left untouched: choose another "
             "-o, or drop --resume to score every pair again"
         )
+    models = {r.get("model", "") for r in old.rows if r["score"].strip()} - {""}
+    if model and models and models != {model}:
+        raise PairsFileError(
+            f"cannot resume: {out_path} holds scores of {', '.join(sorted(models))}, and this "
+            f"run scores with {model}; scores of two models are not comparable. It was left "
+            "untouched: choose another -o, or the file's --model"
+        )
     return {
-        row["pair_id"]: PairResult(row["pair_id"], float(row["score"]))
+        row["pair_id"]: PairResult(row["pair_id"], float(row["score"]), row.get("model", ""))
         for row in old.rows
         if row["score"].strip()  # empty: not scored yet, or failed
     }
@@ -184,6 +193,7 @@ def scored_rows(
     for row in table.rows:
         pair_id = row["pair_id"]
         res = results.get(pair_id)
+        model = res.model if res is not None else ""
         if res is not None and res.ok:
             score, error = f"{res.score:.6f}", ""
         elif pair_id in local_errors:
@@ -192,7 +202,7 @@ def scored_rows(
             score = ""
             error = f"{res.error_code.name}: {res.error}" if res is not None else missing
         failed += bool(error)
-        out.append({**row, "score": score, "error": error})
+        out.append({**row, "score": score, "model": model, "error": error})
     return columns, out, failed
 
 
@@ -357,7 +367,7 @@ def score_pairs(
     idle_timeout_s: float | None = None,
     retry: RetryPolicy | None = None,
     resume: bool = False,
-    checkpoint_s: float = 60.0,
+    checkpoint_s: float = CHECKPOINT_S,
     streams: int = 1,
 ) -> ScoreSummary:
     """Score every row of `csv_path` and write it, in input order, with score and error.
@@ -373,7 +383,9 @@ def score_pairs(
     retry = retry or RetryPolicy()
     table = read_pairs(csv_path)
     rows = [(r["pair_id"], r["image_a"], r["image_b"]) for r in table.rows]
-    results: dict[str, PairResult] = load_partial(out_path, table) if resume else {}
+    results: dict[str, PairResult] = {}
+    if resume:  # the scores kept must be of the model this run scores with
+        results = load_partial(out_path, table, model or client.list_models().default_model)
     resumed = len(results)
     todo = [r for r in rows if r[0] not in results]
     chunks = _split(todo, streams)

@@ -30,6 +30,8 @@ class ServerProcess:
             "0",
             "--log-level",
             "WARNING",
+            # The lab compares every model; a deployed server serves its allowlist only.
+            *(() if "--models" in self.flags else ("--models", "all")),
             *self.flags,
         ]
         self.proc = subprocess.Popen(

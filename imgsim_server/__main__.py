@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             import imgsim_server.transport.http_app  # noqa: F401
         except ImportError as exc:
             parser.error(str(exc))
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from imgsim_server import logs, memory
+
+    logs.install(args.log_level)
+    memory.tune_malloc()  # so that RSS falls back after a burst of large images
     from imgsim_server.transport.grpc_server import serve
 
     return serve(config_from_args(args))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from imgsim_server.errors import ConfigurationError
+from imgsim_server.errors import ConfigurationError, OverloadedError
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,8 @@ class DynamicBatcher:
         self.on_batch = on_batch
         self._queue: queue.Queue = queue.Queue()
         self._stats_lock = threading.Lock()
+        self._closed = False
+        self._close_lock = threading.Lock()
         # Several workers run batches concurrently when the embedder supports it (ONNX Runtime
         # sessions with one thread each): a stalled worker then delays only its own batch.
         self._threads = [
@@ -143,16 +145,24 @@ class DynamicBatcher:
         """Queue one preprocessed input; `done` gets its embedding row (on a batcher thread).
 
         `wanted()` is asked just before the model runs; if False the item is dropped silently
-        (the caller's `wanted` is expected to settle the item itself).
+        (the caller's `wanted` is expected to settle the item itself). Once the batcher is
+        closed (its model unloaded), `done` gets OverloadedError at once: retry loads it again.
         """
-        self._queue.put(_Job(x, done, wanted, time.perf_counter()))
+        with self._close_lock:
+            if not self._closed:
+                self._queue.put(_Job(x, done, wanted, time.perf_counter()))
+                return
+        done(None, OverloadedError(f"model {self.name} was just unloaded; retry"))
 
     def qsize(self) -> int:
         return self._queue.qsize()
 
     def close(self, timeout: float | None = 5.0) -> None:
-        for _ in self._threads:
-            self._queue.put(_STOP)
+        """Stop after the work queued so far (every queued item is still answered)."""
+        with self._close_lock:
+            self._closed = True
+            for _ in self._threads:
+                self._queue.put(_STOP)
         for t in self._threads:
             t.join(timeout)
 

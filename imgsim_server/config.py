@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgsim_server.images import DecodeLimits
+from imgsim_server.memory import default_budget_mb
 
 # Chosen by the rule in results/study.md (make study): the best mean AUC rank over the labelled
 # sets within 2.5x efficientnet-lite0's cost, no set worse beyond its interval. The old default,
@@ -35,6 +36,10 @@ class CoreConfig:
     cache_mb: float = 256.0
     decode_workers: int = 2
     limits: DecodeLimits = field(default_factory=DecodeLimits)
+    # Served models: the default, the classical ones and these; ("all",) serves every one.
+    models: tuple[str, ...] = ()
+    max_loaded_models: int = 4  # least recently used models beyond this are unloaded
+    memory_budget_mb: int = field(default_factory=default_budget_mb)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,9 @@ class ServerConfig:
     tls_client_ca: Path | None = None
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None = off, 0 = a free port
     http_port: int | None = None  # HTTP/JSON API and web page ([http] extra); None = off
+    http_request_timeout_s: float = 30.0  # to receive a whole request (headers and body)
+    http_min_body_rate: int = 256 * 1024  # bytes/s a body must keep up, on top of that
+    http_max_connections: int = 0  # 0: derived from RLIMIT_NOFILE
     core: CoreConfig = field(default_factory=CoreConfig)
 
     @property
@@ -106,6 +114,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=env("IMGSIM_MODEL", DEFAULT_MODEL),
         help="default model for requests that name none (see imgsim-client models)",
+    )
+    p.add_argument(
+        "--models",
+        default=env("IMGSIM_MODELS", ""),
+        metavar="NAME[,NAME...]|all",
+        help="models this server serves, besides --model and the classical ones (phash, "
+        "color-hist, pixels); 'all' serves every registered model. A request for another "
+        "model gets NOT_FOUND. Where torch is installed, graphs missing for the models named "
+        "here are exported at start-up; a request never exports (default: $IMGSIM_MODELS)",
+    )
+    p.add_argument(
+        "--max-loaded-models",
+        type=int,
+        default=4,
+        help="models loaded at once; loading one more unloads the least recently used "
+        "(never --model)",
+    )
+    p.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=int(env("IMGSIM_MEMORY_BUDGET_MB", "0")) or None,
+        help="bytes held for requests at once, server-wide: request bodies, stream image "
+        "tables, decoded pixels, queued inputs. A request that would exceed it gets "
+        "RESOURCE_EXHAUSTED (HTTP 429). Default: a quarter of the machine's (or cgroup's) "
+        f"memory, 256 to 4096 MiB; here {default_budget_mb()}",
     )
     p.add_argument(
         "--weights",
@@ -260,7 +293,35 @@ def build_parser() -> argparse.ArgumentParser:
         "process, core, cache, limits, auth and TLS; needs the [http] extra "
         "(default: $IMGSIM_HTTP_PORT; unset = off; 0 = a free port)",
     )
+    p.add_argument(
+        "--http-request-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="an HTTP connection must deliver a whole request's headers within this long "
+        "(and its body within this plus its size at --http-min-body-rate), else it is closed "
+        "with 408 (nginx's client_header_timeout, whose default is 60)",
+    )
+    p.add_argument(
+        "--http-min-body-rate",
+        type=int,
+        default=256 * 1024,
+        metavar="BYTES_PER_S",
+        help="the slowest upload rate a request body may have, beyond --http-request-timeout",
+    )
+    p.add_argument(
+        "--http-max-connections",
+        type=int,
+        default=0,
+        help="open HTTP connections at once; one more is closed at once. 0 = derived from the "
+        "process's open-file limit (RLIMIT_NOFILE), leaving room for gRPC and files",
+    )
     return p
+
+
+def parse_models(value: str) -> tuple[str, ...]:
+    """`--models a,b` or `all` as the config's tuple."""
+    return tuple(m.strip() for m in value.split(",") if m.strip())
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -278,6 +339,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         cache_mb=args.cache_mb,
         decode_workers=args.decode_workers,
         limits=DecodeLimits(max_pixels=args.max_pixels),
+        models=parse_models(args.models),
+        max_loaded_models=args.max_loaded_models,
+        memory_budget_mb=args.memory_budget_mb or default_budget_mb(),
     )
     return ServerConfig(
         host=args.host,
@@ -295,5 +359,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_client_ca=args.tls_client_ca,
         metrics_port=args.metrics_port,
         http_port=args.http_port,
+        http_request_timeout_s=args.http_request_timeout,
+        http_min_body_rate=args.http_min_body_rate,
+        http_max_connections=args.http_max_connections,
         core=core,
     )

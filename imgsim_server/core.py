@@ -39,11 +39,54 @@ from imgsim_server.embedders import (
 from imgsim_server.embedders import _calibration as calibration
 from imgsim_server.errors import (
     CancelledError,
+    CoreError,
+    ModelNotFoundError,
     OverloadedError,
 )
 from imgsim_server.images import decode_image
+from imgsim_server.memory import Charge, MemoryBudget, MiB, Trimmer
+
+# Bytes charged to the memory budget per decoded pixel: the RGB(A) image and one converted copy.
+DECODE_BYTES_PER_PIXEL = 8
 
 log = logging.getLogger(__name__)
+
+
+# Longest part of a request (a model name, an image id) that an error message repeats.
+ECHO_LIMIT = 80
+
+
+def bounded_name(value: str, limit: int = ECHO_LIMIT) -> str:
+    """`value` as an error message may repeat it: at most `limit` characters."""
+    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
+
+
+def clip(score: float, similarity: str) -> float:
+    """A score within its similarity's range: rounding must not give 1.0000001."""
+    low = 0.0 if similarity == "hamming" else -1.0
+    return min(1.0, max(low, score))
+
+
+def served_models(cfg: CoreConfig) -> frozenset[str] | None:
+    """The models a server with `cfg` serves (None: every registered one): its default, the
+    classical ones and those named."""
+    if "all" in cfg.models:
+        return None
+    names = {cfg.default_model, *cfg.models}
+    names |= {m.name for m in list_models() if m.kind == "classical"}
+    for name in names:
+        get_cfg(name)  # fail fast on a misspelt name
+    return frozenset(names)
+
+
+def _named(exc: BaseException | None, which: str) -> BaseException | None:
+    """`exc` with the image it concerns named first (`image_b: corrupt or truncated ...`), as
+    the same type so that its status code stays."""
+    if exc is None or not isinstance(exc, CoreError) or isinstance(exc, CancelledError):
+        return exc
+    named = type(exc)(f"{which}: {exc}")
+    named.__cause__ = exc.__cause__
+    return named
 
 
 class CallToken:
@@ -79,12 +122,13 @@ class CallToken:
 class _Pending:
     """One image being embedded, and the calls waiting for it (several, after dedup)."""
 
-    __slots__ = ("future", "key", "tokens")
+    __slots__ = ("charge", "future", "key", "tokens")
 
-    def __init__(self, key: tuple[str, bytes], token: CallToken | None) -> None:
+    def __init__(self, key: tuple[str, bytes], token: CallToken | None, charge: Charge) -> None:
         self.key = key
         self.future: Future = Future()
         self.tokens: list[CallToken | None] = [token]
+        self.charge = charge  # decoded pixels, then the preprocessed input
 
     def wanted(self) -> bool:
         return any(t is None or not t.cancelled for t in self.tokens)
@@ -139,6 +183,7 @@ class Engine:
         self.batcher = DynamicBatcher(
             self.cfg.name, embedder.embed, self.policy, embedder.concurrency(), on_batch
         )
+        self.last_used = time.monotonic()  # for least-recently-used unloading
 
 
 class SimilarityCore:
@@ -147,6 +192,10 @@ class SimilarityCore:
     def __init__(self, cfg: CoreConfig) -> None:
         self.cfg = cfg
         get_cfg(cfg.default_model)  # fail fast on an unknown default
+        self.served = served_models(cfg)  # None: every registered model
+        self.budget = MemoryBudget(cfg.memory_budget_mb * MiB)
+        self._trimmer = Trimmer(self.budget)
+        self.models_unloaded = 0
         self.cache = EmbeddingCache(int(cfg.cache_mb * 1024 * 1024))
         self._engines: dict[str, Engine] = {}  # by model name
         self._by_request: dict[str, Engine] = {}  # by the name requests use ('' = default)
@@ -164,7 +213,9 @@ class SimilarityCore:
 
     # ---- models -----------------------------------------------------------------------------
 
-    def options_for(self, name: str) -> EmbedderOptions:
+    def options_for(self, name: str, export: bool = False) -> EmbedderOptions:
+        """Runtime options for a model; `export` lets a missing graph be exported (start-up
+        only: a request never exports)."""
         weights = dict(self.cfg.weights).get(name)
         return EmbedderOptions(
             device=self.cfg.device,
@@ -172,12 +223,15 @@ class SimilarityCore:
             backend=self.cfg.backend,
             precision=self.cfg.precision,
             onnx_dir=self.cfg.onnx_dir,
+            export_missing=export,
         )
 
     def models(self) -> list[ModelStatus]:
         """Every registered model: where it loads from, whether it can load, whether it has."""
         out = []
         for mcfg in list_models():
+            if self.served is not None and mcfg.name not in self.served:
+                continue
             opts = self.options_for(mcfg.name)
             loaded = mcfg.name in self._engines
             if (graph := mcfg.artifact(opts)) is not None:  # served from it, weights or not
@@ -188,9 +242,10 @@ class SimilarityCore:
         return out
 
     def warm_up(self, name: str) -> Engine:
-        """Load a model and run one image through it (the first run of a runtime is slow),
-        so that a server reports ready only when its first call will be quick."""
-        eng = self.engine(name)
+        """Load a model (exporting its graph first where that is possible and needed) and run
+        one image through it (the first run of a runtime is slow), so that a server reports
+        ready only when its first call will be quick."""
+        eng = self.engine(name, export=True)
         side = eng.cfg.input_size
         ramp = np.linspace(0, 255, side * side * 3, dtype=np.float32).reshape(side, side, 3)
         from PIL import Image
@@ -207,23 +262,38 @@ class SimilarityCore:
             eng = await asyncio.get_running_loop().run_in_executor(None, self.engine, name)
         return eng
 
-    def loaded_engine(self, name: str) -> Engine | None:
-        """The engine for a request's model name if it is loaded already (never blocks)."""
-        return self._by_request.get(name)
+    def prepare_graphs(self) -> None:
+        """Start-up: export the graphs missing for the models `--models` names (where torch
+        is installed), so that requests for them never need to."""
+        for name in self.cfg.models:
+            if name == "all" or get_cfg(name).kind != "cnn" or name == self.cfg.default_model:
+                continue
+            try:
+                create(name, self.options_for(name, export=True))
+            except CoreError as exc:  # served all the same: its requests say what is missing
+                log.warning("model %s cannot load: %s", name, exc)
 
-    def engine(self, name: str) -> Engine:
+    def engine(self, name: str, export: bool = False) -> Engine:
         """The engine a request's model name ('' = the default) resolves to, loaded on first
-        use and kept. After the first call a name costs one dict lookup."""
+        use and kept while it is among the `max_loaded_models` most recently used. After the
+        first call a name costs one dict lookup."""
         eng = self._by_request.get(name)
         if eng is not None:
+            eng.last_used = time.monotonic()
             return eng
-        mcfg = get_cfg(name or self.cfg.default_model)
+        mcfg = get_cfg(bounded_name(name) if name else self.cfg.default_model)
+        if self.served is not None and mcfg.name not in self.served:
+            raise ModelNotFoundError(
+                f"model {mcfg.name!r} is not served here (start the server with --models "
+                f"{mcfg.name}, or --models all); served: {', '.join(sorted(self.served))}"
+            )
         with self._load_lock:
             eng = self._engines.get(mcfg.name)
             if eng is None:
                 started = time.perf_counter()
-                embedder = create(mcfg.name, self.options_for(mcfg.name))
+                embedder = create(mcfg.name, self.options_for(mcfg.name, export))
                 eng = Engine(embedder, self.cfg, self._on_batch)
+                self._unload_beyond(self.cfg.max_loaded_models - 1)
                 self._engines[mcfg.name] = eng
                 log.info(
                     "loaded model %s in %.1fs: %s; batch policy: %s",
@@ -233,7 +303,23 @@ class SimilarityCore:
                     eng.policy.describe(),
                 )
             self._by_request[name] = eng
+        eng.last_used = time.monotonic()
         return eng
+
+    def _unload_beyond(self, keep: int) -> None:
+        """Unload the least recently used models (never the default) until at most `keep`
+        remain (caller holds _load_lock). Work already queued for one still finishes."""
+        while len(self._engines) > max(keep, 0):
+            victims = [e for n, e in self._engines.items() if n != self.cfg.default_model]
+            if not victims:
+                return
+            old = min(victims, key=lambda e: e.last_used)
+            del self._engines[old.cfg.name]
+            for key in [k for k, e in self._by_request.items() if e is old]:
+                del self._by_request[key]
+            self.models_unloaded += 1
+            log.info("unloaded model %s (least recently used of %d)", old.cfg.name, keep + 1)
+            threading.Thread(target=old.batcher.close, name="unload", daemon=True).start()
 
     # ---- embedding --------------------------------------------------------------------------
 
@@ -265,13 +351,13 @@ class SimilarityCore:
                     existing.tokens.append(token)
                     return existing.future
                 if admitted or self._admission.acquire(blocking=False):
-                    pending = _Pending(key, token)
+                    pending = _Pending(key, token, Charge(self.budget))
                     self._inflight[key] = pending
                     break
             if not block or not self._admission.acquire(timeout=timeout):
                 raise OverloadedError(f"server queue is full ({self.cfg.queue_size} images)")
             admitted = True
-        pending.future.add_done_callback(lambda _f: self._admission.release())
+        pending.future.add_done_callback(lambda _f: self._done(pending))
         if token is not None and token.cancelled:  # it went away while waiting for admission
             self._settle(pending, CancelledError(_GONE))
         else:
@@ -303,6 +389,10 @@ class SimilarityCore:
         raw.add_done_callback(done)
         return out
 
+    def _done(self, pending: _Pending) -> None:
+        pending.charge.release()
+        self._admission.release()
+
     def _forget(self, pending: _Pending) -> None:
         """Take `pending` out of the in-flight table (caller holds _inflight_lock)."""
         if self._inflight.get(pending.key) is pending:
@@ -329,9 +419,18 @@ class SimilarityCore:
     def _prepare(self, eng: Engine, data: bytes, pending: _Pending) -> None:
         if not self._still_wanted(pending):
             return
+
+        def reserve(width: int, height: int) -> None:
+            pending.charge.add(
+                width * height * DECODE_BYTES_PER_PIXEL, f"decoding a {width}x{height} image"
+            )
+
         try:
-            img = decode_image(data, self.cfg.limits, eng.embedder.draft_size())
+            img = decode_image(data, self.cfg.limits, eng.embedder.draft_size(), reserve)
             x = eng.embedder.preprocess(img)
+            del img
+            pending.charge.release()
+            pending.charge.add(x.nbytes, "a preprocessed image")
         except Exception as exc:
             self._settle(pending, exc)
             return
@@ -379,13 +478,13 @@ class SimilarityCore:
                 remaining[0] -= 1
                 if remaining[0]:
                     return
-            exc = fa.exception() or fb.exception()
+            exc = _named(fa.exception(), "image_a") or _named(fb.exception(), "image_b")
             if exc is not None:
                 self._count(failed=True)
                 out.set_exception(exc)
             else:
                 self._count(failed=False)
-                out.set_result(eng.similarity(fa.result(), fb.result()))
+                out.set_result(clip(eng.similarity(fa.result(), fb.result()), eng.cfg.similarity))
 
         fa.add_done_callback(one_done)
         fb.add_done_callback(one_done)
@@ -412,6 +511,7 @@ class SimilarityCore:
         return sum(eng.batcher.qsize() for eng in self._engines.values())
 
     def close(self) -> None:
+        self._trimmer.stop()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         for eng in self._engines.values():
             eng.batcher.close()

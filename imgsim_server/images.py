@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,7 +23,10 @@ class DecodeLimits:
 
 
 def decode_image(
-    data: bytes, limits: DecodeLimits = DecodeLimits(), draft_size: int | None = None
+    data: bytes,
+    limits: DecodeLimits = DecodeLimits(),
+    draft_size: int | None = None,
+    reserve: Callable[[int, int], None] | None = None,
 ) -> Image.Image:
     """Decode encoded bytes into an RGB image with EXIF orientation applied.
 
@@ -30,7 +34,9 @@ def decode_image(
     (animated GIF/WebP, multi-page TIFF) give their first frame.
 
     `draft_size` lets JPEG decode at a reduced scale (Pillow draft mode) when the file is much
-    larger than the model input. Raises InvalidImageError with a message naming the problem.
+    larger than the model input. `reserve(width, height)` is called with the size about to be
+    decoded, before any pixel is, and may refuse by raising (the memory budget does). Raises
+    InvalidImageError with a message naming the problem.
     """
     if not data:
         raise InvalidImageError("empty image bytes")
@@ -55,6 +61,11 @@ def decode_image(
     try:
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
+    except Exception as exc:
+        raise InvalidImageError(f"corrupt or truncated {img.format} image: {exc}") from None
+    if reserve is not None:
+        reserve(*img.size)
+    try:
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # no copy when upright
         return to_rgb(img)

@@ -60,10 +60,12 @@ def photos() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def server():
     """A real server with the default model, on a free loopback port."""
-    core = CoreConfig(default_model=TEST_MODEL, max_batch_size=32, max_delay_ms=20.0)
+    core = CoreConfig(
+        default_model=TEST_MODEL, max_batch_size=32, max_delay_ms=20.0, models=("all",)
+    )
     cfg = ServerConfig(host="127.0.0.1", port=0, core=core)
     running = start_server(cfg)
-    running.core.engine(cfg.core.default_model)  # load once for the session
+    running.core.warm_up(cfg.core.default_model)  # load (exporting if needed) once
     yield running
     running.stop(grace=1.0)
 
@@ -110,7 +112,7 @@ def replicas():
         for _ in range(n):
             core = CoreConfig(default_model=TEST_MODEL)
             running = start_server(ServerConfig(host="127.0.0.1", port=0, core=core))
-            running.core.engine("")  # loaded, as a deployed replica is before it is ready
+            running.core.warm_up(TEST_MODEL)  # loaded, as a deployed replica is before it is ready
             started.append(running)
         return started[-n:]
 

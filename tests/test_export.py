@@ -71,8 +71,9 @@ def test_export_writes_a_graph_and_its_manifest(exported, capsys):
 def test_a_server_without_torch_serves_the_exported_graph(exported, client, photos):
     a, b = photos["chelsea"].read_bytes(), photos["coffee"].read_bytes()
     proc, port, out = _start_without_torch(
-        "--onnx-dir", str(exported), "--model", "efficientnet-lite0"
-    )
+        "--onnx-dir", str(exported), "--model", "efficientnet-lite0",
+        "--models", "efficientnet-lite0-gem",
+    )  # fmt: skip
     assert port, out
     try:
         with ImgsimClient(f"127.0.0.1:{port}", timeout=30) as c:

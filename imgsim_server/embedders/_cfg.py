@@ -27,6 +27,9 @@ class EmbedderOptions:
     backend: str = "auto"  # "torch", "onnx", or "auto": onnx on CPU, torch on CUDA
     precision: str = "fp32"  # "fp32" or "int8" (onnx only)
     onnx_dir: Path | None = None  # exported graphs (`imgsim-server export`); None: the cache
+    # Whether a CNN without a usable graph may export one now (where torch is installed). The
+    # server allows it only at start-up, never for a client's request.
+    export_missing: bool = True
 
 
 @dataclass(frozen=True)

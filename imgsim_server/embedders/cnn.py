@@ -143,6 +143,15 @@ def ensure_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path:
     graph, why = find_graph(cfg, opts, opts.precision)
     if graph is not None:
         return graph
+    if not opts.export_missing:
+        if can_export():
+            require_weights(cfg, opts)  # without weights, the file to get is the first news
+        raise GraphUnavailableError(
+            f"model {cfg.name!r} ({opts.precision}) has no usable ONNX graph ({why}), and a "
+            f"server exports graphs only at start-up, never for a request. Export it once: "
+            f"imgsim-server export --model {cfg.name} --precision {opts.precision} (a server "
+            f"with torch also exports, at start-up, the graphs of the models its --models names)"
+        )
     if not can_export():
         raise GraphUnavailableError(
             f"model {cfg.name!r} ({opts.precision}) has no usable ONNX graph and this install "

@@ -161,22 +161,27 @@ async def build_server(
 async def _start_http(cfg: ServerConfig, running: AsyncServer) -> HttpServer:
     """HTTP/JSON on the same loop and core (the [http] extra)."""
     from imgsim_server.transport import http_app
+    from imgsim_server.transport.http_limits import HttpLimits
 
-    metrics_app = None
+    metrics_text = None
     if running.metrics is not None:
-        from prometheus_client import make_asgi_app
+        from prometheus_client import generate_latest
 
-        metrics_app = make_asgi_app(registry=running.metrics.registry)
+        registry = running.metrics.registry
+        metrics_text = lambda: generate_latest(registry)  # noqa: E731
     settings = http_app.HttpSettings(
         max_body_bytes=cfg.max_message_mb * 1024 * 1024,
         auth_token=cfg.auth_token,
         ready=lambda: running.serving,
         on_call=running.metrics.on_http if running.metrics else None,
-        metrics_app=metrics_app,
+        metrics_text=metrics_text,
     )
     tls = (cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert else None
+    limits = HttpLimits(
+        cfg.http_request_timeout_s, cfg.http_min_body_rate, cfg.http_max_connections
+    )
     app = http_app.build_app(running.core, settings)
-    return await http_app.start_http(app, cfg.host, cfg.http_port, tls)
+    return await http_app.start_http(app, cfg.host, cfg.http_port, tls, limits)
 
 
 @dataclass
@@ -259,6 +264,7 @@ async def _serve(cfg: ServerConfig, core: SimilarityCore) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        await loop.run_in_executor(None, core.prepare_graphs)
         await loop.run_in_executor(None, core.warm_up, cfg.core.default_model)
     except CoreError as exc:
         # A server that cannot serve its default model fails at start, not on every call.

@@ -18,7 +18,7 @@ import grpc
 from imgsim.v1 import similarity_pb2 as pb
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
-from imgsim_server.core import CallToken, Engine, SimilarityCore
+from imgsim_server.core import CallToken, Engine, SimilarityCore, bounded_name
 from imgsim_server.embedders import _calibration as calibration
 from imgsim_server.errors import (
     CancelledError,
@@ -26,6 +26,7 @@ from imgsim_server.errors import (
     InvalidRequestError,
     OverloadedError,
 )
+from imgsim_server.memory import Charge
 from imgsim_server.transport.grpc_status import status_for
 from imgsim_server.transport.stream_protocol import ImageSpec, StreamSession
 
@@ -99,12 +100,15 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         if a.ref or b.ref:
             raise InvalidRequestError("image references (ref) work only inside CompareStream")
         data = StreamSession()
+        charge = Charge(self.core.budget)
+        charge.add(request.ByteSize(), "this request")
         token = _token(context)
         remaining = context.time_remaining()
-        fut = self.core.compare_async(
-            eng, data.resolve(a, "image_a"), data.resolve(b, "image_b"), block=False, token=token
-        )
         try:
+            fut = self.core.compare_async(
+                eng, data.resolve(a, "image_a"), data.resolve(b, "image_b"), block=False,
+                token=token,
+            )  # fmt: skip
             score = await asyncio.wait_for(asyncio.wrap_future(fut), remaining)
         except (asyncio.TimeoutError, CancelledError) as exc:
             if token.expired or isinstance(exc, asyncio.TimeoutError):
@@ -112,6 +116,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             raise
         finally:
             token.cancel()  # whatever is still queued for this call is no longer wanted
+            charge.release()
         return pb.CompareResponse(
             pair_id=request.pair_id,
             score=score,
@@ -166,14 +171,15 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             )
         loop = asyncio.get_running_loop()
         token = _token(context)
-        session = StreamSession()
+        session = StreamSession(budget=self.core.budget)
         settled: asyncio.Queue = asyncio.Queue()
         # At most this many items of this stream are read but not yet answered to gRPC; past
         # that the reader stops reading, and gRPC flow control pushes back on the client.
         window = asyncio.Semaphore(self.max_stream_inflight)
         state = {"outstanding": 0, "last_request": time.monotonic()}
 
-        def settle(req, eng: Engine | None, model: str, fut: Future) -> None:
+        def settle(req, eng: Engine | None, model: str, charge: Charge, fut: Future) -> None:
+            charge.release()  # the request's bytes are no longer needed
             loop.call_soon_threadsafe(settled.put_nowait, (req, eng, model, fut))
 
         async def feed() -> None:
@@ -182,14 +188,16 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                     state["last_request"] = time.monotonic()
                     await window.acquire()
                     state["outstanding"] += 1
-                    eng, model = None, req.model
+                    eng, model = None, bounded_name(req.model)
+                    charge = Charge(self.core.budget)
                     try:
+                        charge.add(req.ByteSize(), "this request")
                         eng, fut = await submit(req, session, token)
                         model = eng.cfg.name
                     except Exception as exc:
                         fut = Future()
                         fut.set_exception(exc)
-                    fut.add_done_callback(partial(settle, req, eng, model))
+                    fut.add_done_callback(partial(settle, req, eng, model, charge))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the client went away or sent garbage
@@ -222,6 +230,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         finally:
             token.cancel()  # queued work of this stream is no longer wanted
             reader.cancel()
+            session.close()
             self.slots.give_back()
 
     def _poll_s(self) -> float | None:
@@ -239,7 +248,11 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             error = pb.PairError(code=code.value[0], message=message)
             resp = pb.CompareResponse(pair_id=req.pair_id, model=model, error=error)
         else:
-            resp = pb.CompareResponse(pair_id=req.pair_id, score=fut.result(), model=model)
+            score = fut.result()
+            verdict = calibration.verdict(model, score)
+            resp = pb.CompareResponse(
+                pair_id=req.pair_id, score=score, model=model, verdict=verdict
+            )
             code = grpc.StatusCode.OK
         if self.on_pair is not None:
             self.on_pair(code)
@@ -262,9 +275,11 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         )
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
+        # Off the loop: it reads graph manifests and imports weight packages.
+        statuses = await asyncio.get_running_loop().run_in_executor(None, self.core.models)
         models = [
             pb.ModelInfo(**{**info, "thresholds": [pb.Threshold(**t) for t in info["thresholds"]]})
-            for info in (m.info() for m in self.core.models())
+            for info in (m.info() for m in statuses)
         ]
         return pb.ListModelsResponse(models=models, default_model=self.core.cfg.default_model)
 

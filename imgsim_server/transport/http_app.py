@@ -22,14 +22,16 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
 try:
     import python_multipart  # noqa: F401  (multipart forms; Starlette imports it late)
     import uvicorn
     from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.routing import Match
     from swagger_ui_bundle import swagger_ui_path  # noqa: F401  (the offline /docs)
 except ImportError as exc:  # pragma: no cover - exercised by installs without the extra
     raise ImportError(
@@ -39,6 +41,8 @@ except ImportError as exc:  # pragma: no cover - exercised by installs without t
 from imgsim_server import errors
 from imgsim_server.core import CallToken, SimilarityCore
 from imgsim_server.embedders import _calibration as calibration
+from imgsim_server.memory import Charge
+from imgsim_server.transport.http_limits import HttpLimits, protocol_class
 from imgsim_server.transport.http_status import HttpError, http_status_for
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,20 @@ log = logging.getLogger(__name__)
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 REQUEST_TIMEOUT_S = 60.0
 BAD_REQUEST = (400, "INVALID_ARGUMENT")
+UNMATCHED = "unmatched"  # the one metrics label of every path that no route serves
+# Bytes held per body byte while a request is parsed: base64 JSON keeps the body, the decoded
+# string and the image; a multipart form keeps the body's chunks and the file's bytes.
+BODY_COPIES = {"application/json": 3, "multipart/form-data": 2}
+_STATUS_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    413: "RESOURCE_EXHAUSTED",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+}
 
 
 def error_response(exc: BaseException) -> JSONResponse:
@@ -62,7 +80,7 @@ class HttpSettings:
     auth_token: str = ""
     ready: Callable[[], bool] = lambda: True
     on_call: Callable[[str, str], None] | None = None  # (method, code name), for metrics
-    metrics_app: Any = None  # an ASGI app serving Prometheus text, or None
+    metrics_text: Callable[[], bytes] | None = None  # Prometheus exposition, or None
 
 
 def _web_dir():
@@ -128,21 +146,32 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
     )
     # The bundled Swagger UI (4.15) reads OpenAPI 3.0 documents; this schema needs nothing of 3.1.
     app.openapi_version = "3.0.3"
-    expected = f"Bearer {settings.auth_token}".encode()
+    expected = settings.auth_token.encode()
+
+    def route_of(request: Request) -> str:
+        """The route template that serves this path (one label per route, not per path)."""
+        for route in app.router.routes:
+            match, _ = route.matches(request.scope)
+            if match is Match.FULL:
+                return getattr(route, "path", UNMATCHED)
+        return UNMATCHED
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         path = request.url.path
+        charge = Charge(core.budget)
         try:
             if settings.auth_token and not (
-                path in OPEN_PATHS or path.startswith(("/static/", "/docs-static/", "/metrics"))
+                path in OPEN_PATHS or path.startswith(("/static/", "/docs-static/"))
             ):
-                given = request.headers.get("authorization", "")
-                if not given:
+                scheme, _, given = request.headers.get("authorization", "").partition(" ")
+                if not scheme:
                     raise HttpError(
                         401, "UNAUTHENTICATED", "missing 'Authorization: Bearer <token>'"
                     )
-                if not hmac.compare_digest(given.encode(), expected):
+                if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    given.strip().encode(), expected
+                ):  # the scheme is case-insensitive (RFC 7235), the token is not
                     raise HttpError(403, "PERMISSION_DENIED", "invalid bearer token")
             size = request.headers.get("content-length")
             if request.method == "POST" and not (size and size.isdigit()):
@@ -155,13 +184,30 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
                     f"request body of {size} bytes is over the limit of "
                     f"{settings.max_body_bytes} (--max-message-mb)",
                 )
+            if size and size.isdigit() and int(size):
+                kind = request.headers.get("content-type", "").split(";")[0].strip()
+                charge.add(int(size) * BODY_COPIES.get(kind, 1), "this request's body")
             response = await call_next(request)
         except Exception as exc:
             response = error_response(exc)
+        finally:
+            charge.release()
         if settings.on_call is not None and path.startswith("/v1/"):
             code = "OK" if response.status_code < 400 else f"HTTP_{response.status_code}"
-            settings.on_call(f"HTTP {request.method} {path}", code)
+            settings.on_call(f"HTTP {request.method} {route_of(request)}", code)
         return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_exception(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """404, 405, malformed multipart forms: the documented error body, not Starlette's."""
+        code = _STATUS_CODES.get(exc.status_code, "UNKNOWN")
+        body = {"error": {"code": code, "message": str(exc.detail)}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        body = {"error": {"code": "INVALID_ARGUMENT", "message": str(exc.errors())[:2000]}}
+        return JSONResponse(body, status_code=400)
 
     async def result(make_future):
         token = CallToken(REQUEST_TIMEOUT_S)
@@ -211,7 +257,8 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
     @app.get("/v1/models", summary="The server's models, as ListModels")
     async def models() -> dict:
         """ListModelsResponse's fields (a test checks the names against the proto)."""
-        models = [m.info() for m in core.models()]
+        statuses = await asyncio.get_running_loop().run_in_executor(None, core.models)
+        models = [m.info() for m in statuses]
         return {"models": models, "default_model": core.cfg.default_model}
 
     @app.get("/healthz", summary="Liveness: the process serves HTTP")
@@ -232,8 +279,13 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=str(web)), name="static")
     _mount_docs(app)
-    if settings.metrics_app is not None:
-        app.mount("/metrics", settings.metrics_app)
+    if settings.metrics_text is not None:
+        metrics_text = settings.metrics_text
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(metrics_text(), media_type="text/plain; version=0.0.4")
+
     return app
 
 
@@ -270,6 +322,7 @@ class HttpServer:
     server: _EmbeddedServer
     task: asyncio.Task
     port: int
+    limits: HttpLimits
 
     async def stop(self) -> None:
         self.server.should_exit = True
@@ -282,9 +335,12 @@ async def start_http(
     host: str,
     port: int,
     tls: tuple | None = None,
+    limits: HttpLimits | None = None,
 ) -> HttpServer:
     """Serve `app` on host:port (0 = a free port) on the running loop; `tls` is (cert, key,
-    client_ca or None) as for gRPC."""
+    client_ca or None) as for gRPC; `limits` bounds connections and the time to receive a
+    request."""
+    limits = limits or HttpLimits()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
     # without it a keep-alive response written in two parts waits 40 ms for a delayed ACK.
@@ -299,6 +355,7 @@ async def start_http(
             kwargs.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
     config = uvicorn.Config(
         app,
+        http=protocol_class(limits),
         lifespan="off",
         log_level="warning",
         access_log=False,
@@ -311,4 +368,4 @@ async def start_http(
         if task.done():
             task.result()  # raises what stopped it
         await asyncio.sleep(0.01)
-    return HttpServer(server, task, sock.getsockname()[1])
+    return HttpServer(server, task, sock.getsockname()[1], limits)

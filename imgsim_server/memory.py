@@ -1,0 +1,199 @@
+"""One server-wide budget for the bytes that requests make the server hold, and glibc tuning
+so that memory freed after a burst goes back to the system.
+
+Charged to the budget while held: HTTP request bodies (times their parsing copies), gRPC request
+messages until answered, stream image tables until the stream ends, decoded pixels until
+preprocessed, and preprocessed inputs until the model has run. A request that would take the
+total over the budget is refused at once (OverloadedError: RESOURCE_EXHAUSTED, HTTP 429), having
+changed nothing. Model weights, runtime arenas and the embedding cache (bounded on its own by
+--cache-mb) are outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from imgsim_server.errors import OverloadedError
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+def physical_memory_bytes() -> int:
+    """The memory this process may use: the machine's, or its cgroup's limit when lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def default_budget_mb() -> int:
+    """A quarter of the process's memory, between 256 MiB and 4 GiB: room for the model, the
+    cache and the runtimes beside it, even with a few replicas on one machine."""
+    return int(min(4096, max(256, physical_memory_bytes() // 4 // MiB)))
+
+
+class MemoryBudget:
+    """A thread-safe count of the bytes held for requests, bounded by `limit` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self.refused = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int, what: str) -> int:
+        """Charge `n` bytes, or raise OverloadedError (nothing charged) when they do not fit.
+        Returns `n`, for the caller to give back."""
+        if n <= 0:
+            return 0
+        with self._lock:
+            if self.held + n > self.limit:
+                self.refused += 1
+                held = self.held
+            else:
+                self.held += n
+                self.peak = max(self.peak, self.held)
+                return n
+        raise OverloadedError(
+            f"{what} needs {n / MiB:.1f} MiB and the server holds {held / MiB:.0f} of its "
+            f"{self.limit / MiB:.0f} MiB memory budget (--memory-budget-mb); retry later"
+        )
+
+    def give(self, n: int) -> None:
+        if n > 0:
+            with self._lock:
+                self.held -= n
+
+    @contextlib.contextmanager
+    def hold(self, n: int, what: str) -> Iterator[None]:
+        """Hold `n` bytes for the duration of the block."""
+        taken = self.take(n, what)
+        try:
+            yield
+        finally:
+            self.give(taken)
+
+
+class Charge:
+    """Bytes charged for one piece of work, given back exactly once (from any thread)."""
+
+    __slots__ = ("_budget", "_lock", "bytes")
+
+    def __init__(self, budget: MemoryBudget | None) -> None:
+        self._budget = budget
+        self._lock = threading.Lock()
+        self.bytes = 0
+
+    def add(self, n: int, what: str) -> None:
+        if self._budget is not None:
+            taken = self._budget.take(n, what)
+            with self._lock:
+                self.bytes += taken
+
+    def release(self, n: int | None = None) -> None:
+        """Give back `n` bytes of this charge (all when None)."""
+        with self._lock:
+            n = self.bytes if n is None else min(n, self.bytes)
+            self.bytes -= n
+        if self._budget is not None:
+            self._budget.give(n)
+
+
+# ---- glibc -----------------------------------------------------------------------------------
+
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.malloc_trim  # noqa: B018  (glibc only)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc()
+
+
+def tune_malloc(arenas: int = 2, mmap_threshold: int = 1 * MiB) -> bool:
+    """Few arenas, and a fixed mmap threshold: glibc otherwise raises the threshold after the
+    first large free (up to 32 MiB), so image-sized buffers stay in arenas and RSS never falls
+    after a burst. Returns False where the C library is not glibc."""
+    if _LIBC is None or not hasattr(_LIBC, "mallopt"):
+        return False
+    ok = _LIBC.mallopt(_M_ARENA_MAX, arenas) == 1
+    return _LIBC.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1 and ok
+
+
+def trim() -> None:
+    """Give free heap memory back to the system (glibc malloc_trim)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process, from /proc (0 where there is no /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class Trimmer:
+    """A thread that gives freed memory back (malloc_trim) once a burst is over: when the
+    budget's holdings have fallen below `idle_bytes` after having risen above `burst_bytes`."""
+
+    def __init__(
+        self,
+        budget: MemoryBudget,
+        period_s: float = 2.0,
+        burst_bytes: int = 32 * MiB,
+        idle_bytes: int = 8 * MiB,
+    ) -> None:
+        self.budget = budget
+        self.period_s = period_s
+        self.burst_bytes = burst_bytes
+        self.idle_bytes = idle_bytes
+        self.trims = 0
+        self._stop = threading.Event()
+        self._high = 0
+        self._thread = threading.Thread(target=self._run, name="malloc-trim", daemon=True)
+        if _LIBC is not None:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            held = self.budget.held
+            with self.budget._lock:
+                self._high = max(self._high, self.budget.peak)
+                self.budget.peak = held
+            if self._high >= self.burst_bytes and held <= self.idle_bytes:
+                trim()
+                self.trims += 1
+                self._high = 0
+
+    def stop(self) -> None:
+        self._stop.set()
