@@ -8,6 +8,7 @@ without it, importing this module says which extra to install.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class Scored:
     scores: np.ndarray
     skipped: int  # rows without a score (errors), left out
     columns: list[str] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)  # rows whose score is not a number, left out
 
     def groups(self, column: str) -> dict[str, np.ndarray]:
         """Row indices by value of `column`, in sorted order of the values."""
@@ -83,11 +85,14 @@ def _parse_labels(values: list[str], name: str) -> np.ndarray:
 
 
 def _score(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
+    """The score of a row; None for an empty one (the pair failed); ValueError for text that
+    is not a finite number."""
+    if not text.strip():
         return None
-    return None if value != value else value  # NaN counts as no score
+    value = float(text)  # ValueError names the text
+    if not math.isfinite(value):
+        raise ValueError(f"score {text!r} is not a finite number")
+    return value
 
 
 def load_scored(csv_path: Path, label_col: str = "label") -> Scored:
@@ -101,14 +106,19 @@ def load_scored(csv_path: Path, label_col: str = "label") -> Scored:
             raise EvaluationError(
                 f"{csv_path} has no {col!r} column; it has: {', '.join(table.columns)}"
             )
-    kept, scores = [], []
-    for row in table.rows:
-        if (value := _score(row["score"])) is not None:
+    kept, scores, bad = [], [], []
+    for line, row in enumerate(table.rows, start=2):
+        try:
+            value = _score(row["score"])
+        except ValueError as exc:
+            bad.append(f"line {line}: {exc}")
+            continue
+        if value is not None:
             kept.append(row)
             scores.append(value)
     labels = _parse_labels([r[label_col] for r in kept], label_col)
-    skipped = len(table.rows) - len(kept)
-    return Scored(kept, labels, np.asarray(scores, dtype=float), skipped, table.columns)
+    skipped = len(table.rows) - len(kept) - len(bad)
+    return Scored(kept, labels, np.asarray(scores, dtype=float), skipped, table.columns, bad)
 
 
 def compute_metrics(labels: np.ndarray, scores: np.ndarray) -> Metrics:
@@ -210,6 +220,7 @@ def evaluate_file(
     result: dict = {
         "file": str(csv_path),
         "skipped_rows_without_score": scored.skipped,
+        "bad_rows": scored.bad,
         "overall": asdict(overall),
     }
     if group_by:
@@ -242,6 +253,9 @@ def format_result(result: dict) -> str:
     lines = Metrics(**result["overall"]).lines()
     if result["skipped_rows_without_score"]:
         lines.append(f"rows without a score (left out): {result['skipped_rows_without_score']}")
+    if result.get("bad_rows"):
+        lines.append(f"rows with a bad score (left out): {len(result['bad_rows'])}")
+        lines += [f"  {b}" for b in result["bad_rows"][:10]]
     if "groups" in result:
         lines += [
             "",

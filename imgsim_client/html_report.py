@@ -44,12 +44,13 @@ def _thumb(src: Path, thumbs: Path, cache: dict[Path, str | None]) -> str | None
     name = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:16] + ".jpg"
     try:
         with Image.open(src) as img:
+            img.draft("RGB", (THUMB_PX * 2, THUMB_PX * 2))  # JPEG: decode at a reduced scale
             small = ImageOps.exif_transpose(img).convert("RGB")
             small.thumbnail((THUMB_PX, THUMB_PX))
             thumbs.mkdir(parents=True, exist_ok=True)
             small.save(thumbs / name, "JPEG", quality=85)
         cache[src] = f"{thumbs.name}/{name}"
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):  # unreadable: marked, skipped
         cache[src] = None
     return cache[src]
 
