@@ -161,7 +161,8 @@ def score_with_dask(
         n = int(ddf.map_partitions(len).sum().compute())
         wanted = partitions or max(4 * workers, ddf.npartitions)
         ddf = ddf.repartition(npartitions=max(1, min(wanted, n)))
-        meta = ddf._meta.assign(score=pd.Series(dtype="string"), error=pd.Series(dtype="string"))
+        meta = ddf._meta.drop(columns=[c for c in OUTPUT_COLUMNS if c in ddf._meta.columns])
+        meta = meta.assign(**{c: pd.Series(dtype="string") for c in OUTPUT_COLUMNS})
         scored = ddf.map_partitions(score_partition, conn, model, streams, send_once, meta=meta)
         compute = {"retries": retries}
         if output.endswith("/"):

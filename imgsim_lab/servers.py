@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -14,11 +15,16 @@ from pathlib import Path
 class ServerProcess:
     """An `imgsim-server` child on a free loopback port; a context manager."""
 
-    def __init__(self, *flags: str, ready_timeout: float = 180.0) -> None:
+    def __init__(
+        self, *flags: str, ready_timeout: float = 180.0, nofile: int | None = None
+    ) -> None:
+        """`nofile` runs the server under that open-file limit (as `ulimit -n` would)."""
         self.flags = flags
         self.ready_timeout = ready_timeout
+        self.nofile = nofile
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.http_port = 0
         self.log_tail: list[str] = []
 
     def __enter__(self) -> ServerProcess:
@@ -34,9 +40,20 @@ class ServerProcess:
             *(() if "--models" in self.flags else ("--models", "all")),
             *self.flags,
         ]
+        limit = self.nofile
+
+        def lower_limit() -> None:
+            if limit:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=lower_limit if limit else None,
         )
+        wants_http = "--http-port" in self.flags
         deadline = time.monotonic() + self.ready_timeout
         lines = []
         while time.monotonic() < deadline:
@@ -47,6 +64,10 @@ class ServerProcess:
             match = re.search(r"listening on .*:(\d+)", line)
             if match:
                 self.port = int(match.group(1))
+            http = re.search(r"web page at https?://.*:(\d+)/", line)
+            if http:
+                self.http_port = int(http.group(1))
+            if self.port and (self.http_port or not wants_http):
                 # Keep draining the pipe so that server logging can never block on it.
                 threading.Thread(target=self._drain, daemon=True).start()
                 return self

@@ -8,6 +8,7 @@ model really works):
    INVALID_ARGUMENT, the others are scored.
 2. A client that stops reading its answers: server RSS before and after.
 3. SIGTERM: the server must exit 0.
+4. The attacks of the reliability review, at once (`attacks.py`).
 Prints the figures and writes results/soak.md and results/soak.json.
 """
 
@@ -30,6 +31,7 @@ from PIL import Image
 
 from imgsim_client.client import ImgsimClient, ImgsimError, PairRequest
 from imgsim_datasets.photos import shipped_photos
+from imgsim_lab import attacks
 from imgsim_lab._paths import RESULTS
 from imgsim_lab.bench import photo_pool
 from imgsim_lab.faults import bad_inputs
@@ -164,7 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool", type=int, default=1000, help="distinct real photos drawn from")
     p.add_argument("--cache-mb", type=float, default=2.0, help="server cache (small: real work)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--budget-mb", type=int, default=1024, help="the attacked server's budget")
+    p.add_argument("--slow", type=int, default=5000, help="slow HTTP connections")
+    p.add_argument("--only-attacks", action="store_true", help="skip the stream phases")
     args = p.parse_args(argv)
+    if args.only_attacks:
+        work = Path(args.out) / "cache" / "soak"
+        work.mkdir(parents=True, exist_ok=True)
+        found = attacks.run(work, args.budget_mb, slow=args.slow)
+        print(json.dumps(found, indent=2))
+        print(attacks.render(found))
+        return 0 if found["passed"] else 1
 
     work = Path(args.out) / "cache" / "soak"
     work.mkdir(parents=True, exist_ok=True)
@@ -254,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_crashes": int(not alive_after_soak) + int(exit_code != 0),
         "total_seconds": round(total_s, 1),
     }
+    report["attacks"] = attacks.run(work, args.budget_mb, slow=args.slow)
     ok = (
         sent == answered == args.streams * args.pairs
         and not report["duplicates"]
@@ -263,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         and not report["stream_errors"]
         and report["server_crashes"] == 0
         and sum(errors.values()) == bad_sent
+        and report["attacks"]["passed"]
     )
     report["verdict"] = "PASS" if ok else "FAIL"
     out = Path(args.out)
@@ -316,6 +330,7 @@ def render(r: dict) -> str:
         f"gave all {slow['read_afterwards']}. Server peak RSS: {rss['peak_after_soak']} MiB "
         f"before, {rss['peak_after_non_reading_client']} MiB after.",
         "",
+        attacks.render(r["attacks"]),
     ]
     return "\n".join(lines)
 

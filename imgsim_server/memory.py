@@ -47,10 +47,15 @@ def default_budget_mb() -> int:
 
 
 class MemoryBudget:
-    """A thread-safe count of the bytes held for requests, bounded by `limit` bytes."""
+    """A thread-safe count of the bytes held for requests, bounded by `limit` bytes; large
+    charges are bounded by `large_share` of it."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, large_share: float = 0.75) -> None:
         self.limit = limit
+        # Charges of at least 1% of the budget (big images) may fill only `large_share` of it,
+        # so that clients sending big images can never starve the ordinary ones.
+        self.large = limit // 100
+        self.large_limit = int(limit * large_share)
         self.held = 0
         self.peak = 0
         self.refused = 0
@@ -62,7 +67,7 @@ class MemoryBudget:
         if n <= 0:
             return 0
         with self._lock:
-            if self.held + n > self.limit:
+            if self.held + n > (self.large_limit if n >= self.large else self.limit):
                 self.refused += 1
                 held = self.held
             else:
