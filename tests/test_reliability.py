@@ -67,10 +67,11 @@ def test_slow_http_clients_are_cut_and_grpc_keeps_answering(extra_servers):
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finished
         slow.append(s)
     time.sleep(0.2)
-    # Over the cap: closed at once, while the 20 slow ones are still open.
-    extra = socket.create_connection(("127.0.0.1", running.http_port))
-    closed, _ = _closed_within(extra, 0.5)
-    assert closed and limits.refused >= 1
+    # At the cap, a new client still gets in: the connection waiting longest for its headers
+    # makes room (408), not the newcomer, so slow clients cannot lock everyone out.
+    assert httpx.get(f"http://127.0.0.1:{running.http_port}/healthz").status_code == 200
+    closed, data = _closed_within(slow.pop(0), 0.5)
+    assert closed and data.startswith(b"HTTP/1.1 408") and limits.refused >= 1
     assert _health(running.port) == health_pb2.HealthCheckResponse.SERVING
     # A client that trickles a byte every 0.2 s is cut all the same (before: never).
     trickle = slow[0]
@@ -96,7 +97,7 @@ def test_slow_http_clients_are_cut_and_grpc_keeps_answering(extra_servers):
         closed, data = _closed_within(s, 3)
         assert closed and data.startswith(b"HTTP/1.1 408"), data
         s.close()
-    assert limits.timed_out >= 20
+    assert limits.timed_out >= 19
     # And the HTTP side serves again.
     assert httpx.get(f"http://127.0.0.1:{running.http_port}/healthz").status_code == 200
 

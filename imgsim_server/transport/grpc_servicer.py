@@ -33,6 +33,9 @@ from imgsim_server.transport.stream_protocol import ImageSpec, StreamSession
 log = logging.getLogger(__name__)
 
 _DONE = object()  # the reader has read the last request
+# Images at least this large are handed to the core off the event loop: hashing 50 MB takes
+# long enough to delay every other call on the loop (health checks included).
+OFFLOAD_BYTES = 1 << 20
 
 
 def _spec(image: pb.Image) -> ImageSpec:
@@ -42,6 +45,14 @@ def _spec(image: pb.Image) -> ImageSpec:
         ref=image.ref if source == "ref" else "",
         id=image.id,
     )
+
+
+def _pair_id(req: pb.CompareRequest) -> str:
+    return req.pair_id
+
+
+def _image_id(req: pb.EmbedRequest) -> str:
+    return req.image_id
 
 
 def _token(context: grpc.aio.ServicerContext) -> CallToken:
@@ -101,14 +112,16 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             raise InvalidRequestError("image references (ref) work only inside CompareStream")
         data = StreamSession()
         charge = Charge(self.core.budget)
-        charge.add(request.ByteSize(), "this request")
+        charge.add(2 * request.ByteSize(), "this request")
         token = _token(context)
         remaining = context.time_remaining()
         try:
-            fut = self.core.compare_async(
-                eng, data.resolve(a, "image_a"), data.resolve(b, "image_b"), block=False,
-                token=token,
-            )  # fmt: skip
+            image_a, image_b = data.resolve(a, "image_a"), data.resolve(b, "image_b")
+            call = partial(self.core.compare_async, eng, image_a, image_b, block=False, token=token)
+            if len(image_a) + len(image_b) >= OFFLOAD_BYTES:
+                fut = await asyncio.get_running_loop().run_in_executor(self._waiters, call)
+            else:
+                fut = call()
             score = await asyncio.wait_for(asyncio.wrap_future(fut), remaining)
         except (asyncio.TimeoutError, CancelledError) as exc:
             if token.expired or isinstance(exc, asyncio.TimeoutError):
@@ -134,7 +147,8 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             eng = await self.core.engine_async(req.model)
             return eng, await self._admit(self.core.compare_async, eng, a, b, token=token)
 
-        async for resp in self._stream(request_iterator, context, submit, self._pair_response):
+        respond = self._pair_response
+        async for resp in self._stream(request_iterator, context, submit, respond, _pair_id):
             yield resp
 
     async def Embed(
@@ -145,21 +159,28 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             eng = await self.core.engine_async(req.model)
             return eng, await self._admit(self.core.embed_vector_async, eng, data, token=token)
 
-        async for resp in self._stream(request_iterator, context, submit, self._image_response):
+        respond = self._image_response
+        async for resp in self._stream(request_iterator, context, submit, respond, _image_id):
             yield resp
 
     async def _admit(self, fn, eng: Engine, *images: bytes, token: CallToken) -> Future:
         """Hand work to the core: at once while its queue has room, else wait for room on a
         thread, so that the event loop never blocks."""
+        loop = asyncio.get_running_loop()
+        if sum(len(i) for i in images) >= OFFLOAD_BYTES:  # hashing them would stall the loop
+            return await loop.run_in_executor(
+                self._waiters, partial(fn, eng, *images, block=True, token=token)
+            )
         try:
             return fn(eng, *images, block=False, token=token)
         except OverloadedError:
-            loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
                 self._waiters, partial(fn, eng, *images, block=True, token=token)
             )
 
-    async def _stream(self, request_iterator, context: grpc.aio.ServicerContext, submit, respond):
+    async def _stream(
+        self, request_iterator, context: grpc.aio.ServicerContext, submit, respond, ident
+    ):
         """The stream protocol shared by CompareStream and Embed: a stream slot, a reader task
         that resolves send-once images and submits each item to the core, and answers yielded
         as they settle (matched by id), with a bounded window of unanswered items."""
@@ -178,9 +199,9 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         window = asyncio.Semaphore(self.max_stream_inflight)
         state = {"outstanding": 0, "last_request": time.monotonic()}
 
-        def settle(req, eng: Engine | None, model: str, charge: Charge, fut: Future) -> None:
-            charge.release()  # the request's bytes are no longer needed
-            loop.call_soon_threadsafe(settled.put_nowait, (req, eng, model, fut))
+        def settle(key: str, eng: Engine | None, model: str, charge: Charge, fut: Future) -> None:
+            charge.release()  # the request's bytes are no longer needed, nor kept
+            loop.call_soon_threadsafe(settled.put_nowait, (key, eng, model, fut))
 
         async def feed() -> None:
             try:
@@ -191,13 +212,17 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                     eng, model = None, bounded_name(req.model)
                     charge = Charge(self.core.budget)
                     try:
-                        charge.add(req.ByteSize(), "this request")
+                        # The serialized message and the parsed one: both in memory now.
+                        charge.add(2 * req.ByteSize(), "this request")
                         eng, fut = await submit(req, session, token)
                         model = eng.cfg.name
                     except Exception as exc:
                         fut = Future()
                         fut.set_exception(exc)
-                    fut.add_done_callback(partial(settle, req, eng, model, charge))
+                    # Only the id is kept for the answer: a refused 50 MB request must not
+                    # stay in memory until its answer is read.
+                    fut.add_done_callback(partial(settle, ident(req), eng, model, charge))
+                    del req
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the client went away or sent garbage
@@ -241,17 +266,17 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         quiet = time.monotonic() - state["last_request"]
         return not state["outstanding"] and quiet >= (self.stream_idle_timeout or float("inf"))
 
-    def _pair_response(self, req, eng, model: str, fut: Future) -> pb.CompareResponse:
+    def _pair_response(self, pair_id: str, eng, model: str, fut: Future) -> pb.CompareResponse:
         exc = fut.exception()
         if exc is not None:
             code, message = status_for(exc)
             error = pb.PairError(code=code.value[0], message=message)
-            resp = pb.CompareResponse(pair_id=req.pair_id, model=model, error=error)
+            resp = pb.CompareResponse(pair_id=pair_id, model=model, error=error)
         else:
             score = fut.result()
             verdict = calibration.verdict(model, score)
             resp = pb.CompareResponse(
-                pair_id=req.pair_id, score=score, model=model, verdict=verdict
+                pair_id=pair_id, score=score, model=model, verdict=verdict
             )
             code = grpc.StatusCode.OK
         if self.on_pair is not None:
@@ -259,15 +284,17 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         return resp
 
     @staticmethod
-    def _image_response(req, eng: Engine | None, model: str, fut: Future) -> pb.EmbedResponse:
+    def _image_response(
+        image_id: str, eng: Engine | None, model: str, fut: Future
+    ) -> pb.EmbedResponse:
         exc = fut.exception()
         if exc is not None:
             code, message = status_for(exc)
             error = pb.PairError(code=code.value[0], message=message)
-            return pb.EmbedResponse(image_id=req.image_id, model=model, error=error)
+            return pb.EmbedResponse(image_id=image_id, model=model, error=error)
         vector = fut.result()
         return pb.EmbedResponse(
-            image_id=req.image_id,
+            image_id=image_id,
             model=model,
             vector=vector.tolist(),
             dimension=len(vector),

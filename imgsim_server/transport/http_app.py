@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 REQUEST_TIMEOUT_S = 60.0
 BAD_REQUEST = (400, "INVALID_ARGUMENT")
+OFFLOAD_BYTES = 1 << 20  # images at least this large are handed to the core off the loop
 UNMATCHED = "unmatched"  # the one metrics label of every path that no route serves
 # Bytes held per body byte while a request is parsed: base64 JSON keeps the body, the decoded
 # string and the image; a multipart form keeps the body's chunks and the file's bytes.
@@ -209,12 +210,15 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
         body = {"error": {"code": "INVALID_ARGUMENT", "message": str(exc.errors())[:2000]}}
         return JSONResponse(body, status_code=400)
 
-    async def result(make_future):
+    async def result(make_future, size: int):
         token = CallToken(REQUEST_TIMEOUT_S)
         try:
-            return await asyncio.wait_for(
-                asyncio.wrap_future(make_future(token)), REQUEST_TIMEOUT_S
-            )
+            if size >= OFFLOAD_BYTES:  # hashing large images would stall the loop
+                loop = asyncio.get_running_loop()
+                future = await loop.run_in_executor(None, make_future, token)
+            else:
+                future = make_future(token)
+            return await asyncio.wait_for(asyncio.wrap_future(future), REQUEST_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise errors.DeadlineExceededError("the request took too long") from None
         finally:
@@ -232,7 +236,8 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
         score = await result(
             lambda token: core.compare_async(
                 eng, images["image_a"], images["image_b"], block=False, token=token
-            )
+            ),
+            len(images["image_a"]) + len(images["image_b"]),
         )
         name = eng.cfg.name
         return {"score": score, "model": name, "verdict": calibration.verdict(name, score)}
@@ -245,7 +250,8 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
         images, model = await _read_images(request, ("image",), settings.max_body_bytes)
         eng = await core.engine_async(model)
         vector = await result(
-            lambda token: core.embed_vector_async(eng, images["image"], block=False, token=token)
+            lambda token: core.embed_vector_async(eng, images["image"], block=False, token=token),
+            len(images["image"]),
         )
         return {
             "model": eng.cfg.name,

@@ -6,7 +6,8 @@ bounds how many are open: enough of them exhaust the process's file descriptors,
 fails too. This protocol (uvicorn's own h11 protocol, subclassed) gives every request
 `request_timeout` seconds for its headers and as long again plus its Content-Length at
 `min_body_rate` for its body, then answers 408 and closes, as nginx's client_header_timeout and
-client_body_timeout do; and it closes a connection at once when `max_connections` are open.
+client_body_timeout do. When `max_connections` are open, a new one makes room by closing the
+connection that has waited longest for its headers; only when none waits is it refused.
 """
 
 from __future__ import annotations
@@ -69,19 +70,38 @@ class _LimitedH11Protocol(H11Protocol):
 
     _deadline: asyncio.TimerHandle | None = None
     _phase = "headers"
+    _since = 0.0
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
+            # Full: make room by closing the connection that has waited longest for a
+            # request's headers (a slow client, or an idle keep-alive one), so that slow
+            # clients cannot lock everyone else out; if every one is busy, refuse this one.
+            victim = self._longest_waiting()
             self.limits.refused += 1
             log.warning(
-                "HTTP connection refused: %d open, the cap is %d (--http-max-connections)",
-                len(self.connections) - 1,
+                "HTTP connections at the cap of %d (--http-max-connections): %s",
                 self.limits.max_connections,
+                "closed the one waiting longest for its headers" if victim else "refused one",
             )
-            transport.abort()
-            return
+            if victim is None:
+                transport.abort()
+                return
+            victim._too_slow()
         self._arm(self.limits.request_timeout_s, "headers")
+
+    def _longest_waiting(self) -> _LimitedH11Protocol | None:
+        waiting = [
+            c
+            for c in self.connections
+            if c is not self
+            and isinstance(c, _LimitedH11Protocol)
+            and c._phase == "headers"
+            and c._deadline is not None
+            and (c.cycle is None or c.cycle.response_complete)
+        ]
+        return min(waiting, key=lambda c: c._since, default=None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -106,6 +126,7 @@ class _LimitedH11Protocol(H11Protocol):
     def _arm(self, seconds: float, phase: str) -> None:
         self._disarm()
         self._phase = phase
+        self._since = self.loop.time()
         self._deadline = self.loop.call_later(seconds, self._too_slow)
 
     def _disarm(self) -> None:
@@ -114,7 +135,7 @@ class _LimitedH11Protocol(H11Protocol):
             self._deadline = None
 
     def _too_slow(self) -> None:
-        self._deadline = None
+        self._disarm()
         if self.transport.is_closing():
             return
         self.limits.timed_out += 1
