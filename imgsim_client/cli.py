@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score one pair with the unary Compare call and print the score, then, "
         "for a model with calibrated thresholds, the verdict on the same line "
         "(`0.9412 near-duplicate`; also `same object`, `same category`, `different`: the "
-        "most specific task whose 1%%-false-positive threshold the score reaches, see "
+        "most specific task whose 1%-false-positive threshold the score reaches, see "
         "`imgsim-client models`).",
         formatter_class=_Formatter,
     )

@@ -71,6 +71,15 @@ class ServerConfig:
         return f"{host}:{self.port}"
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imgsim")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def resolve_device(device: str) -> str:
     """'auto' becomes 'cuda' when a GPU is visible to torch, else 'cpu'."""
     if device != "auto":
@@ -90,6 +99,18 @@ def _weights(values: list[str], default_model: str) -> tuple[tuple[str, Path], .
     return tuple(out)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Appends an option's default, except where its help already says it (no doubles)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, "", False, argparse.SUPPRESS, []):
+            return text
+        if not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(
@@ -97,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve image similarity over gRPC (service imgsim.v1.ImageSimilarity). "
         "Images from all calls are embedded in dynamic batches by a pretrained CNN or a "
         "classical baseline; pairs are scored by the model's similarity (cosine by default).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument(
         "--host",
         default=env("IMGSIM_HOST", "127.0.0.1"),

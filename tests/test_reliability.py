@@ -7,6 +7,7 @@ non-UTF-8 names, malformed CSVs, evaluate on bad rows, redefined stream ids.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -461,3 +462,53 @@ def test_http_errors_use_the_documented_body(extra_servers):
         headers={"authorization": "BEARER tok", "content-type": "multipart/form-data"},
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_ARGUMENT"
+
+
+def test_help_texts_have_no_doubled_defaults():
+    from imgsim_client.cli import build_parser as client_parser
+    from imgsim_server.config import build_parser as server_parser
+
+    client = client_parser()
+    subs = next(a for a in client._actions if isinstance(a, argparse._SubParsersAction))
+    texts = [server_parser().format_help(), client.format_help()]
+    texts += [p.format_help() for p in subs.choices.values()]
+    for text in texts:
+        flat = " ".join(text.split())
+        assert "%%" not in flat
+        assert not re.search(r"default[^()]*\(default:", flat), flat
+
+
+def test_sigterm_during_a_stream_logs_no_traceback(photos, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgsim_server", "--port", "0", "--model", "phash"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        port = None
+        while port is None:
+            line = proc.stdout.readline()
+            assert line, "server did not start"
+            if m := re.search(r"listening on .*:(\d+)", line):
+                port = int(m.group(1))
+        data = photos["coffee"].read_bytes()
+
+        def slow_pairs():
+            for i in range(1000):
+                yield PairRequest(str(i), data, data)
+                time.sleep(0.01)
+
+        with ImgsimClient(f"127.0.0.1:{port}", timeout=30) as c:
+            c.wait_ready(30)
+            stream = c.compare_stream(slow_pairs())
+            next(stream)
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(ImgsimError):
+                for _ in stream:
+                    pass
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert "Traceback" not in out, out

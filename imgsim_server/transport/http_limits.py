@@ -71,6 +71,8 @@ class _LimitedH11Protocol(H11Protocol):
     _deadline: asyncio.TimerHandle | None = None
     _phase = "headers"
     _since = 0.0
+    _served = 0  # requests answered on this connection
+    _started = False  # bytes of the current request have arrived
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -101,13 +103,16 @@ class _LimitedH11Protocol(H11Protocol):
             and c._deadline is not None
             and (c.cycle is None or c.cycle.response_complete)
         ]
-        return min(waiting, key=lambda c: c._since, default=None)
+        # Connections that never completed a request go first: an idle keep-alive one has
+        # shown it is a real client.
+        return min(waiting, key=lambda c: (c._served > 0, c._since), default=None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._started = True
         super().data_received(data)
         state = self.conn.their_state
         if state is h11.SEND_BODY and self._phase == "headers":
@@ -119,6 +124,8 @@ class _LimitedH11Protocol(H11Protocol):
             self._disarm()  # the request is in; the app's own deadline bounds the answer
 
     def on_response_complete(self) -> None:
+        self._served += 1
+        self._started = False
         super().on_response_complete()
         if not self.transport.is_closing():
             self._arm(self.limits.request_timeout_s, "headers")  # the next request's clock
@@ -144,7 +151,8 @@ class _LimitedH11Protocol(H11Protocol):
             "(--http-request-timeout)",
             self._phase,
         )
-        if self.cycle is None or not self.cycle.response_started:
+        # 408 to a request under way; an idle keep-alive connection is closed silently.
+        if self._started and (self.cycle is None or not self.cycle.response_started):
             self.transport.write(TIMEOUT_RESPONSE)
         if self.cycle is not None:
             self.cycle.disconnected = True
