@@ -70,7 +70,10 @@ class AsyncServer:
         included) get `grace` seconds to drain."""
         self.serving = False
         await self.health.enter_graceful_shutdown()
+        loop = asyncio.get_running_loop()
+        ending = loop.call_later(max(0.0, (grace or 0.0) - 0.5), self.servicer.stopping)
         await self.server.stop(grace)
+        ending.cancel()
         if self.http is not None:
             await self.http.stop()
         self.servicer.close()

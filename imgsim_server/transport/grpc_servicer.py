@@ -33,6 +33,7 @@ from imgsim_server.transport.stream_protocol import ImageSpec, StreamSession
 log = logging.getLogger(__name__)
 
 _DONE = object()  # the reader has read the last request
+_STOPPING = object()  # the server is stopping: end the stream now
 # Images at least this large are handed to the core off the event loop: hashing 50 MB takes
 # long enough to delay every other call on the loop (health checks included).
 OFFLOAD_BYTES = 1 << 20
@@ -101,6 +102,13 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         # Threads that wait for room in a full admission queue (one per stream at most), so
         # that the event loop never blocks; unused while the queue has room.
         self._waiters = ThreadPoolExecutor(max(1, max_streams), thread_name_prefix="admission")
+        self._streams: set[asyncio.Queue] = set()  # the answer queues of open streams
+
+    def stopping(self) -> None:
+        """The grace period is ending: open streams end with UNAVAILABLE (resumable) now,
+        rather than be cancelled by gRPC, which logs a traceback for each (on the loop)."""
+        for q in self._streams:
+            q.put_nowait(_STOPPING)
 
     def close(self) -> None:
         self._waiters.shutdown(wait=False, cancel_futures=True)
@@ -194,6 +202,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         token = _token(context)
         session = StreamSession(budget=self.core.budget)
         settled: asyncio.Queue = asyncio.Queue()
+        self._streams.add(settled)
         # At most this many items of this stream are read but not yet answered to gRPC; past
         # that the reader stops reading, and gRPC flow control pushes back on the client.
         window = asyncio.Semaphore(self.max_stream_inflight)
@@ -247,6 +256,11 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                 if item is _DONE:
                     reading = False
                     continue
+                if item is _STOPPING:
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the server is shutting down; resume the unanswered items elsewhere",
+                    )
                 state["outstanding"] -= 1
                 yield respond(*item)
                 # Only now, with the answer handed to gRPC, may another item be read: a client
@@ -256,6 +270,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             token.cancel()  # queued work of this stream is no longer wanted
             reader.cancel()
             session.close()
+            self._streams.discard(settled)
             self.slots.give_back()
 
     def _poll_s(self) -> float | None:
