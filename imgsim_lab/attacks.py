@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import multiprocessing
 import resource
 import socket
 import statistics
@@ -56,42 +57,54 @@ class RssSampler(threading.Thread):
         return max((r for _, r in self.samples), default=0) / MiB
 
 
-class Prober(threading.Thread):
-    """gRPC Health every 0.1 s and /healthz every 0.5 s, with latencies and failures."""
+def probe(grpc_port: int, http_port: int, stop, out) -> None:
+    """gRPC Health every 0.1 s and /healthz every 0.5 s until `stop` is set; puts the
+    latencies and failures on `out`. Runs in a process of its own, so that the attackers'
+    threads (and their GIL) never delay a probe: the latency is the server's."""
+    import httpx
+
+    got: dict = {"health_ms": [], "health_failed": Counter(), "healthz_ms": [],
+                 "healthz_failed": Counter()}  # fmt: skip
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    stub = health_pb2_grpc.HealthStub(channel)
+    tick = 0
+    with httpx.Client(timeout=5) as http:
+        while not stop.wait(0.1):
+            started = time.perf_counter()
+            try:
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                got["health_ms"].append(1000 * (time.perf_counter() - started))
+            except grpc.RpcError as err:
+                got["health_failed"][err.code().name] += 1
+            tick += 1
+            if tick % 5:
+                continue
+            started = time.perf_counter()
+            try:
+                http.get(f"http://127.0.0.1:{http_port}/healthz").raise_for_status()
+                got["healthz_ms"].append(1000 * (time.perf_counter() - started))
+            except Exception as exc:  # the figure is how often it fails, and how
+                got["healthz_failed"][type(exc).__name__] += 1
+    channel.close()
+    out.put({k: dict(v) if isinstance(v, Counter) else v for k, v in got.items()})
+
+
+class Prober:
+    """`probe` in a spawned process."""
 
     def __init__(self, grpc_port: int, http_port: int) -> None:
-        super().__init__(daemon=True)
-        self.grpc_port, self.http_port = grpc_port, http_port
-        self.health_ms: list[float] = []
-        self.health_failed: Counter = Counter()
-        self.healthz_ms: list[float] = []
-        self.healthz_failed: Counter = Counter()
-        self.halt = threading.Event()
+        ctx = multiprocessing.get_context("spawn")
+        self._stop, self._out = ctx.Event(), ctx.Queue()
+        self._proc = ctx.Process(target=probe, args=(grpc_port, http_port, self._stop, self._out))
 
-    def run(self) -> None:
-        import httpx
+    def start(self) -> None:
+        self._proc.start()
 
-        channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
-        stub = health_pb2_grpc.HealthStub(channel)
-        tick = 0
-        with httpx.Client(timeout=5) as http:
-            while not self.halt.wait(0.1):
-                started = time.perf_counter()
-                try:
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                    self.health_ms.append(1000 * (time.perf_counter() - started))
-                except grpc.RpcError as err:
-                    self.health_failed[err.code().name] += 1
-                tick += 1
-                if tick % 5:
-                    continue
-                started = time.perf_counter()
-                try:
-                    http.get(f"http://127.0.0.1:{self.http_port}/healthz").raise_for_status()
-                    self.healthz_ms.append(1000 * (time.perf_counter() - started))
-                except Exception as exc:  # the figure is how often it fails, and how
-                    self.healthz_failed[type(exc).__name__] += 1
-        channel.close()
+    def finish(self) -> dict:
+        self._stop.set()
+        got = self._out.get(timeout=60)
+        self._proc.join(10)
+        return got
 
 
 def slow_http(port: int, count: int, seconds: float) -> dict:
@@ -282,13 +295,13 @@ def run(work: Path, budget_mb: int = 1024, pairs: int = 2000, slow: int = 5000) 
         for wait in (30, 60):
             time.sleep(max(0.0, burst_end + wait - time.monotonic()))
             after[wait] = round(rss_bytes(srv.proc.pid) / MiB)
-        prober.halt.set()
+        probed = prober.finish()
         sampler.halt.set()
-        prober.join()
         peak = max(sampler.peak_mb(), srv.peak_rss_mb())
         alive = srv.proc.poll() is None
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    h = sorted(prober.health_ms)
+    h = sorted(probed["health_ms"])
+    healthz = probed["healthz_ms"]
     report.update(results)
     report.update(
         {
@@ -301,14 +314,14 @@ def run(work: Path, budget_mb: int = 1024, pairs: int = 2000, slow: int = 5000) 
             },
             "health": {
                 "checks": len(h),
-                "failed": dict(prober.health_failed),
+                "failed": probed["health_failed"],
                 "p50_ms": round(statistics.median(h), 1) if h else None,
                 "p99_ms": round(h[int(0.99 * (len(h) - 1))], 1) if h else None,
             },
             "healthz": {
-                "answered": len(prober.healthz_ms),
-                "failed": dict(prober.healthz_failed),
-                "max_ms": round(max(prober.healthz_ms), 1) if prober.healthz_ms else None,
+                "answered": len(healthz),
+                "failed": probed["healthz_failed"],
+                "max_ms": round(max(healthz), 1) if healthz else None,
             },
             "server_alive": alive,
         }
@@ -318,8 +331,8 @@ def run(work: Path, budget_mb: int = 1024, pairs: int = 2000, slow: int = 5000) 
         "every CSV pair scored": csv_ok,
         "gRPC Health p99 < 100 ms": bool(h)
         and report["health"]["p99_ms"] < 100
-        and not prober.health_failed,
-        "/healthz answers": bool(prober.healthz_ms) and not prober.healthz_failed,
+        and not probed["health_failed"],
+        "/healthz answers": bool(healthz) and not probed["healthz_failed"],
         "peak RSS < budget + warm idle": peak < budget_mb + idle,
         "RSS within 300 MB of idle 30 s after": after[30] - idle < 300,
         "RSS after the model loop < 1 GB": report["rss_after_model_loop_mb"] < 1024,

@@ -50,7 +50,7 @@ class MemoryBudget:
     """A thread-safe count of the bytes held for requests, bounded by `limit` bytes; large
     charges are bounded by `large_share` of it."""
 
-    def __init__(self, limit: int, large_share: float = 0.75) -> None:
+    def __init__(self, limit: int, large_share: float = 0.5) -> None:
         self.limit = limit
         # Charges of at least 1% of the budget (big images) may fill only `large_share` of it,
         # so that clients sending big images can never starve the ordinary ones.

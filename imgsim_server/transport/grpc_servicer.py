@@ -37,6 +37,7 @@ _STOPPING = object()  # the server is stopping: end the stream now
 # Images at least this large are handed to the core off the event loop: hashing 50 MB takes
 # long enough to delay every other call on the loop (health checks included).
 OFFLOAD_BYTES = 1 << 20
+READ_PAUSE_S = 30.0  # longest wait for memory before the next large message is read anyway
 
 
 def _spec(image: pb.Image) -> ImageSpec:
@@ -120,7 +121,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             raise InvalidRequestError("image references (ref) work only inside CompareStream")
         data = StreamSession()
         charge = Charge(self.core.budget)
-        charge.add(2 * request.ByteSize(), "this request")
+        charge.add(3 * request.ByteSize(), "this request")
         token = _token(context)
         remaining = context.time_remaining()
         try:
@@ -221,8 +222,8 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                     eng, model = None, bounded_name(req.model)
                     charge = Charge(self.core.budget)
                     try:
-                        # The serialized message and the parsed one: both in memory now.
-                        charge.add(2 * req.ByteSize(), "this request")
+                        # The wire buffer, its bytes and the parsed message: all in memory now.
+                        charge.add(3 * req.ByteSize(), "this request")
                         eng, fut = await submit(req, session, token)
                         model = eng.cfg.name
                     except Exception as exc:
@@ -231,7 +232,10 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                     # Only the id is kept for the answer: a refused 50 MB request must not
                     # stay in memory until its answer is read.
                     fut.add_done_callback(partial(settle, ident(req), eng, model, charge))
+                    large = req.ByteSize() >= OFFLOAD_BYTES
                     del req
+                    if large:  # its next message may be as large: read it when there is room
+                        await self._memory_room()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the client went away or sent garbage
@@ -272,6 +276,15 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             session.close()
             self._streams.discard(settled)
             self.slots.give_back()
+
+    async def _memory_room(self) -> None:
+        """Wait (at most READ_PAUSE_S) until a quarter of the memory budget or more is free.
+        gRPC receives a message whole, in buffers the budget cannot see, as soon as it is
+        read; not reading is what stops the next large one arriving (flow control)."""
+        budget = self.core.budget
+        deadline = time.monotonic() + READ_PAUSE_S
+        while budget.held > budget.limit // 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     def _poll_s(self) -> float | None:
         return None if not self.stream_idle_timeout else min(5.0, self.stream_idle_timeout / 2)

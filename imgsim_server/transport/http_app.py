@@ -1,5 +1,5 @@
-"""HTTP/JSON beside gRPC (the `[http]` extra): FastAPI on uvicorn, on the gRPC server's event
-loop, over the same SimilarityCore, so both protocols share its batcher and cache.
+"""HTTP/JSON beside gRPC (the `[http]` extra): FastAPI on uvicorn, on an event loop of its own
+thread, over the same SimilarityCore, so both protocols share its batcher and cache.
 
 Endpoints: `POST /v1/compare` (multipart `image_a`, `image_b`, `model`; or JSON with base64
 images), `POST /v1/embed`, `GET /v1/models`, `GET /healthz`, `GET /readyz`, `GET /metrics` (when
@@ -19,6 +19,7 @@ import hmac
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -314,7 +315,7 @@ def _mount_docs(app: FastAPI) -> None:
 
 
 class _EmbeddedServer(uvicorn.Server):
-    """uvicorn on a loop it does not own: the gRPC server keeps the signal handling."""
+    """uvicorn on a thread of its own: the gRPC server keeps the signal handling."""
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -323,17 +324,23 @@ class _EmbeddedServer(uvicorn.Server):
 
 @dataclass
 class HttpServer:
-    """A started HTTP server on the current event loop."""
+    """A started HTTP server, on an event loop of its own thread: a flood of HTTP connections
+    (accepting thousands in one go stalls a loop for a second) never delays gRPC's loop."""
 
     server: _EmbeddedServer
-    task: asyncio.Task
+    thread: threading.Thread
     port: int
     limits: HttpLimits
+    failure: list
 
     async def stop(self) -> None:
         self.server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await asyncio.get_running_loop().run_in_executor(None, self.thread.join, 15)
+
+
+# asyncio accepts up to `backlog` connections per wake-up of the listening socket; a smaller
+# burst keeps each wake-up short, and the queue still absorbs a flood of connects.
+HTTP_BACKLOG = 512
 
 
 async def start_http(
@@ -343,9 +350,9 @@ async def start_http(
     tls: tuple | None = None,
     limits: HttpLimits | None = None,
 ) -> HttpServer:
-    """Serve `app` on host:port (0 = a free port) on the running loop; `tls` is (cert, key,
-    client_ca or None) as for gRPC; `limits` bounds connections and the time to receive a
-    request."""
+    """Serve `app` on host:port (0 = a free port) on a new thread with its own event loop;
+    `tls` is (cert, key, client_ca or None) as for gRPC; `limits` bounds connections and the
+    time to receive a request."""
     limits = limits or HttpLimits()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
@@ -366,12 +373,24 @@ async def start_http(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
+        backlog=HTTP_BACKLOG,
         **kwargs,
     )
     server = _EmbeddedServer(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    failure: list = []
+
+    def run() -> None:
+        try:
+            asyncio.run(server.serve(sockets=[sock]))
+        except BaseException as exc:  # reported to start_http, or logged once serving
+            failure.append(exc)
+            if server.started:
+                log.exception("HTTP server stopped")
+
+    thread = threading.Thread(target=run, name="imgsim-http", daemon=True)
+    thread.start()
     while not server.started:
-        if task.done():
-            task.result()  # raises what stopped it
+        if not thread.is_alive():
+            raise failure[0] if failure else RuntimeError("the HTTP server did not start")
         await asyncio.sleep(0.01)
-    return HttpServer(server, task, sock.getsockname()[1], limits)
+    return HttpServer(server, thread, sock.getsockname()[1], limits, failure)
