@@ -303,9 +303,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         else:
             score = fut.result()
             verdict = calibration.verdict(model, score)
-            resp = pb.CompareResponse(
-                pair_id=pair_id, score=score, model=model, verdict=verdict
-            )
+            resp = pb.CompareResponse(pair_id=pair_id, score=score, model=model, verdict=verdict)
             code = grpc.StatusCode.OK
         if self.on_pair is not None:
             self.on_pair(code)
