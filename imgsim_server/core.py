@@ -79,6 +79,16 @@ def served_models(cfg: CoreConfig) -> frozenset[str] | None:
     return frozenset(names)
 
 
+def reportable(exc: BaseException) -> BaseException:
+    """`exc` ready to be kept in a future: a CoreError (reported to the caller, never logged
+    with its traceback) loses its traceback, whose frames would hold the request's image bytes
+    in a reference cycle until the cyclic collector happens to run."""
+    if isinstance(exc, CoreError):
+        exc.__traceback__ = None
+        exc.__context__ = None
+    return exc
+
+
 def _named(exc: BaseException | None, which: str) -> BaseException | None:
     """`exc` with the image it concerns named first (`image_b: corrupt or truncated ...`), as
     the same type so that its status code stays."""
@@ -401,7 +411,7 @@ class SimilarityCore:
     def _settle(self, pending: _Pending, exc: BaseException) -> None:
         with self._inflight_lock:
             self._forget(pending)
-        pending.future.set_exception(exc)
+        pending.future.set_exception(reportable(exc))
 
     def _still_wanted(self, pending: _Pending) -> bool:
         """False (and the image leaves the in-flight table) once every caller has gone."""

@@ -6,9 +6,14 @@ from collections.abc import Callable
 
 import grpc
 
+_SAME = object()
 
-def with_behaviour(handler: grpc.RpcMethodHandler, behaviour: Callable) -> grpc.RpcMethodHandler:
-    """A handler of the same kind and (de)serializers as `handler` that runs `behaviour`."""
+
+def with_behaviour(
+    handler: grpc.RpcMethodHandler, behaviour: Callable, request_deserializer=_SAME
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind and (de)serializers as `handler` that runs `behaviour`
+    (with another request deserializer if given; None passes the raw bytes)."""
     if handler.request_streaming and handler.response_streaming:
         make = grpc.stream_stream_rpc_method_handler
     elif handler.request_streaming:
@@ -17,7 +22,9 @@ def with_behaviour(handler: grpc.RpcMethodHandler, behaviour: Callable) -> grpc.
         make = grpc.unary_stream_rpc_method_handler
     else:
         make = grpc.unary_unary_rpc_method_handler
-    return make(behaviour, handler.request_deserializer, handler.response_serializer)
+    same = request_deserializer is _SAME
+    deserializer = handler.request_deserializer if same else request_deserializer
+    return make(behaviour, deserializer, handler.response_serializer)
 
 
 def behaviour_of(handler: grpc.RpcMethodHandler) -> Callable:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import threading
@@ -196,6 +197,7 @@ class Trimmer:
                 self._high = max(self._high, self.budget.peak)
                 self.budget.peak = held
             if self._high >= self.burst_bytes and held <= self.idle_bytes:
+                gc.collect()  # buffers still held by reference cycles, then the heap
                 trim()
                 self.trims += 1
                 self._high = 0

@@ -1,4 +1,4 @@
-"""The import rules of ../shared/STYLE.md, checked in fresh interpreters by reading sys.modules:
+"""The import rules of the README's "Layout", checked in fresh interpreters (sys.modules):
 each install gets only what it needs, and arrows point down the stack only."""
 
 from __future__ import annotations

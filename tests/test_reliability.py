@@ -512,3 +512,40 @@ def test_sigterm_during_a_stream_logs_no_traceback(photos, tmp_path):
         proc.kill()
     assert proc.returncode == 0
     assert "Traceback" not in out, out
+
+
+def test_the_id_of_a_raw_request_is_read_without_parsing_it():
+    from imgsim.v1 import similarity_pb2 as pb
+
+    from imgsim_server.transport.grpc_servicer import first_string_field
+
+    big = b"\x00" * 300_000
+    req = pb.CompareRequest(
+        pair_id="pair-7",
+        image_a=pb.Image(data=big, id="#a"),
+        image_b=pb.Image(ref="#a"),
+        model="m",
+    )
+    assert first_string_field(req.SerializeToString()) == "pair-7"
+    # Fields in another order, as another encoder may write them.
+    other = pb.CompareRequest(image_a=pb.Image(data=big)).SerializeToString()
+    other += pb.CompareRequest(pair_id="late").SerializeToString()
+    assert first_string_field(other) == "late"
+    assert first_string_field(pb.EmbedRequest(image_id="i9").SerializeToString()) == "i9"
+    assert first_string_field(b"\xff\xff") == ""
+
+
+def test_a_refused_large_request_is_answered_under_its_id(photos):
+    core = CoreConfig(default_model=TEST_MODEL, memory_budget_mb=4)
+    running = start_server(ServerConfig(port=0, core=core))
+    try:
+        running.core.warm_up(TEST_MODEL)
+        big = _noise_png(800, 3)  # 1.9 MB: three copies are over a 4 MiB budget
+        (small,) = distinct_jpegs(photos, 1, salt=9750)
+        with ImgsimClient(f"127.0.0.1:{running.port}", timeout=60) as c:
+            reqs = [PairRequest("big-1", big, big), PairRequest("small-1", small, small)]
+            got = {r.pair_id: r for r in c.compare_stream(reqs)}
+        assert got["big-1"].error_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert got["small-1"].ok
+    finally:
+        running.stop(0)

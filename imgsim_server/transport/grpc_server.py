@@ -25,8 +25,9 @@ from imgsim_server.auth import BearerTokenInterceptor
 from imgsim_server.config import ServerConfig
 from imgsim_server.core import SimilarityCore
 from imgsim_server.errors import CoreError
+from imgsim_server.handlers import with_behaviour
 from imgsim_server.metrics import MetricsInterceptor, ServerMetrics
-from imgsim_server.transport.grpc_servicer import ImageSimilarityServicer
+from imgsim_server.transport.grpc_servicer import RAW_STREAM_METHODS, ImageSimilarityServicer
 from imgsim_server.transport.grpc_status import ExceptionToStatusInterceptor
 
 if TYPE_CHECKING:
@@ -34,6 +35,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageSimilarity"].full_name
+
+
+class RawStreamRequests(grpc.aio.ServerInterceptor):
+    """Hands the requests of `methods` to the servicer as raw bytes (it sizes, then parses)."""
+
+    def __init__(self, methods: tuple[str, ...]) -> None:
+        self.methods = frozenset(methods)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method not in self.methods:
+            return handler
+        return with_behaviour(handler, handler.stream_stream, request_deserializer=None)
 
 
 @dataclass
@@ -112,6 +126,7 @@ async def build_server(
     metrics = ServerMetrics(core) if cfg.metrics_port is not None else None
     server = grpc.aio.server(
         interceptors=[
+            RawStreamRequests(RAW_STREAM_METHODS),
             *([MetricsInterceptor(metrics.on_call)] if metrics else []),
             *([BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []),
             ExceptionToStatusInterceptor(),

@@ -18,7 +18,7 @@ import grpc
 from imgsim.v1 import similarity_pb2 as pb
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
-from imgsim_server.core import CallToken, Engine, SimilarityCore, bounded_name
+from imgsim_server.core import CallToken, Engine, SimilarityCore, bounded_name, reportable
 from imgsim_server.embedders import _calibration as calibration
 from imgsim_server.errors import (
     CancelledError,
@@ -37,7 +37,62 @@ _STOPPING = object()  # the server is stopping: end the stream now
 # Images at least this large are handed to the core off the event loop: hashing 50 MB takes
 # long enough to delay every other call on the loop (health checks included).
 OFFLOAD_BYTES = 1 << 20
-READ_PAUSE_S = 30.0  # longest wait for memory before the next large message is read anyway
+# Copies of a request's image bytes in memory while it is handled: gRPC's wire buffer, the
+# parsed message and the bytes taken from it. (Not ByteSize(): upb serializes the whole message
+# to compute it, on the event loop.)
+MESSAGE_COPIES = 3
+READ_PAUSE_S = 2.0  # longest wait for memory before the next large message is read anyway
+
+
+# Streaming methods whose requests reach the servicer as raw bytes (the server's interceptor
+# sets their deserializer to None): a large message is then refused by the memory budget before
+# it is parsed. Parsing 50 MB with upb, and taking the bytes out, holds the GIL on the event
+# loop for tens of milliseconds; for a message that is refused anyway, that is all waste.
+RAW_STREAM_METHODS = (
+    "/imgsim.v1.ImageSimilarity/CompareStream",
+    "/imgsim.v1.ImageSimilarity/Embed",
+)
+
+
+def first_string_field(raw: bytes) -> str:
+    """Field 1 of a serialized message (`pair_id` of CompareRequest, `image_id` of
+    EmbedRequest), read from the protobuf wire format without parsing the rest, so that a
+    refused request is answered under its id. "" if it has none or the bytes are not a message.
+    """
+    pos, end = 0, len(raw)
+    try:
+        while pos < end:
+            tag, pos = _varint(raw, pos)
+            field, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _, pos = _varint(raw, pos)
+            elif wire == 2:
+                size, pos = _varint(raw, pos)
+                if field == 1:
+                    return raw[pos : pos + size].decode("utf-8", "replace")
+                pos += size
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                return ""
+    except IndexError:
+        pass
+    return ""
+
+
+def _varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _size(spec: ImageSpec) -> int:
+    return len(spec.data) if spec.data is not None else 0
 
 
 def _spec(image: pb.Image) -> ImageSpec:
@@ -121,7 +176,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             raise InvalidRequestError("image references (ref) work only inside CompareStream")
         data = StreamSession()
         charge = Charge(self.core.budget)
-        charge.add(3 * request.ByteSize(), "this request")
+        charge.add(MESSAGE_COPIES * (_size(a) + _size(b)), "this request")
         token = _token(context)
         remaining = context.time_remaining()
         try:
@@ -149,27 +204,39 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
     async def CompareStream(
         self, request_iterator: AsyncIterator[pb.CompareRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CompareResponse]:
-        async def submit(req: pb.CompareRequest, session: StreamSession, token: CallToken):
+        async def submit(
+            req: pb.CompareRequest, session: StreamSession, token: CallToken, charge: Charge
+        ):
             # Images first: their ids must be recorded even if this pair fails.
-            a = session.resolve(_spec(req.image_a), "image_a")
-            b = session.resolve(_spec(req.image_b), "image_b")
+            sa, sb = _spec(req.image_a), _spec(req.image_b)
+            if not charge.bytes:  # not charged from the raw message already
+                charge.add(MESSAGE_COPIES * (_size(sa) + _size(sb)), "this request")
+            a = session.resolve(sa, "image_a")
+            b = session.resolve(sb, "image_b")
             eng = await self.core.engine_async(req.model)
             return eng, await self._admit(self.core.compare_async, eng, a, b, token=token)
 
-        respond = self._pair_response
-        async for resp in self._stream(request_iterator, context, submit, respond, _pair_id):
+        respond, parse = self._pair_response, pb.CompareRequest.FromString
+        async for resp in self._stream(request_iterator, context, submit, respond, _pair_id, parse):
             yield resp
 
     async def Embed(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EmbedResponse]:
-        async def submit(req: pb.EmbedRequest, session: StreamSession, token: CallToken):
-            data = session.resolve(_spec(req.image), "image")
+        async def submit(
+            req: pb.EmbedRequest, session: StreamSession, token: CallToken, charge: Charge
+        ):
+            spec = _spec(req.image)
+            if not charge.bytes:
+                charge.add(MESSAGE_COPIES * _size(spec), "this request")
+            data = session.resolve(spec, "image")
             eng = await self.core.engine_async(req.model)
             return eng, await self._admit(self.core.embed_vector_async, eng, data, token=token)
 
-        respond = self._image_response
-        async for resp in self._stream(request_iterator, context, submit, respond, _image_id):
+        respond, parse = self._image_response, pb.EmbedRequest.FromString
+        async for resp in self._stream(
+            request_iterator, context, submit, respond, _image_id, parse
+        ):
             yield resp
 
     async def _admit(self, fn, eng: Engine, *images: bytes, token: CallToken) -> Future:
@@ -188,7 +255,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             )
 
     async def _stream(
-        self, request_iterator, context: grpc.aio.ServicerContext, submit, respond, ident
+        self, request_iterator, context: grpc.aio.ServicerContext, submit, respond, ident, parse
     ):
         """The stream protocol shared by CompareStream and Embed: a stream slot, a reader task
         that resolves send-once images and submits each item to the core, and answers yielded
@@ -219,20 +286,23 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                     state["last_request"] = time.monotonic()
                     await window.acquire()
                     state["outstanding"] += 1
-                    eng, model = None, bounded_name(req.model)
+                    eng, model, key = None, "", ""
                     charge = Charge(self.core.budget)
                     try:
-                        # The wire buffer, its bytes and the parsed message: all in memory now.
-                        charge.add(3 * req.ByteSize(), "this request")
-                        eng, fut = await submit(req, session, token)
+                        if isinstance(req, bytes):  # raw (RAW_STREAM_METHODS): size first
+                            key = first_string_field(req)
+                            charge.add(MESSAGE_COPIES * len(req), "this request")
+                            req = parse(req)  # only once it fits in the memory budget
+                        key, model = ident(req), bounded_name(req.model)
+                        eng, fut = await submit(req, session, token, charge)
                         model = eng.cfg.name
                     except Exception as exc:
                         fut = Future()
-                        fut.set_exception(exc)
+                        fut.set_exception(reportable(exc))
                     # Only the id is kept for the answer: a refused 50 MB request must not
                     # stay in memory until its answer is read.
-                    fut.add_done_callback(partial(settle, ident(req), eng, model, charge))
-                    large = req.ByteSize() >= OFFLOAD_BYTES
+                    fut.add_done_callback(partial(settle, key, eng, model, charge))
+                    large = charge.bytes >= OFFLOAD_BYTES
                     del req
                     if large:  # its next message may be as large: read it when there is room
                         await self._memory_room()
