@@ -171,12 +171,35 @@ def test_page_with_a_bearer_token(extra_servers, page, photos, tmp_path):
     (img,) = distinct_jpegs(photos, 1, salt=9900)
     (tmp_path / "a.jpg").write_bytes(img)
     page.goto(f"http://127.0.0.1:{running.http_port}/")
-    page.wait_for_function("document.querySelector('#error').textContent")
-    assert "Authorization" in page.text_content("#error")
-    page.click("summary")
+    # The token field opens by itself and says why (before: a bare error, the field closed).
+    page.wait_for_function("document.querySelector('#token-why').textContent")
+    assert page.evaluate("document.querySelector('#token-box').open")
+    assert "requires a bearer token" in page.text_content("#token-why")
     page.fill("#token", "s3cret")
     page.dispatch_event("#token", "change")
     page.wait_for_function("document.querySelector('#model').options.length > 0")
-    assert page.text_content("#error") == ""
+    assert page.text_content("#error") == "" and page.text_content("#token-why") == ""
     _compare(page, tmp_path / "a.jpg", tmp_path / "a.jpg")
     assert float(page.text_content("#score").split()[0]) > 0.999
+
+
+def test_page_fits_a_phone_and_groups_variants(web, browser, client):
+    """At 375 px nothing scrolls sideways; variants are grouped under their base model."""
+    context = browser.new_context(viewport={"width": 375, "height": 800})
+    page = context.new_page()
+    try:
+        page.goto(web + "/")
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        groups = page.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('#model optgroup')].map("
+            "g => [g.label, [...g.querySelectorAll('option')].map(o => o.value)]))"
+        )
+        assert all(o == label or o.startswith(label + "-") for label, opts in groups.items()
+                   for o in opts)  # fmt: skip
+        assert "efficientnet-lite0-gem" in groups["efficientnet-lite0"]
+        assert groups["phash"] == ["phash"]
+        assert page.input_value("#model") == client.list_models().default_model
+        _screenshot(page, "web_page_phone.png")
+    finally:
+        context.close()

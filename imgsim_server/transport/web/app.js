@@ -20,6 +20,29 @@ $("token").addEventListener("change", () => {
   $("model").innerHTML = "";
   loadModels();
 });
+// A 401/403 opens the token field and says why, instead of leaving a bare error.
+function needsToken(resp) {
+  if (resp.status !== 401 && resp.status !== 403) return false;
+  $("token-box").open = true;
+  $("token-why").textContent = resp.status === 401
+    ? "This server requires a bearer token: enter the --auth-token it was started with."
+    : "The server refused this token: check it against the server's --auth-token.";
+  $("token").focus();
+  return true;
+}
+
+// The model a variant belongs to: the longest other listed name it starts with
+// ("efficientnet-lite2-gem-260" -> "efficientnet-lite2"); a base model is its own group.
+function baseOf(name, names) {
+  let base = name;
+  for (const other of names) {
+    if (other !== name && name.startsWith(other + "-") && (base === name || other.length > base.length)) {
+      base = other;
+    }
+  }
+  return base;
+}
+
 function authHeaders() {
   const token = $("token").value.trim();
   return token ? { Authorization: "Bearer " + token } : {};
@@ -57,15 +80,26 @@ async function loadModels() {
     $("error").textContent = "";
     const resp = await fetch("/v1/models", { headers: authHeaders() });
     const body = await resp.json();
+    if (needsToken(resp)) return;
     if (!resp.ok) throw new Error(body.error ? body.error.message : resp.statusText);
+    $("token-why").textContent = "";
     const select = $("model");
-    for (const m of body.models) {
-      if (!m.weights_available) continue;
+    const usable = body.models.filter((m) => m.weights_available);
+    const names = usable.map((m) => m.name);
+    const groups = new Map();  // base model -> its optgroup, in listing order
+    for (const m of usable) {
+      const base = baseOf(m.name, names);
+      if (!groups.has(base)) {
+        const group = document.createElement("optgroup");
+        group.label = base;
+        groups.set(base, group);
+        select.appendChild(group);
+      }
       const opt = document.createElement("option");
       opt.value = m.name;
       opt.textContent = m.name + (m.name === body.default_model ? " (default)" : "");
       opt.title = m.description;
-      select.appendChild(opt);
+      groups.get(base).appendChild(opt);
       thresholds[m.name] = m.thresholds;
     }
     select.value = body.default_model;
@@ -89,6 +123,7 @@ $("form").addEventListener("submit", async (e) => {
   try {
     const resp = await fetch("/v1/compare", { method: "POST", body: data, headers: authHeaders() });
     const body = await resp.json();
+    if (needsToken(resp)) throw new Error("a bearer token is needed (see above)");
     if (!resp.ok) {
       const err = body.error || {};
       throw new Error(`${err.message || resp.statusText} (HTTP ${resp.status} ${err.code || ""})`.trim());
