@@ -76,7 +76,7 @@ screenshots: $(STAMP) ## Browser tests that also save results/web_page.png and r
 report: $(STAMP) ## Build results/report.pdf from the study's files (no server needed)
 	$(PY) -m imgsim_lab.report
 
-soak: $(STAMP) ## 16 concurrent streams x 500 pairs with 2% bad inputs, cancels, a non-reading client -> results/soak.md
+soak: $(STAMP) ## 16 streams x 500 pairs with 2% bad inputs, cancels, a non-reading client; then the attacks (slow HTTP, 50 MB images, every model) -> results/soak.md
 	$(PY) -m imgsim_lab.soak
 
 export: $(STAMP) ## Build the cached ONNX graphs (fp32 and int8) ahead of first use

@@ -313,14 +313,19 @@ def test_resume_with_another_model_is_refused(small_folder, address, tmp_path):
 # ---- 7. interrupted embeds ------------------------------------------------------------------
 
 
-def test_an_embed_killed_midway_resumes_with_every_image_once(address, photos, tmp_path):
-    folder = tmp_path / "many"
+def _many_photos(folder: Path, photo: Path, tag: str, n: int = 240) -> Path:
+    """n distinct 900 px JPEGs (rotations of one photo): enough work to interrupt."""
     folder.mkdir()
-    src = Image.open(photos["astronaut"]).convert("RGB").resize((900, 900))
-    for i in range(240):
+    src = Image.open(photo).convert("RGB").resize((900, 900))
+    for i in range(n):
         buf = io.BytesIO()
-        src.rotate(i * 1.5).save(buf, "JPEG", quality=90, comment=f"kill {i}".encode())
+        src.rotate(i * 1.5).save(buf, "JPEG", quality=90, comment=f"{tag} {i}".encode())
         (folder / f"{i:03d}.jpg").write_bytes(buf.getvalue())
+    return folder
+
+
+def test_an_embed_killed_midway_resumes_with_every_image_once(address, photos, tmp_path):
+    folder = _many_photos(tmp_path / "many", photos["astronaut"], "kill")
     out = tmp_path / "v.parquet"
     cmd = [sys.executable, "-m", "imgsim_client", "embed", str(folder), "-o", str(out),
            "--server", address, "--no-progress", "--checkpoint-every", "0.2"]  # fmt: skip
@@ -340,13 +345,7 @@ def test_an_embed_killed_midway_resumes_with_every_image_once(address, photos, t
 
 
 def test_ctrl_c_writes_the_embed_checkpoint(address, photos, tmp_path):
-    folder = tmp_path / "many"
-    folder.mkdir()
-    src = Image.open(photos["coffee"]).convert("RGB").resize((900, 900))
-    for i in range(240):
-        buf = io.BytesIO()
-        src.rotate(i * 1.5).save(buf, "JPEG", quality=90, comment=f"int {i}".encode())
-        (folder / f"{i:03d}.jpg").write_bytes(buf.getvalue())
+    folder = _many_photos(tmp_path / "many", photos["coffee"], "int")
     out = tmp_path / "v.parquet"
     cmd = [sys.executable, "-m", "imgsim_client", "embed", str(folder), "-o", str(out),
            "--server", address, "--checkpoint-every", "3600"]  # fmt: skip

@@ -286,11 +286,11 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                     state["last_request"] = time.monotonic()
                     await window.acquire()
                     state["outstanding"] += 1
-                    eng, model, key = None, "", ""
+                    eng, model, key, size = None, "", "", 0
                     charge = Charge(self.core.budget)
                     try:
                         if isinstance(req, bytes):  # raw (RAW_STREAM_METHODS): size first
-                            key = first_string_field(req)
+                            key, size = first_string_field(req), len(req)
                             charge.add(MESSAGE_COPIES * len(req), "this request")
                             req = parse(req)  # only once it fits in the memory budget
                         key, model = ident(req), bounded_name(req.model)
@@ -302,7 +302,8 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                     # Only the id is kept for the answer: a refused 50 MB request must not
                     # stay in memory until its answer is read.
                     fut.add_done_callback(partial(settle, key, eng, model, charge))
-                    large = charge.bytes >= OFFLOAD_BYTES
+                    # Refused or not: a stream that sends large messages waits for room.
+                    large = max(size, charge.bytes) >= OFFLOAD_BYTES
                     del req
                     if large:  # its next message may be as large: read it when there is room
                         await self._memory_room()
