@@ -171,17 +171,20 @@ def rss_bytes(pid: int | str = "self") -> int:
 
 
 class Trimmer:
-    """A thread that gives freed memory back (malloc_trim) once a burst is over: when the
-    budget's holdings have fallen below `idle_bytes` after having risen above `burst_bytes`."""
+    """A thread that gives freed memory back (malloc_trim): once a burst is over (holdings
+    below `idle_bytes` after having risen above `burst_bytes`, with a full gc first), and during
+    one whenever `during_bytes` or more were released since its last look."""
 
     def __init__(
         self,
         budget: MemoryBudget,
-        period_s: float = 2.0,
+        period_s: float = 0.5,
         burst_bytes: int = 32 * MiB,
         idle_bytes: int = 8 * MiB,
+        during_bytes: int = 128 * MiB,
     ) -> None:
         self.budget = budget
+        self.during_bytes = during_bytes
         self.period_s = period_s
         self.burst_bytes = burst_bytes
         self.idle_bytes = idle_bytes
@@ -196,13 +199,17 @@ class Trimmer:
         while not self._stop.wait(self.period_s):
             held = self.budget.held
             with self.budget._lock:
-                self._high = max(self._high, self.budget.peak)
+                recent = self.budget.peak  # the most held since the last look
+                self._high = max(self._high, recent)
                 self.budget.peak = held
             if self._high >= self.burst_bytes and held <= self.idle_bytes:
                 gc.collect()  # buffers still held by reference cycles, then the heap
                 trim()
                 self.trims += 1
                 self._high = 0
+            elif recent - held >= self.during_bytes:
+                trim()  # mid-burst, after a large release (ctypes drops the GIL meanwhile)
+                self.trims += 1
 
     def stop(self) -> None:
         self._stop.set()
