@@ -49,6 +49,18 @@ def read_table(path: Path, what: str = "pairs file") -> PairsTable:
     return PairsTable(columns, [{k: v or "" for k, v in r.items()} for r in rows])
 
 
+def refuse_other_model(path: Path, found: set[str], wanted: str, what: str) -> None:
+    """`--resume` keeps only results of this run's model: PairsFileError (the file left
+    untouched) when `path` holds `what` (scores, vectors) of another."""
+    found = found - {""}
+    if wanted and found and found != {wanted}:
+        raise PairsFileError(
+            f"cannot resume: {path} holds {what} of {', '.join(sorted(found))}, and this run "
+            f"uses {wanted}; {what} of two models do not compare. It was left untouched: "
+            "choose another -o, or the file's --model"
+        )
+
+
 def write_csv_atomic(columns: list[str], rows: list[dict], out_path: Path) -> None:
     """Write to a temporary file beside `out_path`, then rename: never a half-written file."""
     out_path.parent.mkdir(parents=True, exist_ok=True)

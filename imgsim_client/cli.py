@@ -609,7 +609,7 @@ def _cmd_perf(args: argparse.Namespace) -> int:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from imgsim_client import collection
-    from imgsim_client._csv import PairsFileError
+    from imgsim_client._csv import refuse_other_model
     from imgsim_client.client import ImgsimError
     from imgsim_client.index import read_parquet, write_parquet
 
@@ -618,13 +618,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         done = {}
         if args.resume and args.output.exists():
             kept = read_parquet(args.output)
-            model = args.model or client.list_models().default_model
-            if kept.keys and kept.model != model:
-                raise PairsFileError(
-                    f"cannot resume: {args.output} holds {kept.model} vectors, and this run "
-                    f"embeds with {model}; vectors of two models do not compare. It was left "
-                    "untouched: choose another -o, or the file's --model"
-                )
+            found = {kept.model} if kept.keys else set()
+            refuse_other_model(args.output, found, client.resolve_model(args.model), "vectors")
             by_key = {collection.display_path(p): p for p in paths}
             done = {by_key[k]: v for k, v in collection.from_vectors(kept).items() if k in by_key}
 

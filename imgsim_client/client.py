@@ -361,6 +361,10 @@ class ImgsimClient:
                 watchdog.stop()
             call.cancel()  # no-op once the call has ended; frees the server if we left early
 
+    def resolve_model(self, model: str) -> str:
+        """The model a request naming `model` is served by ('' = the server's default)."""
+        return model or self.list_models().default_model
+
     def list_models(self) -> pb.ListModelsResponse:
         """The server's models, its default, and whether each can load."""
         try:

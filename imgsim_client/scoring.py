@@ -21,7 +21,13 @@ from pathlib import Path
 
 import grpc
 
-from imgsim_client._csv import PairsFileError, PairsTable, read_table, write_csv_atomic
+from imgsim_client._csv import (
+    PairsFileError,
+    PairsTable,
+    read_table,
+    refuse_other_model,
+    write_csv_atomic,
+)
 from imgsim_client.client import ImgsimClient, ImgsimError, PairRequest, PairResult
 
 __all__ = ["PairsFileError", "RetryPolicy", "ScoreSummary", "read_pairs", "score_pairs"]
@@ -167,13 +173,8 @@ def load_partial(out_path: Path, table: PairsTable, model: str = "") -> dict[str
             f"{', '.join(map(repr, differ[:3]))}). It was left untouched: choose another "
             "-o, or drop --resume to score every pair again"
         )
-    models = {r.get("model", "") for r in old.rows if r["score"].strip()} - {""}
-    if model and models and models != {model}:
-        raise PairsFileError(
-            f"cannot resume: {out_path} holds scores of {', '.join(sorted(models))}, and this "
-            f"run scores with {model}; scores of two models are not comparable. It was left "
-            "untouched: choose another -o, or the file's --model"
-        )
+    scored_with = {r.get("model", "") for r in old.rows if r["score"].strip()}
+    refuse_other_model(out_path, scored_with, model, "scores")
     return {
         row["pair_id"]: PairResult(row["pair_id"], float(row["score"]), row.get("model", ""))
         for row in old.rows
@@ -385,7 +386,7 @@ def score_pairs(
     rows = [(r["pair_id"], r["image_a"], r["image_b"]) for r in table.rows]
     results: dict[str, PairResult] = {}
     if resume:  # the scores kept must be of the model this run scores with
-        results = load_partial(out_path, table, model or client.list_models().default_model)
+        results = load_partial(out_path, table, client.resolve_model(model))
     resumed = len(results)
     todo = [r for r in rows if r[0] not in results]
     chunks = _split(todo, streams)

@@ -54,6 +54,17 @@ log = logging.getLogger(__name__)
 
 # Longest part of a request (a model name, an image id) that an error message repeats.
 ECHO_LIMIT = 80
+# Images at least this large are handed to the core off the event loop: hashing 50 MB takes
+# long enough to delay every other call on the loop (health checks included).
+OFFLOAD_BYTES = 1 << 20
+
+
+async def submit_off_loop_if_large(call: Callable[[], Future], size: int, executor=None) -> Future:
+    """`call()` (one of the core's *_async submissions) run on `executor` when its images
+    total `size` >= OFFLOAD_BYTES, else on the event loop at once."""
+    if size >= OFFLOAD_BYTES:
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
+    return call()
 
 
 def bounded_name(value: str, limit: int = ECHO_LIMIT) -> str:

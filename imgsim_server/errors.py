@@ -1,4 +1,12 @@
-"""Exceptions of the core. They know nothing of gRPC; `status.py` maps them to status codes."""
+"""Exceptions of the core. They know nothing of gRPC or HTTP: `transport/grpc_status.py` and
+`transport/http_status.py` map them to status codes."""
+
+MAX_MESSAGE = 2000  # characters of an error message sent to a caller
+
+
+def bounded_message(message: str, limit: int = MAX_MESSAGE) -> str:
+    """An error message short enough for any client's metadata limit (8 KiB by default)."""
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 class CoreError(Exception):

@@ -11,14 +11,12 @@ changed nothing. Model weights, runtime arenas and the embedding cache (bounded 
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import gc
 import logging
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from imgsim_server.errors import OverloadedError
@@ -58,8 +56,7 @@ class MemoryBudget:
         self.large = limit // 100
         self.large_limit = int(limit * large_share)
         self.held = 0
-        self.peak = 0
-        self.refused = 0
+        self.peak = 0  # the most held since the last take_peak()
         self._lock = threading.Lock()
 
     def take(self, n: int, what: str) -> int:
@@ -69,7 +66,6 @@ class MemoryBudget:
             return 0
         with self._lock:
             if self.held + n > (self.large_limit if n >= self.large else self.limit):
-                self.refused += 1
                 held = self.held
             else:
                 self.held += n
@@ -85,14 +81,12 @@ class MemoryBudget:
             with self._lock:
                 self.held -= n
 
-    @contextlib.contextmanager
-    def hold(self, n: int, what: str) -> Iterator[None]:
-        """Hold `n` bytes for the duration of the block."""
-        taken = self.take(n, what)
-        try:
-            yield
-        finally:
-            self.give(taken)
+    def take_peak(self) -> tuple[int, int]:
+        """(the most held since the last call, held now); the peak starts again from now."""
+        with self._lock:
+            peak, held = self.peak, self.held
+            self.peak = held
+        return peak, held
 
 
 class Charge:
@@ -197,11 +191,8 @@ class Trimmer:
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
-            held = self.budget.held
-            with self.budget._lock:
-                recent = self.budget.peak  # the most held since the last look
-                self._high = max(self._high, recent)
-                self.budget.peak = held
+            recent, held = self.budget.take_peak()
+            self._high = max(self._high, recent)
             if self._high >= self.burst_bytes and held <= self.idle_bytes:
                 gc.collect()  # buffers still held by reference cycles, then the heap
                 trim()

@@ -13,12 +13,21 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from operator import attrgetter
 
 import grpc
 from imgsim.v1 import similarity_pb2 as pb
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
-from imgsim_server.core import CallToken, Engine, SimilarityCore, bounded_name, reportable
+from imgsim_server.core import (
+    OFFLOAD_BYTES,
+    CallToken,
+    Engine,
+    SimilarityCore,
+    bounded_name,
+    reportable,
+    submit_off_loop_if_large,
+)
 from imgsim_server.embedders import _calibration as calibration
 from imgsim_server.errors import (
     CancelledError,
@@ -34,9 +43,6 @@ log = logging.getLogger(__name__)
 
 _DONE = object()  # the reader has read the last request
 _STOPPING = object()  # the server is stopping: end the stream now
-# Images at least this large are handed to the core off the event loop: hashing 50 MB takes
-# long enough to delay every other call on the loop (health checks included).
-OFFLOAD_BYTES = 1 << 20
 # Copies of a request's image bytes in memory while it is handled: gRPC's wire buffer, the
 # parsed message and the bytes taken from it. (Not ByteSize(): upb serializes the whole message
 # to compute it, on the event loop.)
@@ -45,9 +51,9 @@ READ_PAUSE_S = 2.0  # longest wait for memory before the next large message is r
 
 
 # Streaming methods whose requests reach the servicer as raw bytes (the server's interceptor
-# sets their deserializer to None): a large message is then refused by the memory budget before
-# it is parsed. Parsing 50 MB with upb, and taking the bytes out, holds the GIL on the event
-# loop for tens of milliseconds; for a message that is refused anyway, that is all waste.
+# sets their deserializer to None): a message is sized and charged to the memory budget before
+# it is parsed, so a large one that does not fit is refused unparsed. Parsing 50 MB with upb,
+# and taking the bytes out, holds the GIL on the event loop for tens of milliseconds.
 RAW_STREAM_METHODS = (
     "/imgsim.v1.ImageSimilarity/CompareStream",
     "/imgsim.v1.ImageSimilarity/Embed",
@@ -102,14 +108,6 @@ def _spec(image: pb.Image) -> ImageSpec:
         ref=image.ref if source == "ref" else "",
         id=image.id,
     )
-
-
-def _pair_id(req: pb.CompareRequest) -> str:
-    return req.pair_id
-
-
-def _image_id(req: pb.EmbedRequest) -> str:
-    return req.image_id
 
 
 def _token(context: grpc.aio.ServicerContext) -> CallToken:
@@ -182,10 +180,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         try:
             image_a, image_b = data.resolve(a, "image_a"), data.resolve(b, "image_b")
             call = partial(self.core.compare_async, eng, image_a, image_b, block=False, token=token)
-            if len(image_a) + len(image_b) >= OFFLOAD_BYTES:
-                fut = await asyncio.get_running_loop().run_in_executor(self._waiters, call)
-            else:
-                fut = call()
+            fut = await submit_off_loop_if_large(call, len(image_a) + len(image_b), self._waiters)
             score = await asyncio.wait_for(asyncio.wrap_future(fut), remaining)
         except (asyncio.TimeoutError, CancelledError) as exc:
             if token.expired or isinstance(exc, asyncio.TimeoutError):
@@ -204,39 +199,29 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
     async def CompareStream(
         self, request_iterator: AsyncIterator[pb.CompareRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CompareResponse]:
-        async def submit(
-            req: pb.CompareRequest, session: StreamSession, token: CallToken, charge: Charge
-        ):
+        async def submit(req: pb.CompareRequest, session: StreamSession, token: CallToken):
             # Images first: their ids must be recorded even if this pair fails.
-            sa, sb = _spec(req.image_a), _spec(req.image_b)
-            if not charge.bytes:  # not charged from the raw message already
-                charge.add(MESSAGE_COPIES * (_size(sa) + _size(sb)), "this request")
-            a = session.resolve(sa, "image_a")
-            b = session.resolve(sb, "image_b")
+            a = session.resolve(_spec(req.image_a), "image_a")
+            b = session.resolve(_spec(req.image_b), "image_b")
             eng = await self.core.engine_async(req.model)
             return eng, await self._admit(self.core.compare_async, eng, a, b, token=token)
 
         respond, parse = self._pair_response, pb.CompareRequest.FromString
-        async for resp in self._stream(request_iterator, context, submit, respond, _pair_id, parse):
+        ident = attrgetter("pair_id")
+        async for resp in self._stream(request_iterator, context, submit, respond, ident, parse):
             yield resp
 
     async def Embed(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EmbedResponse]:
-        async def submit(
-            req: pb.EmbedRequest, session: StreamSession, token: CallToken, charge: Charge
-        ):
-            spec = _spec(req.image)
-            if not charge.bytes:
-                charge.add(MESSAGE_COPIES * _size(spec), "this request")
-            data = session.resolve(spec, "image")
+        async def submit(req: pb.EmbedRequest, session: StreamSession, token: CallToken):
+            data = session.resolve(_spec(req.image), "image")
             eng = await self.core.engine_async(req.model)
             return eng, await self._admit(self.core.embed_vector_async, eng, data, token=token)
 
         respond, parse = self._image_response, pb.EmbedRequest.FromString
-        async for resp in self._stream(
-            request_iterator, context, submit, respond, _image_id, parse
-        ):
+        ident = attrgetter("image_id")
+        async for resp in self._stream(request_iterator, context, submit, respond, ident, parse):
             yield resp
 
     async def _admit(self, fn, eng: Engine, *images: bytes, token: CallToken) -> Future:
@@ -258,8 +243,10 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         self, request_iterator, context: grpc.aio.ServicerContext, submit, respond, ident, parse
     ):
         """The stream protocol shared by CompareStream and Embed: a stream slot, a reader task
-        that resolves send-once images and submits each item to the core, and answers yielded
-        as they settle (matched by id), with a bounded window of unanswered items."""
+        that sizes each request (raw bytes: RAW_STREAM_METHODS), charges it to the memory
+        budget, parses it (`parse`), resolves send-once images and submits it to the core, and
+        answers yielded as they settle (matched by `ident`), with a bounded window of
+        unanswered items."""
         if not self.slots.try_take():
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -286,15 +273,15 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                     state["last_request"] = time.monotonic()
                     await window.acquire()
                     state["outstanding"] += 1
-                    eng, model, key, size = None, "", "", 0
+                    if not isinstance(req, bytes):  # served without the raw interceptor
+                        req = req.SerializeToString()
+                    eng, model, key, size = None, "", first_string_field(req), len(req)
                     charge = Charge(self.core.budget)
                     try:
-                        if isinstance(req, bytes):  # raw (RAW_STREAM_METHODS): size first
-                            key, size = first_string_field(req), len(req)
-                            charge.add(MESSAGE_COPIES * len(req), "this request")
-                            req = parse(req)  # only once it fits in the memory budget
+                        charge.add(MESSAGE_COPIES * size, "this request")
+                        req = parse(req)  # only once it fits in the memory budget
                         key, model = ident(req), bounded_name(req.model)
-                        eng, fut = await submit(req, session, token, charge)
+                        eng, fut = await submit(req, session, token)
                         model = eng.cfg.name
                     except Exception as exc:
                         fut = Future()
@@ -303,7 +290,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                     # stay in memory until its answer is read.
                     fut.add_done_callback(partial(settle, key, eng, model, charge))
                     # Refused or not: a stream that sends large messages waits for room.
-                    large = max(size, charge.bytes) >= OFFLOAD_BYTES
+                    large = size >= OFFLOAD_BYTES
                     del req
                     if large:  # its next message may be as large: read it when there is room
                         await self._memory_room()

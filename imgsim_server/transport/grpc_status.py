@@ -17,8 +17,6 @@ from imgsim_server.handlers import with_behaviour
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE = 2000  # characters of a status message
-
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.InvalidImageError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -39,14 +37,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message that report `exc` to a caller."""
     for exc_type, code in _CODES:
         if isinstance(exc, exc_type):
-            return code, bounded_message(str(exc) or exc_type.__name__)
+            return code, errors.bounded_message(str(exc) or exc_type.__name__)
     log.error("internal error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error (the server's log has the details)"
-
-
-def bounded_message(message: str, limit: int = MAX_MESSAGE) -> str:
-    """A status message short enough for any client's metadata limit (8 KiB by default)."""
-    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):

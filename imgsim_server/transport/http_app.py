@@ -22,6 +22,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 
 try:
@@ -40,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised by installs without t
     ) from exc
 
 from imgsim_server import errors
-from imgsim_server.core import CallToken, SimilarityCore
+from imgsim_server.core import CallToken, SimilarityCore, submit_off_loop_if_large
 from imgsim_server.embedders import _calibration as calibration
 from imgsim_server.memory import Charge
 from imgsim_server.transport.http_limits import HttpLimits, protocol_class
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 REQUEST_TIMEOUT_S = 60.0
 BAD_REQUEST = (400, "INVALID_ARGUMENT")
-OFFLOAD_BYTES = 1 << 20  # images at least this large are handed to the core off the loop
 UNMATCHED = "unmatched"  # the one metrics label of every path that no route serves
 # Bytes held per body byte while a request is parsed: base64 JSON keeps the body, the decoded
 # string and the image; a multipart form keeps the body's chunks and the file's bytes.
@@ -208,17 +208,14 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        body = {"error": {"code": "INVALID_ARGUMENT", "message": str(exc.errors())[:2000]}}
+        message = errors.bounded_message(str(exc.errors()))
+        body = {"error": {"code": "INVALID_ARGUMENT", "message": message}}
         return JSONResponse(body, status_code=400)
 
     async def result(make_future, size: int):
         token = CallToken(REQUEST_TIMEOUT_S)
         try:
-            if size >= OFFLOAD_BYTES:  # hashing large images would stall the loop
-                loop = asyncio.get_running_loop()
-                future = await loop.run_in_executor(None, make_future, token)
-            else:
-                future = make_future(token)
+            future = await submit_off_loop_if_large(partial(make_future, token), size)
             return await asyncio.wait_for(asyncio.wrap_future(future), REQUEST_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise errors.DeadlineExceededError("the request took too long") from None

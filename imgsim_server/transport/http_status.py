@@ -44,7 +44,6 @@ def http_status_for(exc: BaseException) -> tuple[int, str, str]:
         return exc.status, exc.code, str(exc)
     for exc_type, status, code in _STATUS:
         if isinstance(exc, exc_type):
-            message = str(exc) or exc_type.__name__
-            return status, code, message if len(message) <= 2000 else message[:1997] + "..."
+            return status, code, errors.bounded_message(str(exc) or exc_type.__name__)
     log.error("internal error", exc_info=exc)
     return 500, "INTERNAL", "internal error (the server's log has the details)"
