@@ -86,8 +86,9 @@ def embedder_limit(model: str, files: list[Path], backend: str = "auto") -> dict
     The limit is the best of two layouts: the server's (`concurrency()` concurrent calls, for
     ONNX one single-threaded session run per core) and one call at a time using every core.
     """
-    from imgsim_server.embedders import EmbedderOptions, _onnx, create
-    from imgsim_server.images import decode_image
+    from imgsim_server.core.images import decode_image
+    from imgsim_server.embedders import EmbedderOptions, _onnx
+    from imgsim_server.export import load as create
 
     emb = create(model, EmbedderOptions(backend=backend))
     xs = np.stack([emb.preprocess(decode_image(p.read_bytes())) for p in files[:64]])
@@ -195,8 +196,8 @@ def decode_rates(seconds: float = 3.0) -> dict:
     """Decode + preprocess img/s on one thread for 4000x3000 JPEGs, with and without draft."""
     import io
 
+    from imgsim_server.core.images import decode_image
     from imgsim_server.embedders._preprocess import LITE0 as LITE0_PRESET
-    from imgsim_server.images import decode_image
 
     big = []
     for p in shipped_photos()[:6]:
@@ -216,16 +217,17 @@ def decode_rates(seconds: float = 3.0) -> dict:
 
 
 def _has_weights(model: str) -> bool:
-    from imgsim_server.embedders import EmbedderOptions, get_cfg, list_models
+    from imgsim_server.embedders import EmbedderOptions, get_cfg, list_models, weights_available
 
     names = [m.name for m in list_models()]
-    return model in names and get_cfg(model).weights_available(EmbedderOptions())
+    return model in names and weights_available(get_cfg(model), EmbedderOptions())
 
 
 def backend_table(models: list[str], files: list[Path], csv: Path, warm: list[Path]) -> list:
     """Raw img/s and end-to-end pairs/s for torch, onnx fp32 and onnx int8."""
-    from imgsim_server.embedders import EmbedderOptions, create
-    from imgsim_server.images import decode_image
+    from imgsim_server.core.images import decode_image
+    from imgsim_server.embedders import EmbedderOptions
+    from imgsim_server.export import load as create
 
     rows = []
     variants = (

@@ -219,32 +219,31 @@ def embed_arrays(emb, arrays: list[np.ndarray], batch: int = 32) -> tuple[np.nda
 
 def grid_models() -> list:
     """Every registered Lite variant (flip variants derived) and every classical method."""
-    from imgsim_server.embedders import EmbedderOptions, list_models
+    from imgsim_server.embedders import EmbedderOptions, list_models, weights_available
 
     opts = EmbedderOptions()
     return [
         m
         for m in list_models()
-        if (m.kind == "classical" or str(m.option("arch", "")).startswith("efficientnet-lite"))
-        and m.weights_available(opts)
+        if (m.kind == "classical" or m.architecture.startswith("efficientnet-lite"))
+        and weights_available(m, opts)
     ]
 
 
 def embed_grid(images: list, models: list) -> dict[str, dict]:
     """name -> {vectors, seconds_per_image} for every model (flip variants from their base)."""
-    from imgsim_server.embedders import create
-    from imgsim_server.embedders.cnn import graph_name
+    from imgsim_server.export import load as create
 
     mirrored = [ImageOps.mirror(im) for im in images]
     out: dict[str, dict] = {}
     for cfg in models:
-        if cfg.option("hflip"):
+        if cfg.hflip:
             continue
         emb = create(cfg.name)
         arrays = [emb.preprocess(im) for im in images]
         vecs, secs = embed_arrays(emb, arrays)
         out[cfg.name] = {"vectors": vecs, "s_per_image": secs / len(images)}
-        flips = [m for m in models if m.option("hflip") and graph_name(m) == cfg.name]
+        flips = [m for m in models if m.hflip and m.graph_name == cfg.name]
         if flips:
             mvecs, msecs = embed_arrays(emb, [emb.preprocess(im) for im in mirrored])
             both = vecs + mvecs
@@ -260,7 +259,8 @@ def embed_grid(images: list, models: list) -> dict[str, dict]:
 # VmHWM (peak RSS) of the probe's own address space; ru_maxrss would carry the parent's over exec.
 _RSS_PROBE = """
 import re, sys, numpy as np
-from imgsim_server.embedders import EmbedderOptions, create
+from imgsim_server.embedders import EmbedderOptions
+from imgsim_server.export import load as create
 e = create(sys.argv[1], EmbedderOptions(backend=sys.argv[2], precision=sys.argv[3]))
 x = np.zeros((32, e.cfg.input_size, e.cfg.input_size, 3), np.uint8)
 for _ in range(2):
@@ -273,7 +273,8 @@ print(int(re.search(r"VmHWM:\\s+(\\d+)", status).group(1)) / 1024)
 def runtime_costs(images: list, archs: list[str]) -> list[dict]:
     """img/s (embedding, batch 32, the runtime's workers), file size and peak RSS of a fresh
     process, for each base model on ONNX fp32, ONNX int8 and torch."""
-    from imgsim_server.embedders import EmbedderOptions, create
+    from imgsim_server.embedders import EmbedderOptions, weights_path
+    from imgsim_server.export import load as create
 
     rows = []
     for name in archs:
@@ -283,7 +284,7 @@ def runtime_costs(images: list, archs: list[str]) -> list[dict]:
             arrays = [emb.preprocess(im) for im in images]
             embed_arrays(emb, arrays[:32])  # warm-up
             _, secs = embed_arrays(emb, arrays)
-            path = emb.graph if backend == "onnx" else emb.cfg.weights_path(opts)
+            path = emb.graph if backend == "onnx" else weights_path(emb.cfg, opts)
             rss = subprocess.run(
                 [sys.executable, "-c", _RSS_PROBE, name, backend, precision],
                 capture_output=True,
@@ -306,8 +307,9 @@ def runtime_costs(images: list, archs: list[str]) -> list[dict]:
 
 def int8_check(name: str, sets: dict[str, dict]) -> dict[str, dict]:
     """The model's ONNX int8 graph on every set: AUC with its interval, N-S, img/s."""
-    from imgsim_server.embedders import EmbedderOptions, create
-    from imgsim_server.images import decode_image
+    from imgsim_server.core.images import decode_image
+    from imgsim_server.embedders import EmbedderOptions
+    from imgsim_server.export import load as create
 
     emb = create(name, EmbedderOptions(precision="int8"))
     out = {}
@@ -557,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         help="where the server's calibrated thresholds are written",
     )
     args = ap.parse_args(argv)
-    from imgsim_server.images import decode_image
+    from imgsim_server.core.images import decode_image
 
     work = args.out / "cache" / "models"
     sets, notes = build_sets(work, args.shared)

@@ -95,8 +95,9 @@ def build_datasets(work: Path, shared: Path) -> tuple[dict[str, dict], list[str]
 
 def ns_from_images(model: str, images: list[tuple[str, str]], opts: dict | None = None) -> float:
     """UKBench N-S of `model` (registry embedder in-process, same code as the server)."""
-    from imgsim_server.embedders import EmbedderOptions, create, get_cfg
-    from imgsim_server.images import decode_image
+    from imgsim_server.core.images import decode_image
+    from imgsim_server.embedders import EmbedderOptions, get_cfg
+    from imgsim_server.export import load as create
 
     emb = create(model, EmbedderOptions(**(opts or {})))
     vecs, _ = embed_arrays(

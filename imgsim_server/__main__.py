@@ -1,9 +1,35 @@
-"""`imgsim-server` / `python -m imgsim_server`; `imgsim-server export ...` writes ONNX graphs."""
+"""`imgsim-server` / `python -m imgsim_server`; `imgsim-server export ...` writes ONNX graphs.
+
+The one serving module that imports `imgsim_server.export`: at start-up, where torch is
+installed, it exports the graphs missing for the default model and those `--models` names, so
+that no request ever needs to.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from imgsim_server.config import CoreConfig
+
+log = logging.getLogger("imgsim_server")
+
+
+def export_missing_graphs(cfg: CoreConfig) -> None:
+    """Export the graphs missing for the default model and those `--models` names (where torch
+    is installed; elsewhere loading a model says what to export)."""
+    from imgsim_server.core.engines import embedder_options
+    from imgsim_server.embedders import get_cfg
+    from imgsim_server.errors import CoreError
+    from imgsim_server.export import ensure_graph
+
+    for name in dict.fromkeys((cfg.default_model, *cfg.models)):
+        if name == "all":
+            continue
+        try:
+            ensure_graph(get_cfg(name), embedder_options(cfg, name))
+        except CoreError as exc:  # served all the same: loading it says what is missing
+            log.warning("model %s cannot load: %s", name, exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,16 +58,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.http_port is not None:
         try:  # its import guard names the missing extra
-            import imgsim_server.transport.http_app  # noqa: F401
+            import imgsim_server.transport.http_server  # noqa: F401
         except ImportError as exc:
             parser.error(str(exc))
     from imgsim_server import logs, memory
 
     logs.install(args.log_level)
     memory.tune_malloc()  # so that RSS falls back after a burst of large images
-    from imgsim_server.transport.grpc_server import serve
+    from imgsim_server.server import serve
 
-    return serve(config_from_args(args))
+    cfg = config_from_args(args)
+    return serve(cfg, prepare=lambda: export_missing_graphs(cfg.core))
 
 
 if __name__ == "__main__":

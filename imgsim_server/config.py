@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgsim_server.images import DecodeLimits
+from imgsim_server.core.images import DecodeLimits
 from imgsim_server.memory import default_budget_mb
 
 # Chosen by the rule in results/study.md (make study): the best mean AUC rank over the labelled

@@ -1,7 +1,26 @@
-"""Exceptions of the core. They know nothing of gRPC or HTTP: `transport/grpc_status.py` and
-`transport/http_status.py` map them to status codes."""
+"""Errors of the dataplane. Each carries a `kind`, the one word the transports map to their
+status codes (`transport/grpc_interceptors.GRPC_CODES`, `transport/http_server.HTTP_STATUS`);
+nothing here knows gRPC or HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
 
 MAX_MESSAGE = 2000  # characters of an error message sent to a caller
+
+# Every kind a transport must map (a test checks both tables against it).
+KINDS = (
+    "invalid_argument",
+    "too_large",
+    "not_found",
+    "failed_precondition",
+    "resource_exhausted",
+    "deadline_exceeded",
+    "cancelled",
+    "unauthenticated",
+    "internal",
+)
 
 
 def bounded_message(message: str, limit: int = MAX_MESSAGE) -> str:
@@ -12,37 +31,55 @@ def bounded_message(message: str, limit: int = MAX_MESSAGE) -> str:
 class CoreError(Exception):
     """Base class for errors the service reports to callers."""
 
+    kind = "internal"
+
 
 class InvalidImageError(CoreError):
     """The bytes are not a decodable, allowed image."""
+
+    kind = "invalid_argument"
 
 
 class ImageTooLargeError(InvalidImageError):
     """The image is over a size limit (bytes or pixels); HTTP answers 413."""
 
+    kind = "too_large"
+
 
 class InvalidRequestError(CoreError):
     """The request is malformed (missing image, bad reference, ...)."""
+
+    kind = "invalid_argument"
 
 
 class ModelNotFoundError(CoreError):
     """No model of that name in the registry."""
 
+    kind = "not_found"
+
 
 class WeightsUnavailableError(CoreError):
     """The model is registered but its weights file is absent."""
+
+    kind = "failed_precondition"
 
 
 class ConfigurationError(CoreError):
     """The server's settings cannot serve this model (e.g. int8 on a torch backend)."""
 
+    kind = "failed_precondition"
+
 
 class OverloadedError(CoreError):
     """A bounded queue or limit is full; retry later."""
 
+    kind = "resource_exhausted"
+
 
 class CancelledError(CoreError):
     """The caller went away or its deadline passed before the work ran."""
+
+    kind = "cancelled"
 
 
 class GraphUnavailableError(WeightsUnavailableError):
@@ -51,3 +88,35 @@ class GraphUnavailableError(WeightsUnavailableError):
 
 class DeadlineExceededError(CancelledError):
     """The call's deadline passed before its result was ready."""
+
+    kind = "deadline_exceeded"
+
+
+class UnauthenticatedError(CoreError):
+    """The call carries no bearer token, or the wrong one."""
+
+    kind = "unauthenticated"
+
+
+def kind_of(exc: BaseException) -> str:
+    """The kind of any exception a call can end with: a CoreError's own, cancellation and
+    timeouts of the futures it awaited, else "internal" (a bug: logged, never echoed)."""
+    if isinstance(exc, CoreError):
+        return exc.kind
+    if isinstance(exc, (asyncio.TimeoutError, concurrent.futures.TimeoutError)):
+        return "deadline_exceeded"
+    if isinstance(exc, (asyncio.CancelledError, concurrent.futures.CancelledError)):
+        return "cancelled"
+    return "internal"
+
+
+INTERNAL_MESSAGE = "internal error (the server's log has the details)"
+
+
+def public_message(exc: BaseException) -> str:
+    """What a caller is told of `exc`: its bounded message, or a generic one for an internal
+    error, whose text and traceback stay in the server's log."""
+    kind = kind_of(exc)
+    if kind == "internal":
+        return INTERNAL_MESSAGE
+    return bounded_message(str(exc) or kind.replace("_", " "))

@@ -11,7 +11,7 @@ from PIL import Image
 from imgsim_client import ImgsimClient
 from imgsim_datasets.photos import shipped_photos
 from imgsim_server.config import CoreConfig, ServerConfig
-from imgsim_server.transport.grpc_server import start_server
+from imgsim_server.server import start_server
 
 # gRPC's unary retry (the client's service config) kept short, for tests that expect a call to
 # end UNAVAILABLE rather than be retried until its deadline.
@@ -57,6 +57,18 @@ def photos() -> dict[str, Path]:
     return found
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graphs():
+    """The ONNX graphs of the test model and the product default, exported once if missing, as
+    `imgsim-server` does at start-up (a server never exports for a request)."""
+    from imgsim_server.config import DEFAULT_MODEL
+    from imgsim_server.embedders import EmbedderOptions, get_cfg
+    from imgsim_server.export import ensure_graph
+
+    for name in (TEST_MODEL, DEFAULT_MODEL):
+        ensure_graph(get_cfg(name), EmbedderOptions())
+
+
 @pytest.fixture(scope="session")
 def server():
     """A real server with the default model, on a free loopback port."""
@@ -65,7 +77,7 @@ def server():
     )
     cfg = ServerConfig(host="127.0.0.1", port=0, core=core)
     running = start_server(cfg)
-    running.core.warm_up(cfg.core.default_model)  # load (exporting if needed) once
+    running.core.warm_up(cfg.core.default_model)  # load once
     yield running
     running.stop(grace=1.0)
 

@@ -42,7 +42,7 @@ def test_cancelled_stream_spends_no_more_model_work(client, address, photos, ser
     # What may still run after the cancel: the batches already in the model, and those that
     # started while the cancel crossed the wire: two rounds of every batcher worker, however
     # many cores (workers) this machine has.
-    engine = server.core.engine("")
+    engine = server.core.engines.get("")
     in_model = engine.embedder.concurrency() * engine.policy.close_at
     assert 2 * in_model < N_PAIRS, "too few pairs to tell dropped work from done work here"
     images = distinct_jpegs(photos, 2 * N_PAIRS, salt=10)

@@ -13,7 +13,7 @@ from imgsim_client import ImgsimClient, ImgsimError, PairRequest
 from imgsim_client.cli import main
 from imgsim_client.scoring import NOT_SCORED, RetryPolicy, score_pairs
 from imgsim_server.config import ServerConfig
-from imgsim_server.transport.grpc_server import start_server
+from imgsim_server.server import start_server
 from tests.conftest import distinct_jpegs
 
 

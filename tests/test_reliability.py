@@ -29,11 +29,11 @@ from PIL import Image
 from imgsim_client import ImgsimClient, ImgsimError, PairRequest
 from imgsim_client.cli import main
 from imgsim_server.config import CoreConfig, ServerConfig
-from imgsim_server.transport.grpc_server import start_server
+from imgsim_server.server import start_server
 from tests.conftest import TEST_MODEL, distinct_jpegs
 
 httpx = pytest.importorskip("httpx")
-pytest.importorskip("imgsim_server.transport.http_app", reason="the [http] extra is missing")
+pytest.importorskip("imgsim_server.transport.http_server", reason="the [http] extra is missing")
 
 
 def _health(port: int, timeout: float = 2.0) -> int:
@@ -204,9 +204,9 @@ def test_only_the_served_models_load_and_the_oldest_is_unloaded(photos):
             assert "--models" in err.value.message
             for model in ("phash", "color-hist", "pixels"):
                 c.compare(a, b, model=model)
-            loaded = set(running.core.batch_stats())
+            loaded = set(running.core.engines.batch_stats())
             assert len(loaded) == 2 and TEST_MODEL in loaded and "pixels" in loaded
-            assert running.core.models_unloaded == 2
+            assert running.core.engines.unloaded == 2
             assert c.compare(a, b, model="phash") > 0  # loads again on demand
     finally:
         running.stop(0)

@@ -128,7 +128,7 @@ def test_exif_orientation_is_applied(client, photos):
 def test_model_names_are_resolved_once_not_per_pair(client, photos, monkeypatch):
     """After a model is loaded, a request's model name costs one dict lookup: the registry is
     not asked again for each pair (it used to be asked four times per pair)."""
-    import imgsim_server.core as core_module
+    import imgsim_server.core.engines as core_module
     from imgsim_server.embedders import _registry
 
     calls = []
@@ -151,13 +151,13 @@ def test_model_names_are_resolved_once_not_per_pair(client, photos, monkeypatch)
 
 def test_batch_policy_is_logged_when_a_model_loads(caplog):
     from imgsim_server.config import CoreConfig
-    from imgsim_server.core import SimilarityCore
+    from imgsim_server.core.dataplane import Dataplane
     from tests.conftest import TEST_MODEL
 
-    core = SimilarityCore(CoreConfig(TEST_MODEL, max_batch_size=32, max_delay_ms=5))
+    core = Dataplane(CoreConfig(TEST_MODEL, max_batch_size=32, max_delay_ms=5))
     try:
         with caplog.at_level("INFO", logger="imgsim_server.core"):
-            core.engine("")
+            core.engines.get("")
     finally:
         core.close()
     text = caplog.text
@@ -169,7 +169,7 @@ def test_the_default_model_serves_with_its_verdict(photos):
     """A server with the product's defaults loads the model the study chose, and Compare names
     the verdict of its calibrated thresholds."""
     from imgsim_server.config import DEFAULT_MODEL, ServerConfig
-    from imgsim_server.transport.grpc_server import start_server
+    from imgsim_server.server import start_server
 
     running = start_server(ServerConfig(host="127.0.0.1", port=0))
     try:

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from imgsim_server.batcher import BatchPolicy, DynamicBatcher
-from imgsim_server.cache import EmbeddingCache
-from imgsim_server.core import CallToken
+from imgsim_server.core.batcher import BatchPolicy, DynamicBatcher
+from imgsim_server.core.cache import EmbeddingCache
+from imgsim_server.core.dataplane import CallToken
 from imgsim_server.errors import ConfigurationError, InvalidRequestError, OverloadedError
 from imgsim_server.transport.stream_protocol import ImageSpec, StreamSession
 

@@ -9,36 +9,36 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from imgsim_server.core.images import decode_image
 from imgsim_server.embedders import _calibration as calibration
-from imgsim_server.embedders import create, get_cfg, list_models
+from imgsim_server.embedders import get_cfg, list_models
 from imgsim_server.embedders._preprocess import LITE0, LITE2
-from imgsim_server.embedders.cnn import graph_name, preset_of
-from imgsim_server.images import decode_image
+from imgsim_server.export import load as create
 
 
 def test_variant_names_keep_the_old_names_meaning():
     """`efficientnet-lite0` is still 256 -> 224 centre crop, average pooling, no flip; every
     combination of pooling x resize policy x flip has its own name."""
     cfg = get_cfg("efficientnet-lite0")
-    assert preset_of(cfg) == LITE0 and cfg.option("pooling") == "avg"
-    assert not cfg.option("hflip")
-    lite = [m for m in list_models() if str(m.option("arch", "")).startswith("efficientnet-lite")]
+    assert cfg.preset == LITE0 and cfg.pooling == "avg"
+    assert not cfg.hflip
+    lite = [m for m in list_models() if m.architecture.startswith("efficientnet-lite")]
     assert len(lite) == 3 * 2 * 3 * 2
-    tight = preset_of(get_cfg("efficientnet-lite2-260"))
+    tight = get_cfg("efficientnet-lite2-260").preset
     assert (tight.resize, tight.crop, tight.fit) == (260, 260, "crop")
-    full = preset_of(get_cfg("efficientnet-lite0-gem-full-flip"))
+    full = get_cfg("efficientnet-lite0-gem-full-flip").preset
     assert (full.crop, full.fit) == (224, "full")
-    assert get_cfg("efficientnet-lite0-gem-full-flip").option("pooling") == "gem"
-    assert graph_name(get_cfg("efficientnet-lite2-260-flip")) == "efficientnet-lite2-260"
-    assert preset_of(get_cfg("efficientnet-lite2")) == LITE2
+    assert get_cfg("efficientnet-lite0-gem-full-flip").pooling == "gem"
+    assert get_cfg("efficientnet-lite2-260-flip").graph_name == "efficientnet-lite2-260"
+    assert get_cfg("efficientnet-lite2").preset == LITE2
 
 
 def test_resize_policies_differ_where_they_should():
     """Tight crop drops the long side's margins; full keeps the whole image, squashed."""
     img = Image.new("RGB", (400, 200), (0, 0, 255))
     img.paste((255, 0, 0), (0, 0, 40, 200))  # a red band at the left edge
-    crop = preset_of(get_cfg("efficientnet-lite0-224")).apply(img)
-    full = preset_of(get_cfg("efficientnet-lite0-full")).apply(img)
+    crop = get_cfg("efficientnet-lite0-224").preset.apply(img)
+    full = get_cfg("efficientnet-lite0-full").preset.apply(img)
     assert crop.shape == full.shape == (224, 224, 3)
     assert crop[:, 0, 0].max() < 50  # cropped away
     assert full[:, 0, 0].min() > 200 and full[:, -1, 2].min() > 200  # both edges kept

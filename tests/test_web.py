@@ -17,7 +17,9 @@ import pytest
 from tests.conftest import distinct_jpegs
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-pytest.importorskip("imgsim_server.transport.http_app", reason="the [http] extra is not installed")
+pytest.importorskip(
+    "imgsim_server.transport.http_server", reason="the [http] extra is not installed"
+)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no system Chromium (apt-get install chromium chromium-driver)"
@@ -53,7 +55,7 @@ def page(browser):
 @pytest.fixture(scope="module")
 def web(server):
     from imgsim_server.config import ServerConfig
-    from imgsim_server.transport.grpc_server import start_server
+    from imgsim_server.server import start_server
 
     running = start_server(ServerConfig(port=0, http_port=0), core=server.core)
     yield f"http://127.0.0.1:{running.http_port}"

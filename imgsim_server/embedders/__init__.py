@@ -10,16 +10,22 @@ from imgsim_server.embedders._cfg import (
     Embedder,
     EmbedderOptions,
     ModelCfg,
+    WeightSource,
 )
-from imgsim_server.embedders._registry import create, get_cfg, list_models, register
+from imgsim_server.embedders._registry import artifact, create, get_cfg, list_models, register
+from imgsim_server.embedders._weights import weights_available, weights_path
 
 __all__ = [
     "SIMILARITIES",
     "Embedder",
     "EmbedderOptions",
     "ModelCfg",
+    "WeightSource",
+    "artifact",
     "create",
     "get_cfg",
     "list_models",
     "register",
+    "weights_available",
+    "weights_path",
 ]

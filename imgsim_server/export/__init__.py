@@ -10,11 +10,25 @@ the server checks it against its registry before serving. Needs the `[torch]` ex
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
 from imgsim_server.config import CoreConfig
-from imgsim_server.embedders import EmbedderOptions, ModelCfg, _onnx, cnn, get_cfg, list_models
+from imgsim_server.embedders import (
+    Embedder,
+    EmbedderOptions,
+    ModelCfg,
+    _graphs,
+    _onnx,
+    create,
+    get_cfg,
+    list_models,
+    weights_available,
+)
+from imgsim_server.embedders._weights import require_weights
+
+log = logging.getLogger(__name__)
 
 
 def export_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path:
@@ -22,19 +36,41 @@ def export_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path:
     looks for it: `opts.onnx_dir`, else the cache."""
     from imgsim_server.embedders import _torch
 
-    fp32, _ = cnn.find_graph(cfg, opts, "fp32")
+    fp32, _ = _graphs.find_graph(cfg, opts, "fp32")
     if fp32 is None:
-        fp32, _ = cnn.graph_location(cfg, opts, "fp32")
-        _torch.export_onnx(cnn.build_net(cfg, opts), cfg.input_size, fp32)
-        _onnx.write_manifest(fp32, cnn.expected_manifest(cfg, opts, "fp32"))
+        fp32, _ = _graphs.graph_location(cfg, opts, "fp32")
+        _torch.export_onnx(_torch.build_net(cfg, opts), cfg.input_size, fp32)
+        _onnx.write_manifest(fp32, _graphs.expected_manifest(cfg, opts, "fp32"))
     if opts.precision == "fp32":
         return fp32
     from imgsim_server.export.quantize import quantize
 
-    out, _ = cnn.graph_location(cfg, opts, opts.precision)
-    quantize(fp32, out, cnn.preset_of(cfg))
-    _onnx.write_manifest(out, cnn.expected_manifest(cfg, opts, opts.precision))
+    out, _ = _graphs.graph_location(cfg, opts, opts.precision)
+    quantize(fp32, out, cfg.preset)
+    _onnx.write_manifest(out, _graphs.expected_manifest(cfg, opts, opts.precision))
     return out
+
+
+def ensure_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path | None:
+    """Export `cfg`'s graph if it will be served from one under `opts` and none is usable yet,
+    where torch is installed. Returns the graph (None when the model needs none or this
+    install cannot export: loading it then says what is missing)."""
+    if cfg.kind != "cnn" or _graphs.resolved_backend(opts) != "onnx":
+        return None
+    graph, why = _graphs.find_graph(cfg, opts, opts.precision)
+    if graph is not None or not _graphs.can_export():
+        return graph
+    require_weights(cfg, opts)
+    log.info("exporting %s (%s) to ONNX: %s", cfg.name, opts.precision, why)
+    return export_graph(cfg, opts)
+
+
+def load(name: str, opts: EmbedderOptions | None = None) -> Embedder:
+    """The named embedder, its graph exported first where needed: for programs that load
+    models directly (the lab, tests), as a server's start-up does."""
+    opts = opts or EmbedderOptions()
+    ensure_graph(get_cfg(name), opts)
+    return create(name, opts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     """Export the chosen models; prints one line per graph."""
     ap = build_parser()
     args = ap.parse_args(argv)
-    if not cnn.can_export():
+    if not _graphs.can_export():
         ap.error('export needs torch and onnx: python -m pip install "imgsim[torch]"')
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     if bad := set(precisions) - {"fp32", "int8"}:
@@ -85,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [
             m.name
             for m in list_models()
-            if m.kind == "cnn" and m.weights_available(EmbedderOptions())
+            if m.kind == "cnn" and weights_available(m, EmbedderOptions())
         ]
     else:
         names = args.model or [CoreConfig().default_model]
@@ -101,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                 onnx_dir=args.output_dir,
                 weights_file=args.weights,
             )
-            cnn.require_weights(cfg, opts)
-            graph, _ = cnn.find_graph(cfg, opts, precision)
+            require_weights(cfg, opts)
+            graph, _ = _graphs.find_graph(cfg, opts, precision)
             if graph is None or args.force:
                 if args.force:
-                    for p in cnn.graph_location(cfg, opts, precision):
+                    for p in _graphs.graph_location(cfg, opts, precision):
                         p.unlink(missing_ok=True)
                 graph = export_graph(cfg, opts)
                 what = "exported"

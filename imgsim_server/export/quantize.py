@@ -9,6 +9,7 @@ installed packages (scikit-image, scikit-learn, matplotlib) and their mirror ima
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import tempfile
@@ -21,17 +22,27 @@ from imgsim_server.embedders._preprocess import Preset
 log = logging.getLogger(__name__)
 
 
-def calibration_batches(preset: Preset) -> list[np.ndarray]:
-    """uint8 NHWC batches of real photos, preprocessed like the model's own preset."""
+def package_photos() -> list[Path]:
+    """The photos scikit-image and scikit-learn ship (found without importing either)."""
+    paths: list[Path] = []
+    for package, parts, patterns in (
+        ("skimage", ("data",), ("*.png", "*.jpg")),
+        ("sklearn", ("datasets", "images"), ("*.jpg",)),
+    ):
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        folder = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+        paths += [p for pattern in patterns for p in sorted(folder.glob(pattern))]
+    return paths
+
+
+def calibration_batches(preset: Preset, photos: list[Path] | None = None) -> list[np.ndarray]:
+    """uint8 NHWC batches of real photos (default: `package_photos()`) and their mirror
+    images, preprocessed like the model's own preset."""
     from PIL import Image, ImageOps
 
-    from imgsim_datasets.photos import skimage_data, sklearn_images
-
-    paths: list[Path] = []
-    if data := skimage_data():
-        paths += sorted(data.glob("*.png")) + sorted(data.glob("*.jpg"))
-    if images := sklearn_images():
-        paths += sorted(images.glob("*.jpg"))
+    paths = package_photos() if photos is None else photos
     if not paths:
         raise ModuleNotFoundError(
             "int8 calibration uses the photos that scikit-image and scikit-learn ship; "

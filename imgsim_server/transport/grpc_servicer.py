@@ -1,8 +1,10 @@
-"""The gRPC servicer (asyncio): converts protobuf to and from the core's types, nothing more.
+"""The gRPC servicer (asyncio): converts protobuf to the dataplane's arguments, awaits one of
+its verbs, and converts the typed result back. Nothing is computed here.
 
-Handlers only await. The core's work runs on its own threads (decode pool, batcher workers) and
-hands back concurrent futures, which the handlers await with `asyncio.wrap_future` or turn into
-queue items with `call_soon_threadsafe`. An idle stream is a suspended coroutine, not a thread.
+Streams add transport state only: the send-once image table (`stream_protocol`), a bounded
+window of unanswered items, and answers matched to requests by id. An admitted item's future
+(the dataplane's threads resolve it) becomes a queue item with `call_soon_threadsafe`; an idle
+stream is a suspended coroutine, not a thread.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from dataclasses import asdict
 from functools import partial
 from operator import attrgetter
 
@@ -19,24 +22,12 @@ import grpc
 from imgsim.v1 import similarity_pb2 as pb
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
-from imgsim_server.core import (
-    OFFLOAD_BYTES,
-    CallToken,
-    Engine,
-    SimilarityCore,
-    bounded_name,
-    reportable,
-    submit_off_loop_if_large,
-)
-from imgsim_server.embedders import _calibration as calibration
-from imgsim_server.errors import (
-    CancelledError,
-    DeadlineExceededError,
-    InvalidRequestError,
-    OverloadedError,
-)
+from imgsim_server.core.dataplane import OFFLOAD_BYTES, CallToken, Dataplane, failed
+from imgsim_server.core.engines import bounded_name
+from imgsim_server.core.types import Embedding, PairScore
+from imgsim_server.errors import InvalidRequestError
 from imgsim_server.memory import Charge
-from imgsim_server.transport.grpc_status import status_for
+from imgsim_server.transport.grpc_interceptors import status_for
 from imgsim_server.transport.stream_protocol import ImageSpec, StreamSession
 
 log = logging.getLogger(__name__)
@@ -137,25 +128,22 @@ class StreamSlots:
 
 
 class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
-    """Thin asyncio adapter over SimilarityCore."""
+    """Thin asyncio adapter over the Dataplane."""
 
     def __init__(
         self,
-        core: SimilarityCore,
+        core: Dataplane,
         max_stream_inflight: int = 256,
         max_streams: int = 64,
         stream_idle_timeout: float | None = 300.0,
-        on_pair: Callable[[grpc.StatusCode], None] | None = None,
+        on_pair: Callable[[str], None] | None = None,
     ) -> None:
-        """`on_pair` sees the status of every pair answered inside a stream (for metrics)."""
+        """`on_pair` sees the status (code name) of every pair answered inside a stream."""
         self.core = core
         self.max_stream_inflight = max_stream_inflight
         self.slots = StreamSlots(max_streams)
         self.stream_idle_timeout = stream_idle_timeout
         self.on_pair = on_pair
-        # Threads that wait for room in a full admission queue (one per stream at most), so
-        # that the event loop never blocks; unused while the queue has room.
-        self._waiters = ThreadPoolExecutor(max(1, max_streams), thread_name_prefix="admission")
         self._streams: set[asyncio.Queue] = set()  # the answer queues of open streams
 
     def stopping(self) -> None:
@@ -164,37 +152,21 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         for q in self._streams:
             q.put_nowait(_STOPPING)
 
-    def close(self) -> None:
-        self._waiters.shutdown(wait=False, cancel_futures=True)
-
     async def Compare(self, request: pb.CompareRequest, context: grpc.aio.ServicerContext):
-        eng = await self.core.engine_async(request.model)
         a, b = _spec(request.image_a), _spec(request.image_b)
         if a.ref or b.ref:
             raise InvalidRequestError("image references (ref) work only inside CompareStream")
-        data = StreamSession()
         charge = Charge(self.core.budget)
         charge.add(MESSAGE_COPIES * (_size(a) + _size(b)), "this request")
-        token = _token(context)
-        remaining = context.time_remaining()
+        session = StreamSession()
         try:
-            image_a, image_b = data.resolve(a, "image_a"), data.resolve(b, "image_b")
-            call = partial(self.core.compare_async, eng, image_a, image_b, block=False, token=token)
-            fut = await submit_off_loop_if_large(call, len(image_a) + len(image_b), self._waiters)
-            score = await asyncio.wait_for(asyncio.wrap_future(fut), remaining)
-        except (asyncio.TimeoutError, CancelledError) as exc:
-            if token.expired or isinstance(exc, asyncio.TimeoutError):
-                raise DeadlineExceededError("deadline passed before the pair was scored") from None
-            raise
+            image_a, image_b = session.resolve(a, "image_a"), session.resolve(b, "image_b")
+            remaining = context.time_remaining()
+            timeout = remaining if remaining is not None and remaining < 1e7 else None
+            pair = await self.core.compare(image_a, image_b, request.model, timeout)
         finally:
-            token.cancel()  # whatever is still queued for this call is no longer wanted
             charge.release()
-        return pb.CompareResponse(
-            pair_id=request.pair_id,
-            score=score,
-            model=eng.cfg.name,
-            verdict=calibration.verdict(eng.cfg.name, score),
-        )
+        return _compare_response(request.pair_id, pair)
 
     async def CompareStream(
         self, request_iterator: AsyncIterator[pb.CompareRequest], context: grpc.aio.ServicerContext
@@ -203,8 +175,7 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             # Images first: their ids must be recorded even if this pair fails.
             a = session.resolve(_spec(req.image_a), "image_a")
             b = session.resolve(_spec(req.image_b), "image_b")
-            eng = await self.core.engine_async(req.model)
-            return eng, await self._admit(self.core.compare_async, eng, a, b, token=token)
+            return await self.core.admit_pair(a, b, req.model, token)
 
         respond, parse = self._pair_response, pb.CompareRequest.FromString
         ident = attrgetter("pair_id")
@@ -216,28 +187,12 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
     ) -> AsyncIterator[pb.EmbedResponse]:
         async def submit(req: pb.EmbedRequest, session: StreamSession, token: CallToken):
             data = session.resolve(_spec(req.image), "image")
-            eng = await self.core.engine_async(req.model)
-            return eng, await self._admit(self.core.embed_vector_async, eng, data, token=token)
+            return await self.core.admit_image(data, req.model, token)
 
         respond, parse = self._image_response, pb.EmbedRequest.FromString
         ident = attrgetter("image_id")
         async for resp in self._stream(request_iterator, context, submit, respond, ident, parse):
             yield resp
-
-    async def _admit(self, fn, eng: Engine, *images: bytes, token: CallToken) -> Future:
-        """Hand work to the core: at once while its queue has room, else wait for room on a
-        thread, so that the event loop never blocks."""
-        loop = asyncio.get_running_loop()
-        if sum(len(i) for i in images) >= OFFLOAD_BYTES:  # hashing them would stall the loop
-            return await loop.run_in_executor(
-                self._waiters, partial(fn, eng, *images, block=True, token=token)
-            )
-        try:
-            return fn(eng, *images, block=False, token=token)
-        except OverloadedError:
-            return await loop.run_in_executor(
-                self._waiters, partial(fn, eng, *images, block=True, token=token)
-            )
 
     async def _stream(
         self, request_iterator, context: grpc.aio.ServicerContext, submit, respond, ident, parse
@@ -263,9 +218,9 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         window = asyncio.Semaphore(self.max_stream_inflight)
         state = {"outstanding": 0, "last_request": time.monotonic()}
 
-        def settle(key: str, eng: Engine | None, model: str, charge: Charge, fut: Future) -> None:
+        def settle(key: str, model: str, charge: Charge, fut: Future) -> None:
             charge.release()  # the request's bytes are no longer needed, nor kept
-            loop.call_soon_threadsafe(settled.put_nowait, (key, eng, model, fut))
+            loop.call_soon_threadsafe(settled.put_nowait, (key, model, fut))
 
         async def feed() -> None:
             try:
@@ -275,20 +230,18 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
                     state["outstanding"] += 1
                     if not isinstance(req, bytes):  # served without the raw interceptor
                         req = req.SerializeToString()
-                    eng, model, key, size = None, "", first_string_field(req), len(req)
+                    model, key, size = "", first_string_field(req), len(req)
                     charge = Charge(self.core.budget)
                     try:
                         charge.add(MESSAGE_COPIES * size, "this request")
                         req = parse(req)  # only once it fits in the memory budget
                         key, model = ident(req), bounded_name(req.model)
-                        eng, fut = await submit(req, session, token)
-                        model = eng.cfg.name
+                        fut = await submit(req, session, token)
                     except Exception as exc:
-                        fut = Future()
-                        fut.set_exception(reportable(exc))
+                        fut = failed(exc)
                     # Only the id is kept for the answer: a refused 50 MB request must not
                     # stay in memory until its answer is read.
-                    fut.add_done_callback(partial(settle, key, eng, model, charge))
+                    fut.add_done_callback(partial(settle, key, model, charge))
                     # Refused or not: a stream that sends large messages waits for room.
                     large = size >= OFFLOAD_BYTES
                     del req
@@ -352,71 +305,51 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         quiet = time.monotonic() - state["last_request"]
         return not state["outstanding"] and quiet >= (self.stream_idle_timeout or float("inf"))
 
-    def _pair_response(self, pair_id: str, eng, model: str, fut: Future) -> pb.CompareResponse:
+    def _pair_response(self, pair_id: str, model: str, fut: Future) -> pb.CompareResponse:
         exc = fut.exception()
         if exc is not None:
             code, message = status_for(exc)
             error = pb.PairError(code=code.value[0], message=message)
             resp = pb.CompareResponse(pair_id=pair_id, model=model, error=error)
         else:
-            score = fut.result()
-            verdict = calibration.verdict(model, score)
-            resp = pb.CompareResponse(pair_id=pair_id, score=score, model=model, verdict=verdict)
-            code = grpc.StatusCode.OK
+            resp, code = _compare_response(pair_id, fut.result()), grpc.StatusCode.OK
         if self.on_pair is not None:
-            self.on_pair(code)
+            self.on_pair(code.name)
         return resp
 
     @staticmethod
-    def _image_response(
-        image_id: str, eng: Engine | None, model: str, fut: Future
-    ) -> pb.EmbedResponse:
+    def _image_response(image_id: str, model: str, fut: Future) -> pb.EmbedResponse:
         exc = fut.exception()
         if exc is not None:
             code, message = status_for(exc)
             error = pb.PairError(code=code.value[0], message=message)
             return pb.EmbedResponse(image_id=image_id, model=model, error=error)
-        vector = fut.result()
+        emb: Embedding = fut.result()
         return pb.EmbedResponse(
             image_id=image_id,
-            model=model,
-            vector=vector.tolist(),
-            dimension=len(vector),
-            similarity=eng.cfg.similarity,
+            model=emb.model,
+            vector=emb.vector.tolist(),
+            dimension=emb.dimension,
+            similarity=emb.similarity,
         )
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
-        # Off the loop: it reads graph manifests and imports weight packages.
-        statuses = await asyncio.get_running_loop().run_in_executor(None, self.core.models)
-        models = [
-            pb.ModelInfo(**{**info, "thresholds": [pb.Threshold(**t) for t in info["thresholds"]]})
-            for info in (m.info() for m in statuses)
-        ]
-        return pb.ListModelsResponse(models=models, default_model=self.core.cfg.default_model)
+        listing = await self.core.list_models()
+        models = []
+        for info in listing.models:
+            fields = info.to_dict()
+            fields["thresholds"] = [pb.Threshold(**t) for t in fields["thresholds"]]
+            models.append(pb.ModelInfo(**fields))
+        return pb.ListModelsResponse(models=models, default_model=listing.default_model)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext):
-        models = [
-            pb.ModelStats(
-                model=name,
-                batches=s.batches,
-                images_embedded=s.items,
-                mean_batch_size=s.mean_batch_size,
-                max_batch_size_seen=s.max_batch_seen,
-                mean_queue_ms=1000 * s.queue_s / s.items if s.items else 0.0,
-                mean_inference_ms=1000 * s.inference_s / s.batches if s.batches else 0.0,
-            )
-            for name, s in self.core.batch_stats().items()
-        ]
-        cache = self.core.cache
-        hits, misses = self.core.cache_counts()
-        return pb.GetStatsResponse(
-            models=models,
-            cache_hits=hits,
-            cache_misses=misses,
-            cache_entries=len(cache),
-            cache_bytes=cache.nbytes,
-            pairs_scored=self.core.pairs_scored,
-            pairs_failed=self.core.pairs_failed,
-            queue_depth=self.core.queue_depth(),
-            images_cancelled=self.core.images_cancelled,
-        )
+        stats = await self.core.stats()
+        fields = asdict(stats)
+        models = [pb.ModelStats(**m) for m in fields.pop("models")]
+        return pb.GetStatsResponse(models=models, **fields)
+
+
+def _compare_response(pair_id: str, pair: PairScore) -> pb.CompareResponse:
+    return pb.CompareResponse(
+        pair_id=pair_id, score=pair.score, model=pair.model, verdict=pair.verdict
+    )

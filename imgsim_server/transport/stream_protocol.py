@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imgsim_server.core import bounded_name
+from imgsim_server.core.engines import bounded_name
 from imgsim_server.errors import InvalidRequestError, OverloadedError
 from imgsim_server.memory import Charge, MemoryBudget
 

@@ -1,5 +1,7 @@
 """Prometheus metrics (prometheus_client), served over HTTP with `--metrics-port`.
 
+Transport-neutral: the gRPC interceptor and the HTTP middleware feed it status code names.
+
 Each server has its own registry, so several servers in one process (tests) do not collide.
 - `imgsim_requests_total{method,code}`: calls by gRPC method and final status (interceptor);
 - `imgsim_pairs_total{code}`: pairs answered inside streams, by per-pair status;
@@ -11,16 +13,19 @@ Each server has its own registry, so several servers in one process (tests) do n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from imgsim_server.core import SimilarityCore
-from imgsim_server.handlers import behaviour_of, with_behaviour
-from imgsim_server.transport.grpc_status import status_for
+from imgsim_server.core.dataplane import Dataplane
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -29,7 +34,7 @@ _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 class _CoreCollector(Collector):
     """Counters the core already keeps, read at scrape time."""
 
-    def __init__(self, core: SimilarityCore) -> None:
+    def __init__(self, core: Dataplane) -> None:
         self.core = core
 
     def collect(self) -> Iterator[Metric]:
@@ -51,7 +56,7 @@ class _CoreCollector(Collector):
         pairs.add_metric(["failed"], core.pairs_failed)
         yield pairs
         yield GaugeMetricFamily(
-            "imgsim_queue_depth", "Images waiting for the model", core.queue_depth()
+            "imgsim_queue_depth", "Images waiting for the model", core.engines.queue_depth()
         )
         yield GaugeMetricFamily(
             "imgsim_cache_bytes", "Bytes held by the embedding cache", cache.nbytes
@@ -61,11 +66,11 @@ class _CoreCollector(Collector):
 class ServerMetrics:
     """The server's metrics registry and the hooks that feed it."""
 
-    def __init__(self, core: SimilarityCore) -> None:
+    def __init__(self, core: Dataplane) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "imgsim_requests",
-            "gRPC calls by method and final status code",
+            "Calls by method (gRPC, or HTTP route) and final status code",
             ["method", "code"],
             registry=self.registry,
         )
@@ -108,15 +113,17 @@ class ServerMetrics:
         for w in waits:
             queue.observe(w)
 
-    def on_pair(self, code: grpc.StatusCode) -> None:
-        self.pairs.labels(code.name).inc()
+    def on_pair(self, code: str) -> None:
+        """A pair answered inside a stream, by status code name (`OK`, `INVALID_ARGUMENT`)."""
+        self.pairs.labels(code).inc()
 
-    def on_call(self, method: str, code: grpc.StatusCode) -> None:
-        self.requests.labels(method, code.name).inc()
-
-    def on_http(self, method: str, code: str) -> None:
-        """An HTTP call (`HTTP POST /v1/compare`) and its outcome (`OK`, `HTTP_400`, ...)."""
+    def on_call(self, method: str, code: str) -> None:
+        """A call (`Compare`, or `HTTP POST /v1/compare`) and its outcome (`OK`, `HTTP_400`)."""
         self.requests.labels(method, code).inc()
+
+    def text(self) -> bytes:
+        """The Prometheus exposition of this registry (HTTP's /metrics serves it)."""
+        return generate_latest(self.registry)
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP on host:port (0 = a free port); returns the port."""
@@ -130,50 +137,3 @@ class ServerMetrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts every call by method and final status, unary and streaming alike."""
-
-    def __init__(self, on_call: Callable[[str, grpc.StatusCode], None]) -> None:
-        self.on_call = on_call
-
-    @staticmethod
-    def _code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
-        code = context.code()
-        if isinstance(code, grpc.StatusCode):
-            return code
-        if exc is None:
-            return grpc.StatusCode.OK
-        if isinstance(exc, Exception):
-            return status_for(exc)[0]
-        return grpc.StatusCode.CANCELLED  # asyncio.CancelledError, GeneratorExit: client left
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        behaviour = behaviour_of(handler)
-
-        async def unary_response(request, context):
-            try:
-                response = await behaviour(request, context)
-            except BaseException as exc:
-                self.on_call(method, self._code(context, exc))
-                raise
-            self.on_call(method, self._code(context, None))
-            return response
-
-        async def stream_response(request, context):
-            try:
-                async for item in behaviour(request, context):
-                    yield item
-            except BaseException as exc:
-                self.on_call(method, self._code(context, exc))
-                raise
-            self.on_call(method, self._code(context, None))
-
-        return with_behaviour(
-            handler, stream_response if handler.response_streaming else unary_response
-        )

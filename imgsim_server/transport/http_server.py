@@ -1,12 +1,12 @@
 """HTTP/JSON beside gRPC (the `[http]` extra): FastAPI on uvicorn, on an event loop of its own
-thread, over the same SimilarityCore, so both protocols share its batcher and cache.
+thread, over the same Dataplane, so both protocols share its batcher and cache.
 
 Endpoints: `POST /v1/compare` (multipart `image_a`, `image_b`, `model`; or JSON with base64
 images), `POST /v1/embed`, `GET /v1/models`, `GET /healthz`, `GET /readyz`, `GET /metrics` (when
 Prometheus is on), OpenAPI docs at `/docs`, and the two-photo page at `/`. JSON field names are
-the proto's. Errors are `{"error": {"code": "INVALID_ARGUMENT", "message": ...}}` with the HTTP
-status from `http_status` (the gRPC code names, grpc-gateway's statuses). Imports nothing of the
-gRPC side.
+the proto's. Errors are `{"error": {"code": "INVALID_ARGUMENT", "message": ...}}`:
+`HTTP_STATUS` maps an error's kind to grpc-gateway's status and the gRPC code name, so a client
+sees one vocabulary whichever protocol it speaks. Imports nothing of the gRPC side.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hmac
 import logging
 import socket
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from importlib import resources
 
 try:
@@ -41,11 +39,10 @@ except ImportError as exc:  # pragma: no cover - exercised by installs without t
     ) from exc
 
 from imgsim_server import errors
-from imgsim_server.core import CallToken, SimilarityCore, submit_off_loop_if_large
-from imgsim_server.embedders import _calibration as calibration
+from imgsim_server.auth import check_bearer
+from imgsim_server.core.dataplane import Dataplane
 from imgsim_server.memory import Charge
 from imgsim_server.transport.http_limits import HttpLimits, protocol_class
-from imgsim_server.transport.http_status import HttpError, http_status_for
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +65,39 @@ _STATUS_CODES = {
 }
 
 
+# Error kind -> (HTTP status, gRPC code name), after grpc-gateway; 413 for an image over a limit.
+HTTP_STATUS: dict[str, tuple[int, str]] = {
+    "invalid_argument": (400, "INVALID_ARGUMENT"),
+    "too_large": (413, "INVALID_ARGUMENT"),
+    "not_found": (404, "NOT_FOUND"),
+    "failed_precondition": (400, "FAILED_PRECONDITION"),
+    "resource_exhausted": (429, "RESOURCE_EXHAUSTED"),
+    "deadline_exceeded": (504, "DEADLINE_EXCEEDED"),
+    "cancelled": (499, "CANCELLED"),
+    "unauthenticated": (401, "UNAUTHENTICATED"),
+    "internal": (500, "INTERNAL"),
+}
+
+
+class HttpError(Exception):
+    """A request that is wrong as HTTP (body size, content type), with its status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def http_status_for(exc: BaseException) -> tuple[int, str, str]:
+    """(HTTP status, code name, message) that report `exc` to a caller; an internal error is
+    logged with its traceback and reported without its text."""
+    if isinstance(exc, HttpError):
+        return exc.status, exc.code, str(exc)
+    kind = errors.kind_of(exc)
+    if kind == "internal":
+        log.error("internal error", exc_info=exc)
+    return (*HTTP_STATUS[kind], errors.public_message(exc))
+
+
 def error_response(exc: BaseException) -> JSONResponse:
     """The JSON error body and HTTP status of an exception."""
     status, code, message = http_status_for(exc)
@@ -81,7 +111,7 @@ class HttpSettings:
     max_body_bytes: int
     auth_token: str = ""
     ready: Callable[[], bool] = lambda: True
-    on_call: Callable[[str, str], None] | None = None  # (method, code name), for metrics
+    on_call: Callable[[str, str], None] | None = None  # (route, code name), for metrics
     metrics_text: Callable[[], bytes] | None = None  # Prometheus exposition, or None
 
 
@@ -136,7 +166,7 @@ def _compare_body(fields: tuple[str, ...]) -> dict:
     return {"requestBody": {"required": True, "content": content}}
 
 
-def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
+def build_app(core: Dataplane, settings: HttpSettings) -> FastAPI:
     """The ASGI app over `core`."""
     app = FastAPI(
         docs_url=None,  # served below from local files: the CDN default fails offline
@@ -148,7 +178,6 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
     )
     # The bundled Swagger UI (4.15) reads OpenAPI 3.0 documents; this schema needs nothing of 3.1.
     app.openapi_version = "3.0.3"
-    expected = settings.auth_token.encode()
 
     def route_of(request: Request) -> str:
         """The route template that serves this path (one label per route, not per path)."""
@@ -166,15 +195,7 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
             if settings.auth_token and not (
                 path in OPEN_PATHS or path.startswith(("/static/", "/docs-static/"))
             ):
-                scheme, _, given = request.headers.get("authorization", "").partition(" ")
-                if not scheme:
-                    raise HttpError(
-                        401, "UNAUTHENTICATED", "missing 'Authorization: Bearer <token>'"
-                    )
-                if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    given.strip().encode(), expected
-                ):  # the scheme is case-insensitive (RFC 7235), the token is not
-                    raise HttpError(403, "PERMISSION_DENIED", "invalid bearer token")
+                check_bearer(request.headers.get("authorization", ""), settings.auth_token)
             size = request.headers.get("content-length")
             if request.method == "POST" and not (size and size.isdigit()):
                 # Bodies are read whole; a chunked one could not be bounded before reading it.
@@ -212,33 +233,16 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
         body = {"error": {"code": "INVALID_ARGUMENT", "message": message}}
         return JSONResponse(body, status_code=400)
 
-    async def result(make_future, size: int):
-        token = CallToken(REQUEST_TIMEOUT_S)
-        try:
-            future = await submit_off_loop_if_large(partial(make_future, token), size)
-            return await asyncio.wait_for(asyncio.wrap_future(future), REQUEST_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise errors.DeadlineExceededError("the request took too long") from None
-        finally:
-            token.cancel()
-
     @app.post(
         "/v1/compare",
         summary="Similarity of two images",
         openapi_extra=_compare_body(("image_a", "image_b")),
     )
     async def compare(request: Request) -> dict:
-        """`score` and `model` as in CompareResponse, plus `verdict` for calibrated models."""
+        """`score`, `model` and `verdict` (calibrated models) as in CompareResponse."""
         images, model = await _read_images(request, ("image_a", "image_b"), settings.max_body_bytes)
-        eng = await core.engine_async(model)
-        score = await result(
-            lambda token: core.compare_async(
-                eng, images["image_a"], images["image_b"], block=False, token=token
-            ),
-            len(images["image_a"]) + len(images["image_b"]),
-        )
-        name = eng.cfg.name
-        return {"score": score, "model": name, "verdict": calibration.verdict(name, score)}
+        pair = await core.compare(images["image_a"], images["image_b"], model, REQUEST_TIMEOUT_S)
+        return {"score": pair.score, "model": pair.model, "verdict": pair.verdict}
 
     @app.post(
         "/v1/embed", summary="Embedding of one image", openapi_extra=_compare_body(("image",))
@@ -246,24 +250,22 @@ def build_app(core: SimilarityCore, settings: HttpSettings) -> FastAPI:
     async def embed(request: Request) -> dict:
         """`vector`, `dimension`, `similarity` and `model` as in EmbedResponse."""
         images, model = await _read_images(request, ("image",), settings.max_body_bytes)
-        eng = await core.engine_async(model)
-        vector = await result(
-            lambda token: core.embed_vector_async(eng, images["image"], block=False, token=token),
-            len(images["image"]),
-        )
+        emb = await core.embed(images["image"], model, REQUEST_TIMEOUT_S)
         return {
-            "model": eng.cfg.name,
-            "vector": vector.tolist(),
-            "dimension": len(vector),
-            "similarity": eng.cfg.similarity,
+            "model": emb.model,
+            "vector": emb.vector.tolist(),
+            "dimension": emb.dimension,
+            "similarity": emb.similarity,
         }
 
     @app.get("/v1/models", summary="The server's models, as ListModels")
     async def models() -> dict:
         """ListModelsResponse's fields (a test checks the names against the proto)."""
-        statuses = await asyncio.get_running_loop().run_in_executor(None, core.models)
-        models = [m.info() for m in statuses]
-        return {"models": models, "default_model": core.cfg.default_model}
+        listing = await core.list_models()
+        return {
+            "models": [m.to_dict() for m in listing.models],
+            "default_model": listing.default_model,
+        }
 
     @app.get("/healthz", summary="Liveness: the process serves HTTP")
     async def healthz() -> dict:

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -86,7 +86,6 @@ class BatchStats:
     max_batch_seen: int = 0
     queue_s: float = 0.0
     inference_s: float = 0.0
-    histogram: dict[int, int] = field(default_factory=dict)
 
     @property
     def mean_batch_size(self) -> float:
@@ -212,7 +211,6 @@ class DynamicBatcher:
                 s.max_batch_seen = max(s.max_batch_seen, len(jobs))
                 s.inference_s += finished - started
                 s.queue_s += sum(waits)
-                s.histogram[len(jobs)] = s.histogram.get(len(jobs), 0) + 1
             # A listener's or caller's bug must not kill the batcher or starve other items.
             if self.on_batch is not None:
                 try:

@@ -1,0 +1,86 @@
+"""What the dataplane's verbs return: typed results that transports convert to their wire
+formats (protobuf, JSON) without computing anything themselves."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from imgsim_server.embedders._calibration import Threshold
+
+
+@dataclass(frozen=True)
+class PairScore:
+    """One scored pair: the score, the model that scored it, and the verdict of that model's
+    calibrated thresholds ("" for an uncalibrated model)."""
+
+    score: float
+    model: str
+    verdict: str = ""
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One image's published vector (L2-normalised for cosine models) and how to compare it."""
+
+    vector: np.ndarray
+    model: str
+    similarity: str
+
+    @property
+    def dimension(self) -> int:
+        return len(self.vector)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A served model as ListModels and /v1/models report it (the proto's field names)."""
+
+    name: str
+    kind: str
+    embedding_dim: int
+    input_size: int
+    weights_source: str  # the file it serves from, and where that comes from, in words
+    weights_available: bool
+    loaded: bool
+    similarity: str
+    description: str
+    thresholds: tuple[Threshold, ...] = ()
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"thresholds": [asdict(t) for t in self.thresholds]}
+
+
+@dataclass(frozen=True)
+class ModelList:
+    models: tuple[ModelInfo, ...]
+    default_model: str
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Batching figures of one loaded model since start-up."""
+
+    model: str
+    batches: int
+    images_embedded: int
+    mean_batch_size: float
+    max_batch_size_seen: int
+    mean_queue_ms: float
+    mean_inference_ms: float
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The server's counters since start-up (GetStats)."""
+
+    models: tuple[ModelStats, ...]
+    cache_hits: int
+    cache_misses: int
+    cache_entries: int
+    cache_bytes: int
+    pairs_scored: int
+    pairs_failed: int
+    queue_depth: int
+    images_cancelled: int
