@@ -1,17 +1,19 @@
-"""A context-managed gRPC client for imgsim.v1.ImageSimilarity.
+"""A context-managed gRPC client for imgsim.v1.ImageSimilarity (`aio.AsyncImgsimClient` is its
+asyncio twin, with the same arguments and methods).
 
-Every call has a timeout; grpc.RpcError becomes ImgsimError with the status code kept. Unary
-calls are retried on UNAVAILABLE by gRPC itself (the channel's service config `retryPolicy`);
-streams are resumed by `scoring.score_pairs`, which resends only the unanswered pairs.
+Every call has a timeout: unary calls `timeout` (per call, or the client's), streams an idle
+timeout (no result, and nothing sent, for that long) on top of an optional whole-stream
+deadline. grpc.RpcError becomes ImgsimError with the status code kept. Unary calls are retried
+on UNAVAILABLE by gRPC itself (the channel's service config `retryPolicy`); streams are resumed
+by `_resume.resumable`, which resends only the unanswered items. Results are typed
+(`types.py`), never protobuf.
 """
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,189 +21,98 @@ import grpc
 from imgsim.v1 import similarity_pb2 as pb
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
-_CODES_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
+from imgsim_client import _convert
+from imgsim_client._channel import (
+    UNARY_RETRY,
+    ImgsimError,
+    channel_options,
+    credentials,
+    idle_error,
+    not_ready,
+    service_config,
+    target_addresses,
+)
+from imgsim_client.types import (
+    CompareResult,
+    ImageRequest,
+    ImageResult,
+    ModelList,
+    PairRequest,
+    PairResult,
+    Stats,
+)
 
-_SERVICE = "imgsim.v1.ImageSimilarity"
-# gRPC's own retry for unary calls (gRFC A6): UNAVAILABLE is retried with exponential backoff,
-# transparently; other codes are final. Streams are not listed: a retried stream would resend
-# every pair, so the CSV scorer resumes them itself with only the unanswered pairs.
-UNARY_RETRY = {
-    "maxAttempts": 5,
-    "initialBackoff": "0.5s",
-    "maxBackoff": "10s",
-    "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
-}
-
-
-def service_config(retry: dict | None = None) -> str:
-    """The channel's service-config JSON: round_robin over every address the target resolves
-    to (one stream stays on one backend; calls and new streams rotate), and the unary retry
-    policy for Compare, ListModels and GetStats."""
-    names = [{"service": _SERVICE, "method": m} for m in ("Compare", "ListModels", "GetStats")]
-    return json.dumps(
-        {
-            "loadBalancingConfig": [{"round_robin": {}}],
-            "methodConfig": [{"name": names, "retryPolicy": retry or UNARY_RETRY}],
-        }
-    )
-
-
-class ImgsimError(Exception):
-    """A failed call, with the gRPC status code that the server (or channel) gave."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
-
-    @classmethod
-    def from_rpc(cls, err: grpc.RpcError) -> ImgsimError:
-        return cls(err.code(), err.details() or "")
+__all__ = [
+    "UNARY_RETRY",
+    "ClientConfig",
+    "CompareResult",
+    "ImageRequest",
+    "ImageResult",
+    "ImgsimClient",
+    "ImgsimError",
+    "PairRequest",
+    "PairResult",
+    "service_config",
+    "target_addresses",
+]
 
 
-def _image(data: bytes | None, ref: str, image_id: str) -> pb.Image:
-    """An Image message: a ref to an earlier image of the stream, or bytes (with an id)."""
-    return pb.Image(ref=ref) if ref else pb.Image(data=data or b"", id=image_id)
+class _Watch:
+    """One stream under the watchdog: when it last made progress, and whether it was cut."""
 
+    __slots__ = ("call", "fired", "idle_s", "last", "stop")
 
-def _error(resp) -> tuple[grpc.StatusCode, str] | None:
-    """(code, message) of a response's per-item error, or None when it succeeded."""
-    if not resp.HasField("error"):
-        return None
-    return _CODES_BY_VALUE.get(resp.error.code, grpc.StatusCode.UNKNOWN), resp.error.message
+    def __init__(self, call: grpc.Call, idle_s: float, stop: threading.Event | None) -> None:
+        self.call, self.idle_s, self.stop = call, idle_s, stop
+        self.last = time.monotonic()
+        self.fired = False
 
-
-@dataclass(frozen=True)
-class PairRequest:
-    """One pair to score. Each image is bytes, or (in a stream) a ref to an earlier image id.
-
-    `id_a`/`id_b` name bytes so that later pairs can send `ref_a`/`ref_b` instead.
-    """
-
-    pair_id: str
-    data_a: bytes | None = None
-    data_b: bytes | None = None
-    ref_a: str = ""
-    ref_b: str = ""
-    id_a: str = ""
-    id_b: str = ""
-    model: str = ""
-
-    def to_proto(self) -> pb.CompareRequest:
-        return pb.CompareRequest(
-            pair_id=self.pair_id,
-            model=self.model,
-            image_a=_image(self.data_a, self.ref_a, self.id_a),
-            image_b=_image(self.data_b, self.ref_b, self.id_b),
-        )
-
-
-@dataclass(frozen=True)
-class PairResult:
-    pair_id: str
-    score: float | None
-    model: str = ""
-    error_code: grpc.StatusCode | None = None
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.error_code is None
-
-    @classmethod
-    def from_proto(cls, resp: pb.CompareResponse) -> PairResult:
-        if (error := _error(resp)) is not None:
-            return cls(resp.pair_id, None, resp.model, *error)
-        return cls(resp.pair_id, resp.score, resp.model)
-
-
-@dataclass(frozen=True)
-class ImageRequest:
-    """One image to embed: bytes, or (in a stream) a ref to an earlier image's id."""
-
-    image_id: str
-    data: bytes | None = None
-    ref: str = ""
-    id: str = ""
-    model: str = ""
-
-    def to_proto(self) -> pb.EmbedRequest:
-        image = _image(self.data, self.ref, self.id)
-        return pb.EmbedRequest(image_id=self.image_id, image=image, model=self.model)
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """One image's embedding (a list of floats: the base install has no numpy), or its error."""
-
-    image_id: str
-    vector: list[float] | None
-    model: str = ""
-    similarity: str = ""
-    error_code: grpc.StatusCode | None = None
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.error_code is None
-
-    @classmethod
-    def from_proto(cls, resp: pb.EmbedResponse) -> ImageResult:
-        if (error := _error(resp)) is not None:
-            return cls(resp.image_id, None, resp.model, "", *error)
-        return cls(resp.image_id, list(resp.vector), resp.model, resp.similarity)
+    def touch(self) -> None:
+        self.last = time.monotonic()
 
 
 class _Watchdog:
-    """Cancels a streaming call when no message arrives for `idle_s` seconds, or when the
-    `stop` event is set (another stream of the same run failed, or the run was interrupted)."""
+    """One thread per client that cancels its streams when they make no progress for their
+    idle timeout, or when their `stop` event is set (another stream of the same run failed,
+    or the run was interrupted). It runs only while some stream is watched."""
 
-    def __init__(self, call: grpc.Call, idle_s: float | None, stop: threading.Event | None) -> None:
-        self.call = call
-        self.idle_s = idle_s
-        self.stop_event = stop
-        self.fired = False
-        self._last = time.monotonic()
-        self._done = threading.Event()
-        threading.Thread(target=self._watch, name="imgsim-watchdog", daemon=True).start()
+    POLL_S = 0.2
 
-    def touch(self) -> None:
-        self._last = time.monotonic()
+    def __init__(self) -> None:
+        self._watches: set[_Watch] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
-    def stop(self) -> None:
-        self._done.set()
+    def watch(self, call: grpc.Call, idle_s: float, stop: threading.Event | None) -> _Watch:
+        w = _Watch(call, idle_s, stop)
+        with self._lock:
+            self._watches.add(w)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="imgsim-watchdog", daemon=True
+                )
+                self._thread.start()
+        return w
 
-    def _watch(self) -> None:
-        poll = min(1.0, self.idle_s / 4) if self.idle_s else 0.2
-        while not self._done.wait(poll):
-            if self.stop_event is not None and self.stop_event.is_set():
-                self.call.cancel()
-                return
-            if self.idle_s and time.monotonic() - self._last > self.idle_s:
-                self.fired = True
-                self.call.cancel()
-                return
+    def forget(self, w: _Watch) -> None:
+        with self._lock:
+            self._watches.discard(w)
 
-
-def target_addresses(target: str) -> int:
-    """How many backends a gRPC target names: the entries of an `ipv4:`/`ipv6:` list, the
-    addresses a DNS name resolves to (best effort), else 1."""
-    scheme, sep, rest = target.partition(":")
-    if sep and scheme in ("ipv4", "ipv6"):
-        return max(1, len([a for a in rest.split(",") if a]))
-    if (sep and scheme == "unix") or target.startswith("unix"):
-        return 1
-    host_port = target.split("///", 1)[1] if target.startswith("dns:") else target
-    host, _, port = host_port.rpartition(":")
-    host = host.strip("[]")
-    if not host or host.replace(".", "").isdigit():
-        return 1
-    try:
-        infos = socket.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return 1
-    return max(1, len({info[4][0] for info in infos}))
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.POLL_S)
+            with self._lock:
+                if not self._watches:
+                    self._thread = None
+                    return
+                watches = list(self._watches)
+            now = time.monotonic()
+            for w in watches:
+                if w.stop is not None and w.stop.is_set():
+                    w.call.cancel()
+                elif now - w.last > w.idle_s:
+                    w.fired = True
+                    w.call.cancel()
 
 
 class ImgsimClient:
@@ -219,33 +130,25 @@ class ImgsimClient:
         connect_timeout: float = 10.0,
         retry: dict | None = None,
     ) -> None:
-        """`timeout` bounds each unary call, `connect_timeout` the first connection
-        (`wait_ready`). `tls_ca` turns on TLS (the CA that signed the server);
-        `tls_cert`/`tls_key` add a client certificate for mTLS. `auth_token` is sent as
-        `authorization: Bearer ...`. `retry` replaces the unary retry policy (UNARY_RETRY)."""
+        """`timeout` bounds each unary call and is the default idle timeout of streams;
+        `connect_timeout` bounds the first connection (`wait_ready`). `tls_ca` turns on TLS
+        (the CA that signed the server); `tls_cert`/`tls_key` add a client certificate for
+        mTLS. `auth_token` is sent as `authorization: Bearer ...`. `retry` replaces the unary
+        retry policy (UNARY_RETRY)."""
         self.target = target
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.server_answered = False  # a server has answered on this channel at least once
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
-        max_bytes = max_message_mb * 1024 * 1024
-        options = [
-            ("grpc.max_send_message_length", max_bytes),
-            ("grpc.max_receive_message_length", max_bytes),
-            ("grpc.enable_retries", 1),
-            ("grpc.service_config", service_config(retry)),
-        ]
-        if tls_ca or tls_cert:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=tls_ca.read_bytes() if tls_ca else None,
-                private_key=tls_key.read_bytes() if tls_key else None,
-                certificate_chain=tls_cert.read_bytes() if tls_cert else None,
-            )
+        options = channel_options(max_message_mb, retry)
+        creds = credentials(tls_ca, tls_cert, tls_key)
+        if creds is not None:
             self._channel = grpc.secure_channel(target, creds, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
-        self._secure = bool(tls_ca or tls_cert)
+        self._secure = creds is not None
         self._stub = pb_grpc.ImageSimilarityStub(self._channel)
+        self._watchdog = _Watchdog()
 
     def __enter__(self) -> ImgsimClient:
         return self
@@ -263,13 +166,7 @@ class ImgsimClient:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
-            raise ImgsimError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"no imgsim server answered at {self.target} within {timeout:g}s "
-                f"({'TLS' if self._secure else 'plaintext'} gRPC, connection retried with "
-                "backoff meanwhile). Check the address (--server or $IMGSIM_SERVER), that "
-                "imgsim-server is running there, and TLS settings",
-            ) from None
+            raise not_ready(self.target, timeout, self._secure) from None
         self.server_answered = True
 
     def warm_up(self, timeout: float | None = None) -> None:
@@ -281,24 +178,27 @@ class ImgsimClient:
         for _ in range(target_addresses(self.target)):
             self.list_models()
 
+    def _unary(self, method: Callable, request, timeout: float | None):
+        try:
+            resp = method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise ImgsimError.from_rpc(err) from None
+        self.server_answered = True
+        return resp
+
     def compare(
         self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
     ) -> float:
         """Score one pair with the unary Compare call."""
-        return self.compare_pair(image_a, image_b, model, timeout)[0]
+        return self.compare_pair(image_a, image_b, model, timeout).score
 
     def compare_pair(
         self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
-    ) -> tuple[float, str, str]:
+    ) -> CompareResult:
         """Score one pair with the unary Compare call: (score, the model that scored it, the
         verdict of the model's calibrated thresholds, "" if it has none)."""
-        req = PairRequest("", image_a, image_b, model=model).to_proto()
-        try:
-            resp = self._stub.Compare(req, timeout=timeout or self.timeout, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise ImgsimError.from_rpc(err) from None
-        self.server_answered = True
-        return resp.score, resp.model, resp.verdict
+        req = _convert.pair_request(PairRequest("", image_a, image_b, model=model))
+        return _convert.compare_result(self._unary(self._stub.Compare, req, timeout))
 
     def compare_stream(
         self,
@@ -309,14 +209,17 @@ class ImgsimClient:
     ) -> Iterator[PairResult]:
         """Stream pairs; yields one result per pair as the server computes them (any order).
 
-        `timeout` bounds the whole stream (default: none, since streams may be long); the
-        server stops working for it when it passes. `idle_timeout` cancels the stream when no
-        result arrives for that long. Both end in ImgsimError(DEADLINE_EXCEEDED). Setting `stop`
-        cancels the call (ImgsimError(CANCELLED)), as does leaving the loop early.
+        `idle_timeout` (default: the client's `timeout`) cancels the stream when nothing is
+        sent or received for that long; `timeout` bounds the whole stream (default: none,
+        since streams may be long); the server stops working for it when it passes. Both end
+        in ImgsimError(DEADLINE_EXCEEDED). Setting `stop` cancels the call
+        (ImgsimError(CANCELLED)), as does leaving the loop early.
         """
-        call = self._stub.CompareStream
-        for resp in self._run_stream(call, pairs, timeout, idle_timeout, stop):
-            yield PairResult.from_proto(resp)
+        requests = (_convert.pair_request(p) for p in pairs)
+        for resp in self._run_stream(
+            self._stub.CompareStream, requests, timeout, idle_timeout, stop
+        ):
+            yield _convert.pair_result(resp)
 
     def embed_stream(
         self,
@@ -327,61 +230,56 @@ class ImgsimClient:
     ) -> Iterator[ImageResult]:
         """Stream images to Embed; yields one result per image as it is computed (any order),
         with the same timeouts and cancellation as `compare_stream`."""
-        for resp in self._run_stream(self._stub.Embed, images, timeout, idle_timeout, stop):
-            yield ImageResult.from_proto(resp)
+        requests = (_convert.image_request(i) for i in images)
+        for resp in self._run_stream(self._stub.Embed, requests, timeout, idle_timeout, stop):
+            yield _convert.image_result(resp)
 
     def _run_stream(
         self,
         method,
-        items: Iterable,
+        requests: Iterator,
         timeout: float | None,
         idle_timeout: float | None,
         stop: threading.Event | None,
     ) -> Iterator:
-        """Run one bidirectional call over `items` (each with `to_proto`), yielding responses;
-        the watchdog, error conversion and cancellation shared by every stream."""
-        requests = (item.to_proto() for item in items)
-        call = method(requests, timeout=timeout, metadata=self._metadata)
-        watchdog = _Watchdog(call, idle_timeout, stop) if idle_timeout or stop else None
+        """Run one bidirectional call, yielding responses; the watchdog, error conversion and
+        cancellation shared by every stream."""
+        idle_s = idle_timeout or self.timeout
+        watch: _Watch | None = None
+
+        def sent() -> Iterator:
+            for req in requests:
+                if watch is not None:
+                    watch.touch()  # progress: a slow producer is not an idle server
+                yield req
+
+        call = method(sent(), timeout=timeout, metadata=self._metadata)
+        watch = self._watchdog.watch(call, idle_s, stop)
         try:
             for resp in call:
-                if watchdog:
-                    watchdog.touch()
+                watch.touch()
                 self.server_answered = True
                 yield resp
         except grpc.RpcError as err:
-            if watchdog and watchdog.fired:
-                raise ImgsimError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"no result from {self.target} for {idle_timeout:g}s; stream cancelled",
-                ) from None
+            if watch.fired:
+                raise idle_error(self.target, idle_s) from None
             raise ImgsimError.from_rpc(err) from None
         finally:
-            if watchdog:
-                watchdog.stop()
+            self._watchdog.forget(watch)
             call.cancel()  # no-op once the call has ended; frees the server if we left early
 
-    def resolve_model(self, model: str) -> str:
+    def resolve_model(self, model: str, timeout: float | None = None) -> str:
         """The model a request naming `model` is served by ('' = the server's default)."""
-        return model or self.list_models().default_model
+        return model or self.list_models(timeout).default_model
 
-    def list_models(self) -> pb.ListModelsResponse:
+    def list_models(self, timeout: float | None = None) -> ModelList:
         """The server's models, its default, and whether each can load."""
-        try:
-            return self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise ImgsimError.from_rpc(err) from None
+        resp = self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return _convert.model_list(resp)
 
-    def stats(self) -> pb.GetStatsResponse:
+    def stats(self, timeout: float | None = None) -> Stats:
         """Batching, cache and pair counters since the server started."""
-        try:
-            return self._stub.GetStats(
-                pb.GetStatsRequest(), timeout=self.timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise ImgsimError.from_rpc(err) from None
+        return _convert.stats(self._unary(self._stub.GetStats, pb.GetStatsRequest(), timeout))
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,14 @@ import csv
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from imgsim_client._csv import PairsFileError
+from imgsim_client._resume import RetryPolicy, resumable
 from imgsim_client.client import ImageRequest, ImageResult, ImgsimClient, ImgsimError
-from imgsim_client.scoring import PairsFileError, RetryPolicy
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -37,14 +39,83 @@ DEDUP_THRESHOLDS = {
 }
 
 
-def calibrated_threshold(listing, model: str, task: str, fpr: float) -> float | None:
-    """The server's calibrated threshold (a ListModelsResponse) for model, task and FPR."""
-    for m in listing.models:
-        if m.name == model:
-            for t in m.thresholds:
-                if t.task == task and abs(t.fpr - fpr) < 1e-9:
-                    return float(t.score)
-    return None
+@dataclass(frozen=True)
+class Match:
+    """One hit of a search: the query, its rank (1 = nearest), the indexed path, the score."""
+
+    query: str
+    rank: int
+    path: str
+    score: float
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    """Two images at or above the threshold, and the group (connected component) they are in."""
+
+    image_a: str
+    image_b: str
+    score: float
+    group: int
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """What `find_duplicates` found, and how: `exact` (range search: every pair) or k-NN,
+    where `capped` images reached k (their groups may be larger than found)."""
+
+    pairs: list[DuplicatePair]
+    threshold: float
+    exact: bool
+    k: int
+    capped: int
+
+    @property
+    def groups(self) -> int:
+        return len({p.group for p in self.pairs})
+
+
+def default_threshold(model: str, listing=None) -> float | None:
+    """The dedup threshold of `model`: its measured F1-best one, else the server's calibrated
+    near-duplicate threshold at 0.1% FPR (`listing`, a ModelList), else None."""
+    if model in DEDUP_THRESHOLDS:
+        return DEDUP_THRESHOLDS[model]
+    info = listing.get(model) if listing is not None else None
+    return info.threshold("near-duplicate", 0.001) if info is not None else None
+
+
+def find_duplicates(
+    vectors, min_similarity: float, k: int = 50, exact_below: int | None = None
+) -> Duplicates:
+    """Every pair of `vectors` (index.Vectors) scoring at least `min_similarity`, with groups:
+    by exact range search below `exact_below` vectors, else by approximate k-NN."""
+    from imgsim_client.index import EXACT_BELOW, VectorIndex, groups
+
+    low = -1.0 if vectors.similarity == "cosine" else 0.0
+    if not low <= min_similarity <= 1.0:
+        raise ValueError(f"min_similarity {min_similarity} is outside [{low:g}, 1]")
+    index = VectorIndex.build(vectors, exact_below=exact_below or EXACT_BELOW)
+    exact = index.params.kind == "exact"
+    found, capped = index.self_pairs(vectors.matrix, min_similarity, None if exact else k)
+    label = groups(len(vectors.keys), found)
+    pairs = [
+        DuplicatePair(vectors.keys[a], vectors.keys[b], float(s), label[a]) for a, b, s in found
+    ]
+    return Duplicates(pairs, min_similarity, exact, k, capped)
+
+
+def search(index, queries: list[str], matrix, k: int = 10) -> list[Match]:
+    """The `k` nearest indexed images of each query (`matrix`: their vectors, in order)."""
+    if not queries:
+        return []
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    out = []
+    sims, ids = index.search(matrix, k)
+    for q, srow, irow in zip(queries, sims, ids, strict=True):
+        hits = [(float(s), int(i)) for s, i in zip(srow, irow, strict=True) if i >= 0]
+        out += [Match(q, rank, index.keys[i], s) for rank, (s, i) in enumerate(hits, 1)]
+    return out
 
 
 def list_images(paths: list[Path]) -> list[str]:
@@ -123,13 +194,12 @@ def embed_paths(
 
 def _embed_all(client, paths, model, retry, results, answered, bar) -> dict[str, ImageResult]:
     """The streams of `embed_paths`: reopened with what is left after a lost server."""
-    reconnects = 0
-    while True:
-        todo = [p for p in paths if p not in results]
-        if not todo:
-            return results
 
-        def requests(todo=todo):
+    def pending() -> list[str]:
+        return [p for p in paths if p not in results]
+
+    def open_stream(todo: list[str]):
+        def requests():
             for i, path in enumerate(todo):
                 try:
                     data = Path(path).read_bytes()
@@ -141,16 +211,14 @@ def _embed_all(client, paths, model, retry, results, answered, bar) -> dict[str,
                     continue
                 yield ImageRequest(str(i), data, model=model)
 
-        try:
-            for res in client.embed_stream(requests(), idle_timeout=client.timeout):
-                answered(todo[int(res.image_id)], res)
-            return results
-        except ImgsimError as err:
-            if not retry.should_reconnect(err, client, reconnects):
-                raise
-            reconnects += 1
-            bar.write(f"imgsim-client: {err.message}; reconnecting (retry {reconnects})")
-            time.sleep(retry.backoff(reconnects))
+        for res in client.embed_stream(requests()):
+            yield todo[int(res.image_id)], res
+
+    def reconnecting(err: ImgsimError, attempt: int, wait: float, todo: list) -> None:
+        bar.write(f"imgsim-client: {err.message}; reconnecting in {wait:.1f}s (retry {attempt})")
+
+    resumable(client, pending, open_stream, lambda pr: answered(*pr), retry, None, reconnecting)
+    return results
 
 
 def to_vectors(results: dict[str, ImageResult], order: list[str]):

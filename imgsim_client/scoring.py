@@ -28,6 +28,7 @@ from imgsim_client._csv import (
     refuse_other_model,
     write_csv_atomic,
 )
+from imgsim_client._resume import RetryPolicy, resumable
 from imgsim_client.client import ImgsimClient, ImgsimError, PairRequest, PairResult
 
 __all__ = ["PairsFileError", "RetryPolicy", "ScoreSummary", "read_pairs", "score_pairs"]
@@ -37,30 +38,6 @@ log = logging.getLogger(__name__)
 NOT_SCORED = "not scored: the run was interrupted (rerun with --resume to finish it)"
 OUTPUT_COLUMNS = ("score", "model", "error")
 CHECKPOINT_S = 30.0  # default seconds between checkpoints of a long run
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently to reconnect after the server becomes UNAVAILABLE."""
-
-    retries: int = 5
-    initial_backoff_s: float = 0.5
-    max_backoff_s: float = 10.0
-    multiplier: float = 2.0
-
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before reconnect number `attempt` (1-based)."""
-        return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
-
-    def should_reconnect(self, err: ImgsimError, client: ImgsimClient, done: int) -> bool:
-        """Whether a stream that failed with `err`, after `done` reconnects, opens again: only
-        for UNAVAILABLE, only once a server has answered on this channel (a wrong address fails
-        at once), and at most `retries` times."""
-        return (
-            err.code == grpc.StatusCode.UNAVAILABLE
-            and client.server_answered
-            and done < self.retries
-        )
 
 
 @dataclass(frozen=True)
@@ -275,42 +252,37 @@ def _split(rows: list, parts: int) -> list[list]:
 def _stream_chunk(
     run: _Run, client: ImgsimClient, chunk: list[tuple[str, str, str]], opts: _StreamOptions
 ) -> None:
-    """Score one chunk over one stream; on UNAVAILABLE (its backend went away), open a new
-    stream with the chunk's unanswered pairs, which round_robin places on a live backend."""
-    reconnects = 0
-    while True:
+    """Score one chunk over one stream, reopened with its unanswered pairs when its backend
+    goes away (`_resume.resumable`)."""
+
+    def pending() -> list[tuple[str, str, str]]:
         with run.lock:
-            todo = [r for r in chunk if r[0] not in run.results and r[0] not in run.local_errors]
-        if not todo or run.stop.is_set():
-            return
+            return [r for r in chunk if r[0] not in run.results and r[0] not in run.local_errors]
+
+    def open_stream(todo: list[tuple[str, str, str]]) -> Iterator[PairResult]:
         requests = _Requests(todo, opts.base, opts.model, opts.send_once)
         remaining = None if opts.deadline is None else opts.deadline - time.monotonic()
         try:
             if remaining is not None and remaining <= 0:
                 raise ImgsimError(grpc.StatusCode.DEADLINE_EXCEEDED, "the run's deadline passed")
-            for res in client.compare_stream(requests, remaining, opts.idle_timeout_s, run.stop):
-                run.answered(res)
-            return
-        except ImgsimError as err:
-            if run.stop.is_set() or not opts.retry.should_reconnect(err, client, reconnects):
-                raise
-            reconnects += 1
-            wait = opts.retry.backoff(reconnects)
-            with run.lock:
-                run.reconnects += 1
-                left = sum(1 for r in todo if r[0] not in run.results)
-                run.bar.write(
-                    f"imgsim-client: {err.message or err.code.name}; reconnecting in "
-                    f"{wait:.1f}s (retry {reconnects}/{opts.retry.retries}), {left} pairs of this "
-                    "stream to go"
-                )
-            if run.stop.wait(wait):
-                return
+            yield from client.compare_stream(requests, remaining, opts.idle_timeout_s, run.stop)
         finally:
             with run.lock:
                 run.local_errors.update(requests.local_errors)
                 run.bar.update(len(requests.local_errors))
                 run.bytes_sent += requests.bytes_sent
+
+    def reconnecting(err: ImgsimError, attempt: int, wait: float, todo: list) -> None:
+        with run.lock:
+            run.reconnects += 1
+            left = sum(1 for r in todo if r[0] not in run.results)
+            run.bar.write(
+                f"imgsim-client: {err.message or err.code.name}; reconnecting in "
+                f"{wait:.1f}s (retry {attempt}/{opts.retry.retries}), {left} pairs of this "
+                "stream to go"
+            )
+
+    resumable(client, pending, open_stream, run.answered, opts.retry, run.stop, reconnecting)
 
 
 def _run_streams(

@@ -29,6 +29,7 @@ import grpc
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 from PIL import Image
 
+from imgsim_client._convert import pair_request
 from imgsim_client.client import ImgsimClient, ImgsimError, PairRequest
 from imgsim_datasets.photos import shipped_photos
 from imgsim_lab import attacks
@@ -129,7 +130,7 @@ def cancelled_stream(address: str, pairs: list[PairRequest], after: int) -> int:
     """Read `after` answers, then cancel; returns the answers read."""
     with grpc.insecure_channel(address) as channel:
         call = pb_grpc.ImageSimilarityStub(channel).CompareStream(
-            (p.to_proto() for p in pairs), timeout=300
+            (pair_request(p) for p in pairs), timeout=300
         )
         got = 0
         for _ in call:
@@ -145,8 +146,8 @@ def non_reading_client(address: str, image: bytes, n: int, seconds: float) -> di
     as on a congested link); returns how far the server got before it stopped reading."""
     stats_client = ImgsimClient(address, timeout=30)
     scored0 = stats_client.stats().pairs_scored
-    first = PairRequest("0", image, image, id_a="x", id_b="x").to_proto()
-    rest = (PairRequest(str(i), ref_a="x", ref_b="x").to_proto() for i in range(1, n))
+    first = pair_request(PairRequest("0", image, image, id_a="x", id_b="x"))
+    rest = (pair_request(PairRequest(str(i), ref_a="x", ref_b="x")) for i in range(1, n))
     with grpc.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
         call = pb_grpc.ImageSimilarityStub(channel).CompareStream(
             itertools.chain([first], rest), timeout=600

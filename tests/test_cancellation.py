@@ -10,6 +10,7 @@ import pytest
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
 from imgsim_client import ImgsimClient, ImgsimError, PairRequest
+from imgsim_client._convert import pair_request
 from tests.conftest import distinct_jpegs
 
 N_PAIRS = 200
@@ -49,7 +50,7 @@ def test_cancelled_stream_spends_no_more_model_work(client, address, photos, ser
     embedded0, cancelled0 = _settled(client)
     with grpc.insecure_channel(address) as channel:
         call = pb_grpc.ImageSimilarityStub(channel).CompareStream(
-            iter([p.to_proto() for p in _pairs(images)]), timeout=60
+            iter([pair_request(p) for p in _pairs(images)]), timeout=60
         )
         first = next(call)
         assert first.pair_id and not first.HasField("error")
@@ -91,8 +92,8 @@ def test_client_that_stops_reading_stops_the_server_reading(client, address, pho
     stays small, as on a congested link) soon stops being read, so nothing piles up."""
     a, b = distinct_jpegs(photos, 2, salt=14)
     n = 10_000
-    first = PairRequest("0", a, b, id_a="a", id_b="b").to_proto()
-    refs = (PairRequest(str(i), ref_a="a", ref_b="b").to_proto() for i in range(1, n))
+    first = pair_request(PairRequest("0", a, b, id_a="a", id_b="b"))
+    refs = (pair_request(PairRequest(str(i), ref_a="a", ref_b="b")) for i in range(1, n))
     scored0 = client.stats().pairs_scored
     with grpc.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
         call = pb_grpc.ImageSimilarityStub(channel).CompareStream(

@@ -94,7 +94,7 @@ def test_every_error_kind_has_a_status_on_both_transports():
     from imgsim_server.transport.grpc_interceptors import GRPC_CODES
 
     assert set(http_app.HTTP_STATUS) == set(errors.KINDS) == set(GRPC_CODES)
-    for status, code in http_app.HTTP_STATUS.values():
+    for _status, code in http_app.HTTP_STATUS.values():
         assert code in {c.name for c in GRPC_CODES.values()}, code
 
 

@@ -1,0 +1,110 @@
+"""What the sync and asyncio clients share: the channel's options and service config, TLS
+credentials, the error type, and how many backends a target names."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import grpc
+
+SERVICE = "imgsim.v1.ImageSimilarity"
+# gRPC's own retry for unary calls (gRFC A6): UNAVAILABLE is retried with exponential backoff,
+# transparently; other codes are final. Streams are not listed: a retried stream would resend
+# every pair, so the CSV scorer resumes them itself with only the unanswered pairs.
+UNARY_RETRY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.5s",
+    "maxBackoff": "10s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+class ImgsimError(Exception):
+    """A failed call, with the gRPC status code that the server (or channel) gave."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def from_rpc(cls, err: grpc.RpcError) -> ImgsimError:
+        return cls(err.code(), err.details() or "")
+
+
+def service_config(retry: dict | None = None) -> str:
+    """The channel's service-config JSON: round_robin over every address the target resolves
+    to (one stream stays on one backend; calls and new streams rotate), and the unary retry
+    policy for Compare, ListModels and GetStats."""
+    names = [{"service": SERVICE, "method": m} for m in ("Compare", "ListModels", "GetStats")]
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [{"name": names, "retryPolicy": retry or UNARY_RETRY}],
+        }
+    )
+
+
+def channel_options(max_message_mb: int, retry: dict | None) -> list[tuple[str, object]]:
+    max_bytes = max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", service_config(retry)),
+    ]
+
+
+def credentials(
+    tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials (`tls_ca`: the CA that signed the server; `tls_cert`/`tls_key`: a client
+    certificate for mTLS), or None for plaintext."""
+    if not (tls_ca or tls_cert):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls_ca.read_bytes() if tls_ca else None,
+        private_key=tls_key.read_bytes() if tls_key else None,
+        certificate_chain=tls_cert.read_bytes() if tls_cert else None,
+    )
+
+
+def not_ready(target: str, timeout: float, secure: bool) -> ImgsimError:
+    """The error of a channel that did not connect within `timeout`."""
+    return ImgsimError(
+        grpc.StatusCode.UNAVAILABLE,
+        f"no imgsim server answered at {target} within {timeout:g}s "
+        f"({'TLS' if secure else 'plaintext'} gRPC, connection retried with "
+        "backoff meanwhile). Check the address (--server or $IMGSIM_SERVER), that "
+        "imgsim-server is running there, and TLS settings",
+    )
+
+
+def idle_error(target: str, idle_s: float) -> ImgsimError:
+    return ImgsimError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"no result from {target} for {idle_s:g}s; stream cancelled",
+    )
+
+
+def target_addresses(target: str) -> int:
+    """How many backends a gRPC target names: the entries of an `ipv4:`/`ipv6:` list, the
+    addresses a DNS name resolves to (best effort), else 1."""
+    scheme, sep, rest = target.partition(":")
+    if sep and scheme in ("ipv4", "ipv6"):
+        return max(1, len([a for a in rest.split(",") if a]))
+    if (sep and scheme == "unix") or target.startswith("unix"):
+        return 1
+    host_port = target.split("///", 1)[1] if target.startswith("dns:") else target
+    host, _, port = host_port.rpartition(":")
+    host = host.strip("[]")
+    if not host or host.replace(".", "").isdigit():
+        return 1
+    try:
+        infos = socket.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return 1
+    return max(1, len({info[4][0] for info in infos}))

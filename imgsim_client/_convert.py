@@ -1,0 +1,88 @@
+"""Protobuf <-> the client's typed results (`types.py`): the one place that reads messages."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+from imgsim.v1 import similarity_pb2 as pb
+
+from imgsim_client.types import (
+    CompareResult,
+    ImageRequest,
+    ImageResult,
+    ModelInfo,
+    ModelList,
+    ModelStats,
+    PairRequest,
+    PairResult,
+    Stats,
+    Threshold,
+)
+
+_CODES_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _image(data: bytes | None, ref: str, image_id: str) -> pb.Image:
+    """An Image message: a ref to an earlier image of the stream, or bytes (with an id)."""
+    return pb.Image(ref=ref) if ref else pb.Image(data=data or b"", id=image_id)
+
+
+def _error(resp) -> tuple[grpc.StatusCode, str] | None:
+    """(code, message) of a response's per-item error, or None when it succeeded."""
+    if not resp.HasField("error"):
+        return None
+    return _CODES_BY_VALUE.get(resp.error.code, grpc.StatusCode.UNKNOWN), resp.error.message
+
+
+def pair_request(req: PairRequest) -> pb.CompareRequest:
+    return pb.CompareRequest(
+        pair_id=req.pair_id,
+        model=req.model,
+        image_a=_image(req.data_a, req.ref_a, req.id_a),
+        image_b=_image(req.data_b, req.ref_b, req.id_b),
+    )
+
+
+def image_request(req: ImageRequest) -> pb.EmbedRequest:
+    return pb.EmbedRequest(
+        image_id=req.image_id, image=_image(req.data, req.ref, req.id), model=req.model
+    )
+
+
+def compare_result(resp: pb.CompareResponse) -> CompareResult:
+    return CompareResult(resp.score, resp.model, resp.verdict)
+
+
+def pair_result(resp: pb.CompareResponse) -> PairResult:
+    if (error := _error(resp)) is not None:
+        return PairResult(resp.pair_id, None, resp.model, *error)
+    return PairResult(resp.pair_id, resp.score, resp.model, verdict=resp.verdict)
+
+
+def image_result(resp: pb.EmbedResponse) -> ImageResult:
+    if (error := _error(resp)) is not None:
+        return ImageResult(resp.image_id, None, resp.model, "", *error)
+    return ImageResult(resp.image_id, list(resp.vector), resp.model, resp.similarity)
+
+
+def _fields(msg, cls) -> dict:
+    return {f.name: getattr(msg, f.name) for f in dataclasses.fields(cls)}
+
+
+def model_list(resp: pb.ListModelsResponse) -> ModelList:
+    models = tuple(
+        ModelInfo(
+            **{
+                **_fields(m, ModelInfo),
+                "thresholds": tuple(Threshold(**_fields(t, Threshold)) for t in m.thresholds),
+            }
+        )
+        for m in resp.models
+    )
+    return ModelList(models, resp.default_model)
+
+
+def stats(resp: pb.GetStatsResponse) -> Stats:
+    models = tuple(ModelStats(**_fields(m, ModelStats)) for m in resp.models)
+    return Stats(**{**_fields(resp, Stats), "models": models})

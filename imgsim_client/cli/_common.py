@@ -1,0 +1,124 @@
+"""What every command shares: the connection flags, the help formatter, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+# Exit codes, documented in --help and the README.
+OK, FAILED, USAGE, SOME_PAIRS_FAILED, INTERRUPTED = 0, 1, 2, 3, 130
+
+EXIT_CODES = """\
+exit codes:
+  0    done: every pair scored (also for a CSV with no rows)
+  1    error: nothing (more) could be done, e.g. no server at --server, a bad CSV, a
+       deadline passed, retries used up; a partial output is kept for --resume
+  2    usage error (bad flags)
+  3    finished, but some pairs failed: their rows have an 'error' column
+  130  interrupted (Ctrl-C); a partial output is kept for --resume
+"""
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imgsim")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps laid-out text (the epilogs) as written and wraps plain paragraphs; appends real
+    defaults: none for empty or unset values, none where the help text states its default."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, "", False, argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def add_connection(p: argparse.ArgumentParser, model: bool = True) -> None:
+    env_server = os.environ.get("IMGSIM_SERVER")
+    p.add_argument(
+        "--server",
+        default=env_server or DEFAULT_SERVER,
+        metavar="TARGET",
+        help="any gRPC target: HOST:PORT, ipv4:H1:P1,H2:P2 or dns:///NAME:PORT (several "
+        "addresses are balanced round robin), unix:PATH (default: "
+        + (f"$IMGSIM_SERVER = {env_server}" if env_server else f"{DEFAULT_SERVER}; or set ")
+        + ("" if env_server else "$IMGSIM_SERVER")
+        + ")",
+    )
+    if model:
+        p.add_argument(
+            "--model", default="", help="registry model name (default: the server's default model)"
+        )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="longest wait for the first connection; a server that never answers is an "
+        "error after this long",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest wait for each unary call and, in streams, for each next result",
+    )
+    p.add_argument(
+        "--auth-token",
+        default=os.environ.get("IMGSIM_AUTH_TOKEN", ""),
+        help="bearer token for a server started with --auth-token (default: $IMGSIM_AUTH_TOKEN)",
+    )
+    p.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server cert (enables TLS)")
+    p.add_argument("--tls-cert", type=Path, help="PEM client certificate (mTLS)")
+    p.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
+
+
+def add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="write the partial OUTPUT (atomically) this often, so that a killed run loses at "
+        "most this much work; it is also written on Ctrl-C and on failure, for --resume",
+    )
+
+
+def client_config(args: argparse.Namespace):
+    """How to reach the server, from the connection flags."""
+    from imgsim_client.client import ClientConfig
+
+    return ClientConfig(
+        args.server,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        auth_token=args.auth_token,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+
+
+def connect(args: argparse.Namespace):
+    """A connected client (ImgsimError(UNAVAILABLE) when no server answers in time)."""
+    return client_config(args).connect()

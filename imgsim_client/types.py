@@ -1,0 +1,149 @@
+"""The client's typed requests and results: plain dataclasses, no protobuf (`_convert.py` maps
+them to and from the wire). The base install has no numpy, so vectors are lists of floats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import grpc
+
+
+class CompareResult(NamedTuple):
+    """One pair scored by unary Compare: the score, the model that scored it, and the verdict
+    of that model's calibrated thresholds ("" if it has none). Unpacks as a 3-tuple."""
+
+    score: float
+    model: str
+    verdict: str
+
+
+@dataclass(frozen=True)
+class PairRequest:
+    """One pair to score. Each image is bytes, or (in a stream) a ref to an earlier image id.
+
+    `id_a`/`id_b` name bytes so that later pairs can send `ref_a`/`ref_b` instead.
+    """
+
+    pair_id: str
+    data_a: bytes | None = None
+    data_b: bytes | None = None
+    ref_a: str = ""
+    ref_b: str = ""
+    id_a: str = ""
+    id_b: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One pair's answer in a stream: its score and verdict, or its error."""
+
+    pair_id: str
+    score: float | None
+    model: str = ""
+    error_code: grpc.StatusCode | None = None
+    error: str = ""
+    verdict: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image to embed: bytes, or (in a stream) a ref to an earlier image's id."""
+
+    image_id: str
+    data: bytes | None = None
+    ref: str = ""
+    id: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's embedding, or its error."""
+
+    image_id: str
+    vector: list[float] | None
+    model: str = ""
+    similarity: str = ""
+    error_code: grpc.StatusCode | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A calibrated score: the one a fraction `fpr` of unrelated pairs of `dataset` reach."""
+
+    task: str
+    dataset: str
+    fpr: float
+    score: float
+    low: float
+    high: float
+    tpr: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the server serves, and whether it can load."""
+
+    name: str
+    kind: str
+    embedding_dim: int
+    input_size: int
+    weights_source: str
+    weights_available: bool
+    loaded: bool
+    similarity: str
+    description: str
+    thresholds: tuple[Threshold, ...] = ()
+
+    def threshold(self, task: str, fpr: float) -> float | None:
+        """The calibrated threshold for `task` at `fpr`, if measured."""
+        for t in self.thresholds:
+            if t.task == task and abs(t.fpr - fpr) < 1e-9:
+                return t.score
+        return None
+
+
+@dataclass(frozen=True)
+class ModelList:
+    models: tuple[ModelInfo, ...]
+    default_model: str
+
+    def get(self, name: str) -> ModelInfo | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    model: str
+    batches: int
+    images_embedded: int
+    mean_batch_size: float
+    max_batch_size_seen: int
+    mean_queue_ms: float
+    mean_inference_ms: float
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The server's batching, cache and pair counters since it started."""
+
+    models: tuple[ModelStats, ...]
+    cache_hits: int
+    cache_misses: int
+    cache_entries: int
+    cache_bytes: int
+    pairs_scored: int
+    pairs_failed: int
+    queue_depth: int
+    images_cancelled: int
