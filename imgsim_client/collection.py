@@ -27,15 +27,15 @@ from imgsim_client.client import ImageRequest, ImageResult, ImgsimClient, Imgsim
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 # Default dedup thresholds (cosine or hamming similarity), per model: the F1-maximising
-# threshold on near-duplicate edits of real photos, measured by `make bench-collections`
-# (results/collections.md). Other models use the server's calibrated near-duplicate threshold
-# at 0.1% FPR (ListModels), which for efficientnet-lite0 is close to its F1-best 0.80.
+# threshold on near-duplicate edits of real photos, as `make bench-collections` measured it
+# (results/collections.md has its precision, recall and F1). Other models use the server's
+# calibrated near-duplicate threshold at 0.1% FPR (ListModels).
 DEDUP_THRESHOLDS = {
-    "efficientnet-lite0": 0.80,  # P 0.85, R 0.79, F1 0.82
-    "efficientnet-lite0-gem": 0.80,  # P 0.93, R 0.85, F1 0.89
-    "phash": 0.76,  # P 0.91, R 0.55, F1 0.68
-    "color-hist": 0.96,  # P 0.86, R 0.57, F1 0.68
-    "pixels": 0.71,  # P 0.79, R 0.55, F1 0.65
+    "efficientnet-lite0": 0.80,
+    "efficientnet-lite0-gem": 0.80,
+    "phash": 0.76,
+    "color-hist": 0.96,
+    "pixels": 0.71,
 }
 
 

@@ -1,8 +1,12 @@
-"""The import rules of the README's "Layout", checked in fresh interpreters (sys.modules):
-each install gets only what it needs, and arrows point down the stack only."""
+"""The import rules of the README's "Layout": read from the source (every import statement,
+inside functions too, `if TYPE_CHECKING:` blocks excluded), so that an import deferred into a
+function cannot hide a cycle or a forbidden arrow; and checked in fresh interpreters
+(sys.modules), so that each install loads only what it needs."""
 
 from __future__ import annotations
 
+import ast
+import graphlib
 import json
 import re
 import subprocess
@@ -12,6 +16,155 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Source folders and the package names they install as.
+PACKAGES = {
+    "imgsim_client": "imgsim_client",
+    "imgsim_server": "imgsim_server",
+    "imgsim_lab": "imgsim_lab",
+    "datasets": "imgsim_datasets",
+}
+
+
+def _module_files() -> dict[str, Path]:
+    out = {}
+    for folder, package in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join([package, *parts])] = path
+    return out
+
+
+MODULES = _module_files()
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(path: Path, module: str) -> list[tuple[str, list[str]]]:
+    """Every import statement of the file, anywhere (TYPE_CHECKING blocks excluded), as
+    (module imported from, names): `import a.b` is ("a.b", []), `from a import b` ("a", ["b"])."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out: list[tuple[str, list[str]]] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            out.extend((alias.name, []) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parent = parts[: len(parts) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            out.append((base, [alias.name for alias in node.names]))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    return out
+
+
+def _resolve(name: str) -> str | None:
+    """The project module an imported name lands in (its longest known prefix), or None."""
+    parts = name.split(".")
+    while parts:
+        if ".".join(parts) in MODULES:
+            return ".".join(parts)
+        parts.pop()
+    return None
+
+
+def _edges(module: str, modules: dict[str, Path] = MODULES) -> set[str]:
+    """The project modules `module` imports: `from pkg import sub` points at pkg.sub when that
+    is a module, else at pkg (its __init__)."""
+    out = set()
+    for base, names in _imports(modules[module], module):
+        targets = [f"{base}.{n}" if f"{base}.{n}" in modules else base for n in names] or [base]
+        out |= {t for t in map(_resolve, targets) if t and t != module}
+    return out
+
+
+def _names(module: str) -> set[str]:
+    """Every dotted name `module` imports from, with the names it takes from each."""
+    out = set()
+    for base, names in _imports(MODULES[module], module):
+        out |= {base, *(f"{base}.{n}" for n in names)}
+    return out
+
+
+def _external(module: str) -> set[str]:
+    """Top-level names of everything `module` imports."""
+    return {name.split(".")[0] for name in _names(module)}
+
+
+def test_no_import_cycle_anywhere():
+    """Imports inside functions count: a cycle they close is still a design cycle."""
+    graph = {module: _edges(module) for module in MODULES}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")
+
+
+def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
+    """The checker finds a cycle closed by an import inside a function."""
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("import imgsim_fake.b\n")
+    b.write_text("def f():\n    from imgsim_fake import a\n")
+    monkeypatch.setitem(MODULES, "imgsim_fake.a", a)
+    monkeypatch.setitem(MODULES, "imgsim_fake.b", b)
+    with pytest.raises(pytest.fail.Exception, match="import cycle"):
+        test_no_import_cycle_anywhere()
+
+
+SERVING_MAY_EXPORT = {"imgsim_server.__main__"}
+
+
+def test_serving_code_never_imports_export_or_the_lab():
+    for module in MODULES:
+        if not module.startswith("imgsim_server") or module in SERVING_MAY_EXPORT:
+            continue
+        if module.startswith("imgsim_server.export"):
+            continue
+        bad = {
+            name
+            for name in _names(module)
+            if name.startswith(("imgsim_server.export", "imgsim_lab", "imgsim_datasets"))
+        }
+        assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_no_transport_imports_another():
+    transport = "imgsim_server.transport."
+    for module in MODULES:
+        if not module.startswith(transport):
+            continue
+        own = module[len(transport) :].split("_")[0]  # grpc, http, metrics, stream
+        names = _names(module)
+        for other in ("grpc_", "http_"):
+            if other.startswith(own + "_"):
+                continue
+            assert not {n for n in names if n.startswith(transport + other)}, module
+        if own != "grpc":
+            assert not _external(module) & {"grpc", "grpc_health", "grpc_reflection"}, module
+        if own != "http":
+            assert not _external(module) & {"fastapi", "starlette", "uvicorn"}, module
+
+
+def test_the_client_never_imports_the_server_or_the_lab():
+    for module in MODULES:
+        if module.startswith("imgsim_client"):
+            bad = _external(module) & {"imgsim_server", "imgsim_lab", "imgsim_datasets"}
+            assert not bad, f"{module} imports {bad}"
 
 
 def _modules_after(code: str, top_level: bool = True) -> set[str]:

@@ -20,11 +20,12 @@ $("token").addEventListener("change", () => {
   $("model").innerHTML = "";
   loadModels();
 });
-// A 401/403 opens the token field and says why, instead of leaving a bare error.
+// A 401 opens the token field and says why, instead of leaving a bare error: without a token
+// the server requires one; with one, it refused that token.
 function needsToken(resp) {
-  if (resp.status !== 401 && resp.status !== 403) return false;
+  if (resp.status !== 401) return false;
   $("token-box").open = true;
-  $("token-why").textContent = resp.status === 401
+  $("token-why").textContent = $("token").value.trim() === ""
     ? "This server requires a bearer token: enter the --auth-token it was started with."
     : "The server refused this token: check it against the server's --auth-token.";
   $("token").focus();

@@ -1,0 +1,196 @@
+"""`AsyncImgsimClient`: the asyncio twin of `ImgsimClient` (after tritonclient's `grpc.aio`),
+with the same constructor arguments, methods and typed results, awaited; `async with` closes
+the channel. Every call has a timeout: unary calls `timeout`, streams an idle timeout (nothing
+sent or received for that long) on top of an optional whole-stream deadline.
+
+    async with AsyncImgsimClient("127.0.0.1:50051") as client:
+        score = await client.compare(a_bytes, b_bytes)
+        async for result in client.compare_stream(pairs):
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from pathlib import Path
+
+import grpc
+from imgsim.v1 import similarity_pb2 as pb
+from imgsim.v1 import similarity_pb2_grpc as pb_grpc
+
+from imgsim_client import _convert
+from imgsim_client._channel import (
+    ImgsimError,
+    channel_options,
+    credentials,
+    idle_error,
+    not_ready,
+    target_addresses,
+)
+from imgsim_client.types import (
+    CompareResult,
+    ImageRequest,
+    ImageResult,
+    ModelList,
+    PairRequest,
+    PairResult,
+    Stats,
+)
+
+__all__ = ["AsyncImgsimClient", "ImgsimError"]
+
+
+class AsyncImgsimClient:
+    """Client for an imgsim server on an asyncio event loop (`grpc.aio`)."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        timeout: float = 60.0,
+        max_message_mb: int = 64,
+        auth_token: str = "",
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        connect_timeout: float = 10.0,
+        retry: dict | None = None,
+    ) -> None:
+        """The arguments of `ImgsimClient`, with the same meaning."""
+        self.target = target
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.server_answered = False
+        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+        options = channel_options(max_message_mb, retry)
+        creds = credentials(tls_ca, tls_cert, tls_key)
+        if creds is not None:
+            self._channel = grpc.aio.secure_channel(target, creds, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        self._secure = creds is not None
+        self._stub = pb_grpc.ImageSimilarityStub(self._channel)
+
+    async def __aenter__(self) -> AsyncImgsimClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the channel connects; ImgsimError(UNAVAILABLE) after `timeout`."""
+        timeout = timeout or self.connect_timeout
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except asyncio.TimeoutError:
+            raise not_ready(self.target, timeout, self._secure) from None
+        self.server_answered = True
+
+    async def warm_up(self, timeout: float | None = None) -> None:
+        """Connect, then one cheap call per backend (see ImgsimClient.warm_up)."""
+        await self.wait_ready(timeout)
+        for _ in range(target_addresses(self.target)):
+            await self.list_models()
+
+    async def _unary(self, method, request, timeout: float | None):
+        try:
+            resp = await method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise ImgsimError.from_rpc(err) from None
+        self.server_answered = True
+        return resp
+
+    async def compare(
+        self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
+    ) -> float:
+        """Score one pair with the unary Compare call."""
+        return (await self.compare_pair(image_a, image_b, model, timeout)).score
+
+    async def compare_pair(
+        self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
+    ) -> CompareResult:
+        """(score, model, verdict) of one pair, as ImgsimClient.compare_pair."""
+        req = _convert.pair_request(PairRequest("", image_a, image_b, model=model))
+        return _convert.compare_result(await self._unary(self._stub.Compare, req, timeout))
+
+    async def compare_stream(
+        self,
+        pairs: Iterable[PairRequest] | AsyncIterable[PairRequest],
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+    ) -> AsyncIterator[PairResult]:
+        """Stream pairs (an iterable or an async iterable); yields one result per pair as the
+        server computes them, with ImgsimClient.compare_stream's timeouts. Leaving the loop
+        early (or cancelling the task) cancels the call."""
+        call = self._stub.CompareStream
+        async for resp in self._stream(call, pairs, _convert.pair_request, timeout, idle_timeout):
+            yield _convert.pair_result(resp)
+
+    async def embed_stream(
+        self,
+        images: Iterable[ImageRequest] | AsyncIterable[ImageRequest],
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+    ) -> AsyncIterator[ImageResult]:
+        """Stream images to Embed; yields one result per image, as compare_stream."""
+        call = self._stub.Embed
+        async for resp in self._stream(call, images, _convert.image_request, timeout, idle_timeout):
+            yield _convert.image_result(resp)
+
+    async def _stream(self, method, items, to_proto, timeout, idle_timeout) -> AsyncIterator:
+        idle_s = idle_timeout or self.timeout
+        last = [time.monotonic()]
+
+        async def requests():
+            if isinstance(items, AsyncIterable):
+                async for item in items:
+                    last[0] = time.monotonic()
+                    yield to_proto(item)
+            else:
+                for item in items:
+                    last[0] = time.monotonic()
+                    yield to_proto(item)
+
+        call = method(requests(), timeout=timeout, metadata=self._metadata)
+        reading: asyncio.Future | None = None
+        try:
+            while True:
+                # One read at a time, waited for in slices: cancelling a read cancels the call,
+                # so a slice that ends with nothing read leaves the read running.
+                reading = reading or asyncio.ensure_future(call.read())
+                wait = last[0] + idle_s - time.monotonic()
+                done, _ = await asyncio.wait({reading}, timeout=max(wait, 0.0))
+                if not done:
+                    if time.monotonic() - last[0] < idle_s:  # a request went out meanwhile
+                        continue
+                    raise idle_error(self.target, idle_s)
+                resp, reading = reading.result(), None
+                if resp is grpc.aio.EOF:
+                    return
+                last[0] = time.monotonic()
+                self.server_answered = True
+                yield resp
+        except grpc.RpcError as err:
+            raise ImgsimError.from_rpc(err) from None
+        finally:
+            call.cancel()  # no-op once the call has ended
+            if reading is not None:
+                reading.cancel()
+
+    async def resolve_model(self, model: str, timeout: float | None = None) -> str:
+        """The model a request naming `model` is served by ('' = the server's default)."""
+        return model or (await self.list_models(timeout)).default_model
+
+    async def list_models(self, timeout: float | None = None) -> ModelList:
+        """The server's models, its default, and whether each can load."""
+        resp = await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return _convert.model_list(resp)
+
+    async def stats(self, timeout: float | None = None) -> Stats:
+        """Batching, cache and pair counters since the server started."""
+        resp = await self._unary(self._stub.GetStats, pb.GetStatsRequest(), timeout)
+        return _convert.stats(resp)
