@@ -42,6 +42,8 @@ import importlib.util as u
 for m in ("numpy", "pandas", "pyarrow", "matplotlib", "sklearn", "PIL", "onnxruntime", "imgsim_server"):
     assert u.find_spec(m) is None or m == "imgsim_server", f"{m} is in the base install"
 print("base install: no numpy, pandas, pyarrow, matplotlib, scikit-learn, Pillow, onnxruntime")
+import imgsim_client.aio, imgsim_client.client  # both clients work on the base install
+print("base install: imgsim_client.aio and imgsim_client.client import")
 PY
 
 say "help time of the base client (5 runs)"

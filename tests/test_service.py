@@ -185,7 +185,28 @@ def test_the_default_model_serves_with_its_verdict(photos):
             cat = photos["chelsea"].read_bytes()
             score, model, verdict = c.compare_pair(cat, cat)
             assert (model, verdict) == (DEFAULT_MODEL, "near-duplicate") and score > 0.999
+            # Streams carry the same verdict (CompareResponse.verdict).
+            [streamed] = c.compare_stream([PairRequest("p", cat, cat)])
+            assert (streamed.model, streamed.verdict) == (DEFAULT_MODEL, "near-duplicate")
             score, _, verdict = c.compare_pair(cat, photos["rocket"].read_bytes())
             assert verdict == "different" and score < 0.5
     finally:
         running.stop(0)
+
+
+def test_the_model_list_is_built_once_until_a_model_loads():
+    import asyncio
+
+    from imgsim_server.config import CoreConfig
+    from imgsim_server.core.dataplane import Dataplane
+
+    core = Dataplane(CoreConfig(default_model="phash"))
+    try:
+        first = asyncio.run(core.list_models())
+        assert asyncio.run(core.list_models()) is first  # cached: no manifest reads per call
+        assert not any(m.loaded for m in first.models)
+        core.engines.get("pixels")
+        again = asyncio.run(core.list_models())
+        assert again is not first and [m.name for m in again.models if m.loaded] == ["pixels"]
+    finally:
+        core.close()

@@ -122,3 +122,26 @@ def test_verdict_takes_the_highest_threshold_reached():
             assert calibration.verdict(name, thr + 1e-6) == task
     assert calibration.verdict(name, min(levels.values()) - 1e-3) == "different"
     assert calibration.verdict("no-such-model", 0.5) == ""
+
+
+def test_list_models_filters_like_timms():
+    from imgsim_server.embedders import EmbedderOptions, weights_available
+
+    lite0 = list_models(pattern="efficientnet-lite0*", kind="cnn")
+    assert lite0 and all(m.name.startswith("efficientnet-lite0") for m in lite0)
+    assert {m.name for m in list_models(kind="classical")} == {"pixels", "color-hist", "phash"}
+    opts = EmbedderOptions(backend="torch")  # served from weights, not graphs
+    available = {m.name for m in list_models(available=True, opts=opts)}
+    assert available == {m.name for m in list_models() if weights_available(m, opts)}
+    assert "efficientnet-lite0" in available
+
+
+def test_model_configs_are_pure_data():
+    """No callables, nothing mutable: a config can be compared, hashed, pickled and printed."""
+    import dataclasses
+    import pickle
+
+    for cfg in list_models():
+        for f in dataclasses.fields(cfg):
+            assert not callable(getattr(cfg, f.name)), (cfg.name, f.name)
+        assert pickle.loads(pickle.dumps(cfg)) == cfg and hash(cfg) == hash(get_cfg(cfg.name))
