@@ -37,6 +37,43 @@ except ModuleNotFoundError as e:
 EXACT_BELOW = 50_000
 
 
+def _weighted_sum(x: np.ndarray, ids: np.ndarray, sims: np.ndarray, alpha: float) -> np.ndarray:
+    """Rows of `x` at `ids` summed with weights max(sim, 0)**alpha, L2-normalised."""
+    w = np.clip(sims, 0.0, None) ** alpha * (ids >= 0)
+    out = np.einsum("nk,nkd->nd", w.astype(np.float32), x[np.clip(ids, 0, None)])
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def augment_database(x: np.ndarray, k: int, alpha: float, batch: int = 4096) -> np.ndarray:
+    """Database-side augmentation (alpha-DBA, Radenović et al. 2018): each L2-normalised
+    vector replaced by the normalised, similarity**alpha-weighted sum of itself and its k
+    nearest neighbours. Exact neighbours below EXACT_BELOW vectors, else an IVF index."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if k <= 0 or len(x) < 2:
+        return x.copy()
+    index = VectorIndex.build(Vectors(list(range(len(x))), x, "", "cosine"))
+    out = np.empty_like(x)
+    for start in range(0, len(x), batch):
+        sims, ids = index.search(x[start : start + batch], k + 1)  # itself first
+        out[start : start + batch] = _weighted_sum(x, ids, sims, alpha)
+    return out
+
+
+def best_over(sims: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np.ndarray, ...]:
+    """Merge the hits of several versions of the same queries (rotations): each indexed
+    vector keeps its best score; the k best per query, best first."""
+    s, i = np.concatenate(sims, axis=1), np.concatenate(ids, axis=1)
+    order = np.argsort(-s, axis=1, kind="stable")
+    s, i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+    out_s = np.full((len(s), k), -np.inf, np.float32)
+    out_i = np.full((len(s), k), -1, np.int64)
+    for row in range(len(s)):
+        _, first = np.unique(i[row], return_index=True)
+        keep = np.sort(first[i[row][first] >= 0])[:k]
+        out_s[row, : len(keep)], out_i[row, : len(keep)] = s[row][keep], i[row][keep]
+    return out_s, out_i
+
+
 @dataclass
 class Vectors:
     """Embeddings with their keys (paths), model and similarity; rows that failed are kept
@@ -112,6 +149,12 @@ class IndexParams:
     nprobe: int = 0
     k_factor: int = 0
     build_s: float = 0.0
+    # Database-side augmentation applied to the stored vectors (0: none), and the query
+    # expansion `search` applies by default (0: none); weights are similarity**alpha.
+    dba_k: int = 0
+    dba_alpha: float = 0.0
+    qe_k: int = 0
+    qe_alpha: float = 0.0
 
 
 class VectorIndex:
@@ -134,10 +177,19 @@ class VectorIndex:
         nprobe: int = 8,
         k_factor: int = 16,
         codes: str = "Flat",
+        dba_k: int = 0,
+        dba_alpha: float = 3.0,
+        qe_k: int = 0,
+        qe_alpha: float = 3.0,
     ) -> VectorIndex:
-        """Exact below `exact_below` vectors, else PCA + IVF with exact re-ranking."""
+        """Exact below `exact_below` vectors, else PCA + IVF with exact re-ranking. `dba_k`
+        augments the stored vectors first (`augment_database`); `qe_k`/`qe_alpha` are recorded
+        as the query expansion that `query` applies by default (cosine models only)."""
         x = np.ascontiguousarray(vectors.matrix, dtype=np.float32)
         n, d = x.shape
+        cosine = vectors.similarity == "cosine"
+        if dba_k and cosine:
+            x = augment_database(x, dba_k, dba_alpha)
         metric = faiss.METRIC_L2 if vectors.similarity == "hamming" else faiss.METRIC_INNER_PRODUCT
         started = time.perf_counter()
         if n < exact_below or vectors.similarity == "hamming":
@@ -165,6 +217,10 @@ class VectorIndex:
             nprobe=nprobe if kind == "approximate" else 0,
             k_factor=k_factor if kind == "approximate" else 0,
             build_s=time.perf_counter() - started,
+            dba_k=dba_k if cosine else 0,
+            dba_alpha=dba_alpha if dba_k and cosine else 0.0,
+            qe_k=qe_k if cosine else 0,
+            qe_alpha=qe_alpha if qe_k and cosine else 0.0,
         )
         return cls(index, list(vectors.keys), params)
 
@@ -183,6 +239,38 @@ class VectorIndex:
         k = min(k, len(self))
         raw, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return self._to_similarity(raw), ids
+
+    def stored(self) -> np.ndarray:
+        """The indexed vectors as stored (after any augmentation), in key order."""
+        return self.index.reconstruct_n(0, len(self)) if len(self) else np.zeros((0, 0))
+
+    def query(
+        self, versions: np.ndarray, k: int, qe_k: int | None = None, qe_alpha: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best hits of queries given as (R, n, d): R versions of each (its rotations;
+        R = 1 for plain queries), each indexed vector scored by its best version. Then
+        alpha-query expansion (Radenović et al. 2018) with the index's recorded k and alpha
+        unless given: the best version plus its `qe_k` first hits, weighted by
+        similarity**alpha, searched again."""
+        versions = np.asarray(versions, dtype=np.float32)
+        if versions.ndim == 2:
+            versions = versions[None]
+        qe_k = self.params.qe_k if qe_k is None else qe_k
+        qe_alpha = self.params.qe_alpha if qe_alpha is None else qe_alpha
+        wide = max(k, qe_k + 1)
+        hits = [self.search(v, wide) for v in versions]
+        sims, ids = best_over([h[0] for h in hits], [h[1] for h in hits], wide)
+        if qe_k <= 0 or self.params.metric != "inner_product":
+            return sims[:, :k], ids[:, :k]
+        # The version that scored the best first hit stands for the query.
+        best = np.argmax(np.stack([h[0][:, 0] for h in hits]), axis=0)
+        q = versions[best, np.arange(versions.shape[1])]
+        x = self.stored()
+        top = ids[:, :qe_k]
+        w = np.clip(sims[:, :qe_k], 0.0, None) ** qe_alpha * (top >= 0)
+        expanded = q + np.einsum("nk,nkd->nd", w.astype(np.float32), x[np.clip(top, 0, None)])
+        expanded /= np.maximum(np.linalg.norm(expanded, axis=1, keepdims=True), 1e-12)
+        return self.search(expanded, k)
 
     def self_pairs(
         self, x: np.ndarray, threshold: float, k: int | None = None, batch: int = 4096

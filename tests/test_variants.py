@@ -22,8 +22,9 @@ def test_variant_names_keep_the_old_names_meaning():
     cfg = get_cfg("efficientnet-lite0")
     assert cfg.preset == LITE0 and cfg.pooling == "avg"
     assert not cfg.hflip
-    lite = [m for m in list_models() if m.architecture.startswith("efficientnet-lite")]
-    assert len(lite) == 3 * 2 * 3 * 2
+    lite = list_models(pattern="efficientnet-lite*")
+    grid = [m for m in lite if "-full3" not in m.name]  # full320/full384: retrieval presets
+    assert len(grid) == 3 * 2 * 3 * 2 and len(lite) - len(grid) == 2 * 2 * 2 * 2
     tight = get_cfg("efficientnet-lite2-260").preset
     assert (tight.resize, tight.crop, tight.fit) == (260, 260, "crop")
     full = get_cfg("efficientnet-lite0-gem-full-flip").preset

@@ -47,10 +47,17 @@ def thresholds(model: str) -> tuple[Threshold, ...]:
     return _table().get(model, ())
 
 
+@functools.cache
+def _levels(model: str) -> tuple[Threshold, ...]:
+    return tuple(
+        sorted((t for t in thresholds(model) if t.fpr == VERDICT_FPR), key=lambda t: -t.score)
+    )
+
+
 def verdict(model: str, score: float) -> str:
     """The task of the highest 1%-FPR threshold the score reaches (for the CNNs: near-duplicate
     above same object above same category), "different" below all; "" without calibration."""
-    levels = sorted((t for t in thresholds(model) if t.fpr == VERDICT_FPR), key=lambda t: -t.score)
+    levels = _levels(model)  # once per model: verdicts are given per pair
     if not levels:
         return ""
     return next((t.task for t in levels if score >= t.score), DIFFERENT)

@@ -56,7 +56,8 @@ class ModelCfg:
     preset: Preset | None = None  # resize, crop and normalisation (CNNs)
     architecture: str = ""  # e.g. "efficientnet-lite0", "resnet50"
     trunk: str = ""  # the network family that builds it (`_torch.TRUNKS`)
-    pooling: str = "avg"  # "avg" or "gem"
+    pooling: str = "avg"  # "avg", "gem", "mac" or "rmac" (`_torch.POOLINGS`)
+    scales: tuple[float, ...] = (1.0,)  # input scales summed inside the graph (multi-scale)
     hflip: bool = False  # mean with the mirror image's embedding (outside the graph)
     graph: str = ""  # the exported graph it shares (variants differing outside the network)
 

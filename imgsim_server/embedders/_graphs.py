@@ -36,7 +36,7 @@ def expected_manifest(cfg: ModelCfg, opts: EmbedderOptions, precision: str) -> d
         "embedding_dim": cfg.embedding_dim,
         "input_size": cfg.input_size,
         "preprocessing": cfg.preset.to_dict() if cfg.preset else None,
-        "pooling": cfg.pooling,
+        "pooling": cfg.pooling if cfg.scales == (1.0,) else f"{cfg.pooling} x{list(cfg.scales)}",
         "weights": _weights_key(weights) if weights and weights.is_file() else None,
     }
 

@@ -34,22 +34,81 @@ def avg_pool(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=(-2, -1))
 
 
-POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"avg": avg_pool, "gem": gem_pool}
+def mac_pool(x: torch.Tensor) -> torch.Tensor:
+    """Max over H, W (MAC, Tolias et al. 2016)."""
+    return x.amax(dim=(-2, -1))
+
+
+def rmac_regions(h: int, w: int, levels: int = 3) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of R-MAC's square regions on an h x w map (Tolias et al.
+    2016): at level l, an l x l grid of squares of side 2*min(h, w)/(l+1), evenly spread, so
+    that neighbours overlap (about 40% at level 3 on a square map)."""
+    out = []
+    for level in range(1, levels + 1):
+        side = max(1, round(2 * min(h, w) / (level + 1)))
+        tops, lefts = _positions(h, side, level), _positions(w, side, level)
+        out += [(t, left, side, side) for t in tops for left in lefts]
+    return out
+
+
+def _positions(length: int, side: int, n: int) -> list[int]:
+    if n <= 1 or length <= side:
+        return [max(0, (length - side) // 2)]
+    step = (length - side) / (n - 1)
+    return [round(i * step) for i in range(n)]
+
+
+def rmac_pool(x: torch.Tensor) -> torch.Tensor:
+    """R-MAC: the sum of the L2-normalised MAC of each region (and of the whole map)."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # fixed by the graph's input size
+    out = nn.functional.normalize(mac_pool(x), dim=1)
+    for top, left, rh, rw in rmac_regions(h, w):
+        region = x[:, :, top : top + rh, left : left + rw]
+        out = out + nn.functional.normalize(mac_pool(region), dim=1)
+    return out
+
+
+POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "avg": avg_pool,
+    "gem": gem_pool,
+    "mac": mac_pool,
+    "rmac": rmac_pool,
+}
 
 
 class EmbedNet(nn.Module):
-    """uint8 NHWC pixels -> normalised input -> trunk -> pooled, L2-normalised embedding."""
+    """uint8 NHWC pixels -> normalised input -> trunk -> pooled, L2-normalised embedding.
 
-    def __init__(self, trunk: nn.Module, mean: tuple, std: tuple, pooling: str) -> None:
+    With several `scales`, the input is also resized by each factor inside the graph, and the
+    L2-normalised descriptors of all scales are summed (multi-scale, Radenović et al. 2018)."""
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        mean: tuple,
+        std: tuple,
+        pooling: str,
+        scales: tuple[float, ...] = (1.0,),
+    ) -> None:
         super().__init__()
         self.trunk = trunk
         self.pool = POOLINGS[pooling]
+        self.scales = tuple(scales)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
-        return nn.functional.normalize(self.pool(self.trunk(x)), dim=1)
+        out = None
+        for scale in self.scales:
+            xs = x
+            if scale != 1.0:
+                xs = nn.functional.interpolate(
+                    x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=False
+                )
+            d = nn.functional.normalize(self.pool(self.trunk(xs)), dim=1)
+            out = d if out is None else out + d
+        return nn.functional.normalize(out, dim=1)
 
 
 class TorchRunner:
@@ -140,4 +199,4 @@ def build_net(cfg: ModelCfg, opts: EmbedderOptions) -> EmbedNet:
     path = require_weights(cfg, opts)
     preset = cfg.preset
     trunk = TRUNKS[cfg.trunk](cfg.architecture, path)
-    return EmbedNet(trunk, preset.mean, preset.std, cfg.pooling)
+    return EmbedNet(trunk, preset.mean, preset.std, cfg.pooling, cfg.scales)

@@ -16,6 +16,7 @@ graph: `imgsim_server.export` does, at start-up or on `imgsim-server export`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,48 @@ def lite_cfgs(variant: int, preset: Preset) -> list[ModelCfg]:
     return out
 
 
+# Retrieval descriptors (issue: quality on real photos): the whole image at a larger size, pooled
+# with GeM or R-MAC, at one or two scales inside the graph. `make bench-quality` measures them.
+RETRIEVAL_SIZES = (320, 384)
+RETRIEVAL_POOLINGS = ("gem", "rmac")
+MULTI_SCALE = (1.0, 0.7071)
+
+
+def retrieval_name(arch: str, pooling: str, size: int, multi_scale: bool) -> str:
+    """`efficientnet-lite2-rmac-full384-ms`: whole image at 384, R-MAC, two scales."""
+    return f"{arch}-{pooling}-full{size}{'-ms' if multi_scale else ''}"
+
+
+def retrieval_cfgs(variant: int, preset: Preset) -> list[ModelCfg]:
+    arch = f"efficientnet-lite{variant}"
+    weights = lite_cfgs(variant, preset)[0].weights
+    out = []
+    for pool in RETRIEVAL_POOLINGS:
+        for size in RETRIEVAL_SIZES:
+            p = replace(preset, resize=size, crop=size, fit="full")
+            for ms in (False, True):
+                scales = MULTI_SCALE if ms else (1.0,)
+                out.append(
+                    ModelCfg(
+                        name=retrieval_name(arch, pool, size, ms),
+                        kind="cnn",
+                        embedding_dim=1280,
+                        input_size=size,
+                        description=f"EfficientNet-Lite{variant} ImageNet for retrieval: "
+                        f"{'R-MAC (regional max)' if pool == 'rmac' else 'GeM'} pooling of "
+                        f"the last 1280-channel map; {p.describe()}"
+                        + (f"; scales {', '.join(f'{x:g}' for x in scales)} summed" if ms else ""),
+                        weights=weights,
+                        preset=p,
+                        architecture=arch,
+                        trunk="lite0",
+                        pooling=pool,
+                        scales=scales,
+                    )
+                )
+    return out
+
+
 # The file torchvision would download for each model's default ImageNet weights, and the
 # weights' own preset (weights.transforms()); tests check both against torchvision.
 TORCHVISION: dict[str, tuple[int, str, Preset]] = {
@@ -189,6 +232,8 @@ CONFIGS: tuple[ModelCfg, ...] = (
     *lite_cfgs(0, LITE0),
     *lite_cfgs(1, LITE1),
     *lite_cfgs(2, LITE2),
+    *retrieval_cfgs(0, LITE0),
+    *retrieval_cfgs(2, LITE2),
     *(torchvision_cfg(arch) for arch in TORCHVISION),
 )
 
