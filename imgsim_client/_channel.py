@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import grpc
+from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
 SERVICE = "imgsim.v1.ImageSimilarity"
 # gRPC's own retry for unary calls (gRFC A6): UNAVAILABLE is retried with exponential backoff,
@@ -70,6 +71,46 @@ def credentials(
         private_key=tls_key.read_bytes() if tls_key else None,
         certificate_chain=tls_cert.read_bytes() if tls_cert else None,
     )
+
+
+class ClientBase:
+    """The constructor both clients share: one channel (plain or TLS) with the service config,
+    the bearer metadata, and the stub. `_channels` is the grpc module's (insecure, secure)
+    channel factories: `grpc` for ImgsimClient, `grpc.aio` for AsyncImgsimClient."""
+
+    _channels: tuple = (grpc.insecure_channel, grpc.secure_channel)
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        timeout: float = 60.0,
+        max_message_mb: int = 64,
+        auth_token: str = "",
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        connect_timeout: float = 10.0,
+        retry: dict | None = None,
+    ) -> None:
+        """`timeout` bounds each unary call and is the default idle timeout of streams;
+        `connect_timeout` bounds the first connection (`wait_ready`). `tls_ca` turns on TLS
+        (the CA that signed the server); `tls_cert`/`tls_key` add a client certificate for
+        mTLS. `auth_token` is sent as `authorization: Bearer ...`. `retry` replaces the unary
+        retry policy (UNARY_RETRY)."""
+        self.target = target
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.server_answered = False  # a server has answered on this channel at least once
+        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+        options = channel_options(max_message_mb, retry)
+        creds = credentials(tls_ca, tls_cert, tls_key)
+        insecure, secure = type(self)._channels
+        if creds is not None:
+            self._channel = secure(target, creds, options=options)
+        else:
+            self._channel = insecure(target, options=options)
+        self._secure = creds is not None
+        self._stub = pb_grpc.ImageSimilarityStub(self._channel)
 
 
 def not_ready(target: str, timeout: float, secure: bool) -> ImgsimError:

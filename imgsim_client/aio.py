@@ -14,63 +14,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from pathlib import Path
 
 import grpc
 from imgsim.v1 import similarity_pb2 as pb
-from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
-from imgsim_client import _convert
-from imgsim_client._channel import (
-    ImgsimError,
-    channel_options,
-    credentials,
-    idle_error,
-    not_ready,
-    target_addresses,
-)
-from imgsim_client.types import (
-    CompareResult,
-    ImageRequest,
-    ImageResult,
-    ModelList,
-    PairRequest,
-    PairResult,
-    Stats,
-)
+from imgsim_client import _convert, types
+from imgsim_client._channel import ClientBase, ImgsimError, idle_error, not_ready
+from imgsim_client._channel import target_addresses as backends
 
 __all__ = ["AsyncImgsimClient", "ImgsimError"]
 
 
-class AsyncImgsimClient:
-    """Client for an imgsim server on an asyncio event loop (`grpc.aio`)."""
+class AsyncImgsimClient(ClientBase):
+    """Client for an imgsim server on an asyncio event loop (`grpc.aio`); the constructor's
+    arguments are ImgsimClient's (`_channel.ClientBase`)."""
 
-    def __init__(
-        self,
-        target: str = "127.0.0.1:50051",
-        timeout: float = 60.0,
-        max_message_mb: int = 64,
-        auth_token: str = "",
-        tls_ca: Path | None = None,
-        tls_cert: Path | None = None,
-        tls_key: Path | None = None,
-        connect_timeout: float = 10.0,
-        retry: dict | None = None,
-    ) -> None:
-        """The arguments of `ImgsimClient`, with the same meaning."""
-        self.target = target
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.server_answered = False
-        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
-        options = channel_options(max_message_mb, retry)
-        creds = credentials(tls_ca, tls_cert, tls_key)
-        if creds is not None:
-            self._channel = grpc.aio.secure_channel(target, creds, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        self._secure = creds is not None
-        self._stub = pb_grpc.ImageSimilarityStub(self._channel)
+    _channels = (grpc.aio.insecure_channel, grpc.aio.secure_channel)
 
     async def __aenter__(self) -> AsyncImgsimClient:
         return self
@@ -93,7 +52,7 @@ class AsyncImgsimClient:
     async def warm_up(self, timeout: float | None = None) -> None:
         """Connect, then one cheap call per backend (see ImgsimClient.warm_up)."""
         await self.wait_ready(timeout)
-        for _ in range(target_addresses(self.target)):
+        for _ in range(backends(self.target)):
             await self.list_models()
 
     async def _unary(self, method, request, timeout: float | None):
@@ -112,17 +71,17 @@ class AsyncImgsimClient:
 
     async def compare_pair(
         self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
-    ) -> CompareResult:
+    ) -> types.CompareResult:
         """(score, model, verdict) of one pair, as ImgsimClient.compare_pair."""
-        req = _convert.pair_request(PairRequest("", image_a, image_b, model=model))
+        req = _convert.pair_request(types.PairRequest("", image_a, image_b, model=model))
         return _convert.compare_result(await self._unary(self._stub.Compare, req, timeout))
 
     async def compare_stream(
         self,
-        pairs: Iterable[PairRequest] | AsyncIterable[PairRequest],
+        pairs: Iterable[types.PairRequest] | AsyncIterable[types.PairRequest],
         timeout: float | None = None,
         idle_timeout: float | None = None,
-    ) -> AsyncIterator[PairResult]:
+    ) -> AsyncIterator[types.PairResult]:
         """Stream pairs (an iterable or an async iterable); yields one result per pair as the
         server computes them, with ImgsimClient.compare_stream's timeouts. Leaving the loop
         early (or cancelling the task) cancels the call."""
@@ -132,10 +91,10 @@ class AsyncImgsimClient:
 
     async def embed_stream(
         self,
-        images: Iterable[ImageRequest] | AsyncIterable[ImageRequest],
+        images: Iterable[types.ImageRequest] | AsyncIterable[types.ImageRequest],
         timeout: float | None = None,
         idle_timeout: float | None = None,
-    ) -> AsyncIterator[ImageResult]:
+    ) -> AsyncIterator[types.ImageResult]:
         """Stream images to Embed; yields one result per image, as compare_stream."""
         call = self._stub.Embed
         async for resp in self._stream(call, images, _convert.image_request, timeout, idle_timeout):
@@ -185,12 +144,12 @@ class AsyncImgsimClient:
         """The model a request naming `model` is served by ('' = the server's default)."""
         return model or (await self.list_models(timeout)).default_model
 
-    async def list_models(self, timeout: float | None = None) -> ModelList:
+    async def list_models(self, timeout: float | None = None) -> types.ModelList:
         """The server's models, its default, and whether each can load."""
         resp = await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return _convert.model_list(resp)
 
-    async def stats(self, timeout: float | None = None) -> Stats:
+    async def stats(self, timeout: float | None = None) -> types.Stats:
         """Batching, cache and pair counters since the server started."""
         resp = await self._unary(self._stub.GetStats, pb.GetStatsRequest(), timeout)
         return _convert.stats(resp)

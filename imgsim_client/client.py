@@ -11,25 +11,22 @@ by `_resume.resumable`, which resends only the unanswered items. Results are typ
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
 from imgsim.v1 import similarity_pb2 as pb
-from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
 from imgsim_client import _convert
 from imgsim_client._channel import (
-    UNARY_RETRY,
+    ClientBase,
     ImgsimError,
-    channel_options,
-    credentials,
     idle_error,
     not_ready,
-    service_config,
     target_addresses,
 )
 from imgsim_client.types import (
@@ -41,20 +38,6 @@ from imgsim_client.types import (
     PairResult,
     Stats,
 )
-
-__all__ = [
-    "UNARY_RETRY",
-    "ClientConfig",
-    "CompareResult",
-    "ImageRequest",
-    "ImageResult",
-    "ImgsimClient",
-    "ImgsimError",
-    "PairRequest",
-    "PairResult",
-    "service_config",
-    "target_addresses",
-]
 
 
 class _Watch:
@@ -115,40 +98,14 @@ class _Watchdog:
                     w.call.cancel()
 
 
-class ImgsimClient:
-    """Client for an imgsim server. Use as a context manager to close the channel."""
+class ImgsimClient(ClientBase):
+    """Client for an imgsim server. Use as a context manager to close the channel. The
+    constructor's arguments are `_channel.ClientBase`'s: target, timeout, max_message_mb,
+    auth_token, tls_ca, tls_cert, tls_key, connect_timeout, retry."""
 
-    def __init__(
-        self,
-        target: str = "127.0.0.1:50051",
-        timeout: float = 60.0,
-        max_message_mb: int = 64,
-        auth_token: str = "",
-        tls_ca: Path | None = None,
-        tls_cert: Path | None = None,
-        tls_key: Path | None = None,
-        connect_timeout: float = 10.0,
-        retry: dict | None = None,
-    ) -> None:
-        """`timeout` bounds each unary call and is the default idle timeout of streams;
-        `connect_timeout` bounds the first connection (`wait_ready`). `tls_ca` turns on TLS
-        (the CA that signed the server); `tls_cert`/`tls_key` add a client certificate for
-        mTLS. `auth_token` is sent as `authorization: Bearer ...`. `retry` replaces the unary
-        retry policy (UNARY_RETRY)."""
-        self.target = target
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.server_answered = False  # a server has answered on this channel at least once
-        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
-        options = channel_options(max_message_mb, retry)
-        creds = credentials(tls_ca, tls_cert, tls_key)
-        if creds is not None:
-            self._channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
-        self._secure = creds is not None
-        self._stub = pb_grpc.ImageSimilarityStub(self._channel)
-        self._watchdog = _Watchdog()
+    @functools.cached_property
+    def _watchdog(self) -> _Watchdog:
+        return _Watchdog()
 
     def __enter__(self) -> ImgsimClient:
         return self
@@ -298,15 +255,7 @@ class ClientConfig:
     def connect(self) -> ImgsimClient:
         """A client whose channel is ready; ImgsimError(UNAVAILABLE) when no server answers
         within `connect_timeout` (the channel is closed then)."""
-        client = ImgsimClient(
-            self.target,
-            timeout=self.timeout,
-            connect_timeout=self.connect_timeout,
-            auth_token=self.auth_token,
-            tls_ca=self.tls_ca,
-            tls_cert=self.tls_cert,
-            tls_key=self.tls_key,
-        )
+        client = ImgsimClient(**asdict(self))  # the fields are ImgsimClient's arguments
         try:
             client.wait_ready()
         except BaseException:

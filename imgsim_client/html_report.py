@@ -142,6 +142,10 @@ def write_report(
     hard_neg = neg[np.argsort(-scores[neg], kind="stable")][:gallery_size]
     hard_pos = pos[np.argsort(scores[pos], kind="stable")][:gallery_size]
     n_fp, n_fn = int(errors[neg].sum()), int(errors[pos].sum())
+
+    def gallery(title: str, note: str, idx) -> str:
+        return _gallery(title, note, rows, idx, scores, labels, errors, base, thumbs, cache)
+
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>imgsim evaluation: {html.escape(csv_path.name)}</title>",
@@ -155,31 +159,17 @@ def write_report(
         "<h2>Metrics</h2>",
         _metrics_table(result),
         _groups_table(result),
-        _gallery(
+        gallery(
             f"Hardest negatives: the {len(hard_neg)} highest-scoring different pairs",
             "Marked <span class='tag'>error</span> where the score reaches the threshold "
             "(false positives).",
-            rows,
             hard_neg,
-            scores,
-            labels,
-            errors,
-            base,
-            thumbs,
-            cache,
         ),
-        _gallery(
+        gallery(
             f"Hardest positives: the {len(hard_pos)} lowest-scoring same pairs",
             "Marked <span class='tag'>error</span> where the score is below the threshold "
             "(false negatives).",
-            rows,
             hard_pos,
-            scores,
-            labels,
-            errors,
-            base,
-            thumbs,
-            cache,
         ),
         "</body></html>",
     ]

@@ -18,6 +18,16 @@ class CompareResult(NamedTuple):
     verdict: str
 
 
+class _Answer:
+    """What a streamed result and its error have in common."""
+
+    error_code: grpc.StatusCode | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None
+
+
 @dataclass(frozen=True)
 class PairRequest:
     """One pair to score. Each image is bytes, or (in a stream) a ref to an earlier image id.
@@ -36,7 +46,7 @@ class PairRequest:
 
 
 @dataclass(frozen=True)
-class PairResult:
+class PairResult(_Answer):
     """One pair's answer in a stream: its score and verdict, or its error."""
 
     pair_id: str
@@ -45,10 +55,6 @@ class PairResult:
     error_code: grpc.StatusCode | None = None
     error: str = ""
     verdict: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.error_code is None
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ class ImageRequest:
 
 
 @dataclass(frozen=True)
-class ImageResult:
+class ImageResult(_Answer):
     """One image's embedding, or its error."""
 
     image_id: str
@@ -72,10 +78,6 @@ class ImageResult:
     similarity: str = ""
     error_code: grpc.StatusCode | None = None
     error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.error_code is None
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,12 @@ class _Formatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def env_int(name: str) -> int | None:
+    """An optional integer setting from the environment (unset: None)."""
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(
@@ -193,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(env("IMGSIM_ONNX_DIR")) if env("IMGSIM_ONNX_DIR") else None,
         help="folder of graphs written by 'imgsim-server export'; a server without torch "
         "serves CNNs only from such graphs (default: $IMGSIM_ONNX_DIR, else the cache "
-        "$IMGSIM_CACHE_DIR/onnx, where a server with torch exports on first use)",
+        "$IMGSIM_CACHE_DIR/onnx, where a server with torch exports at start-up the graphs of "
+        "the models it serves)",
     )
     p.add_argument(
         "--max-batch-size",
@@ -302,14 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=int(env("IMGSIM_METRICS_PORT")) if env("IMGSIM_METRICS_PORT") else None,
+        default=env_int("IMGSIM_METRICS_PORT"),
         help="serve Prometheus metrics at http://HOST:PORT/metrics on --host, unauthenticated "
         "(default: $IMGSIM_METRICS_PORT; unset = off; 0 = a free port)",
     )
     p.add_argument(
         "--http-port",
         type=int,
-        default=int(env("IMGSIM_HTTP_PORT")) if env("IMGSIM_HTTP_PORT") else None,
+        default=env_int("IMGSIM_HTTP_PORT"),
         help="also serve HTTP/JSON (/v1/compare, /v1/embed, /v1/models, /healthz, /readyz, "
         "/metrics, docs at /docs) and the two-photo web page at / on --host, from the same "
         "process, core, cache, limits, auth and TLS; needs the [http] extra "

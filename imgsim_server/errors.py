@@ -29,73 +29,58 @@ def bounded_message(message: str, limit: int = MAX_MESSAGE) -> str:
 
 
 class CoreError(Exception):
-    """Base class for errors the service reports to callers."""
+    """Base class for errors the service reports to callers; a subclass names its `kind`."""
 
     kind = "internal"
 
+    def __init_subclass__(cls, kind: str = "", **kw: object) -> None:
+        super().__init_subclass__(**kw)
+        if kind:
+            cls.kind = kind
 
-class InvalidImageError(CoreError):
+
+class InvalidImageError(CoreError, kind="invalid_argument"):
     """The bytes are not a decodable, allowed image."""
 
-    kind = "invalid_argument"
 
-
-class ImageTooLargeError(InvalidImageError):
+class ImageTooLargeError(InvalidImageError, kind="too_large"):
     """The image is over a size limit (bytes or pixels); HTTP answers 413."""
 
-    kind = "too_large"
 
-
-class InvalidRequestError(CoreError):
+class InvalidRequestError(CoreError, kind="invalid_argument"):
     """The request is malformed (missing image, bad reference, ...)."""
 
-    kind = "invalid_argument"
 
-
-class ModelNotFoundError(CoreError):
+class ModelNotFoundError(CoreError, kind="not_found"):
     """No model of that name in the registry."""
 
-    kind = "not_found"
 
-
-class WeightsUnavailableError(CoreError):
+class WeightsUnavailableError(CoreError, kind="failed_precondition"):
     """The model is registered but its weights file is absent."""
 
-    kind = "failed_precondition"
 
-
-class ConfigurationError(CoreError):
+class ConfigurationError(CoreError, kind="failed_precondition"):
     """The server's settings cannot serve this model (e.g. int8 on a torch backend)."""
 
-    kind = "failed_precondition"
 
-
-class OverloadedError(CoreError):
+class OverloadedError(CoreError, kind="resource_exhausted"):
     """A bounded queue or limit is full; retry later."""
 
-    kind = "resource_exhausted"
 
-
-class CancelledError(CoreError):
+class CancelledError(CoreError, kind="cancelled"):
     """The caller went away or its deadline passed before the work ran."""
-
-    kind = "cancelled"
 
 
 class GraphUnavailableError(WeightsUnavailableError):
     """A torch-less server has no exported ONNX graph for the model."""
 
 
-class DeadlineExceededError(CancelledError):
+class DeadlineExceededError(CancelledError, kind="deadline_exceeded"):
     """The call's deadline passed before its result was ready."""
 
-    kind = "deadline_exceeded"
 
-
-class UnauthenticatedError(CoreError):
+class UnauthenticatedError(CoreError, kind="unauthenticated"):
     """The call carries no bearer token, or the wrong one."""
-
-    kind = "unauthenticated"
 
 
 def kind_of(exc: BaseException) -> str:

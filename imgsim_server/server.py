@@ -126,25 +126,9 @@ class RunningServer:
     thread: threading.Thread
     _stopped: bool = field(default=False, repr=False)
 
-    @property
-    def core(self) -> Dataplane:
-        return self.aio.core
-
-    @property
-    def port(self) -> int:
-        return self.aio.port
-
-    @property
-    def metrics_port(self) -> int | None:
-        return self.aio.metrics_port
-
-    @property
-    def http_port(self) -> int | None:
-        return self.aio.http_port
-
-    @property
-    def servicer(self) -> ImageSimilarityServicer:
-        return self.aio.servicer
+    def __getattr__(self, name: str):
+        """core, port, http_port, metrics_port, servicer: those of the aio server."""
+        return getattr(self.aio, name)
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful stop (see AsyncServer.stop), then the loop thread ends."""

@@ -21,22 +21,20 @@ from imgsim_client.cli._common import (
     INTERRUPTED,
     OK,
     USAGE,
-    Formatter,
-    version,
 )
 
-# Each command: (how its parser is added, what runs it), in the order --help lists them.
+# What runs each command (their parsers: `_parser.py`).
 COMMANDS = {
-    "score": (score.add_score, score.run_score),
-    "compare": (calls.add_compare, calls.run_compare),
-    "evaluate": (evaluate.add_evaluate, evaluate.run_evaluate),
-    "perf": (calls.add_perf, calls.run_perf),
-    "embed": (vectors.add_embed, vectors.run_embed),
-    "index": (vectors.add_index, vectors.run_index),
-    "search": (vectors.add_search, vectors.run_search),
-    "dedup": (vectors.add_dedup, vectors.run_dedup),
-    "models": (calls.add_models, calls.run_models),
-    "stats": (calls.add_stats, calls.run_stats),
+    "score": score.run_score,
+    "compare": calls.run_compare,
+    "evaluate": evaluate.run_evaluate,
+    "perf": calls.run_perf,
+    "embed": vectors.run_embed,
+    "index": vectors.run_index,
+    "search": vectors.run_search,
+    "dedup": vectors.run_dedup,
+    "models": calls.run_models,
+    "stats": calls.run_stats,
 }
 
 EPILOG = f"""\
@@ -58,17 +56,9 @@ kept. Paths are absolute or relative to the CSV's folder. The server address com
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (imports nothing beyond argparse)."""
-    p = argparse.ArgumentParser(
-        prog="imgsim-client",
-        description="Client for the imgsim image-similarity server.",
-        epilog=EPILOG,
-        formatter_class=Formatter,
-    )
-    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for add, _run in COMMANDS.values():
-        add(sub)
-    return p
+    from imgsim_client.cli._parser import build_parser as build
+
+    return build(EPILOG)
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:
@@ -87,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return USAGE
     try:
-        return COMMANDS[args.command][1](args)
+        return COMMANDS[args.command](args)
     except BrokenPipeError:  # `imgsim-client stats | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return OK

@@ -106,19 +106,22 @@ def add_checkpoint(p: argparse.ArgumentParser) -> None:
 
 def client_config(args: argparse.Namespace):
     """How to reach the server, from the connection flags."""
+    import dataclasses
+
     from imgsim_client.client import ClientConfig
 
-    return ClientConfig(
-        args.server,
-        timeout=args.timeout,
-        connect_timeout=args.connect_timeout,
-        auth_token=args.auth_token,
-        tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-    )
+    fields = {f.name for f in dataclasses.fields(ClientConfig)} - {"target"}
+    return ClientConfig(args.server, **{name: getattr(args, name) for name in fields})
 
 
 def connect(args: argparse.Namespace):
     """A connected client (ImgsimError(UNAVAILABLE) when no server answers in time)."""
     return client_config(args).connect()
+
+
+def finish(summary: str, failed: int) -> int:
+    """Print a run's summary line to stderr; the exit code says whether some items failed."""
+    import sys
+
+    print(summary, file=sys.stderr)
+    return SOME_PAIRS_FAILED if failed else OK

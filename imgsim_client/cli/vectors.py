@@ -7,93 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from imgsim_client.cli._common import (
-    OK,
-    SOME_PAIRS_FAILED,
-    USAGE,
-    Formatter,
-    add_checkpoint,
-    add_connection,
-    connect,
-)
-
-
-def add_embed(sub: argparse._SubParsersAction) -> None:
-    em = sub.add_parser(
-        "embed",
-        help="embed images (files, folders, lists) into a vectors Parquet file",
-        description="Embed every image once through the server's Embed stream and write "
-        "path, model, vector (float32, L2-normalised for cosine models) and error columns. "
-        'Needs the [index] extra: pip install "imgsim[index]".',
-        formatter_class=Formatter,
-    )
-    em.add_argument("paths", type=Path, nargs="+", help="image files, folders, .csv or .txt lists")
-    em.add_argument("-o", "--output", type=Path, required=True, help="vectors .parquet file")
-    em.add_argument(
-        "--resume",
-        action="store_true",
-        help="keep the vectors OUTPUT already has (from an interrupted run) and embed only "
-        "the rest; an OUTPUT of another model is refused",
-    )
-    em.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_checkpoint(em)
-    add_connection(em)
-
-
-def add_index(sub: argparse._SubParsersAction) -> None:
-    ix = sub.add_parser(
-        "index",
-        help="build and save a vector index from a vectors Parquet file",
-        description="Exact (flat inner product) below --exact-below vectors, approximate "
-        "(PCA + IVF, with exact re-ranking) above; the parameters are saved in index.json.",
-        formatter_class=Formatter,
-    )
-    ix.add_argument("vectors", type=Path, help="Parquet written by 'imgsim-client embed'")
-    ix.add_argument("-o", "--output", type=Path, required=True, help="folder for the index")
-    ix.add_argument("--exact-below", type=int, default=50_000, help="vectors for an exact index")
-
-
-def add_search(sub: argparse._SubParsersAction) -> None:
-    se = sub.add_parser(
-        "search",
-        help="the k nearest indexed images of each query image",
-        description="Queries are embedded through the server with the index's model. Writes "
-        "query,rank,path,score.",
-        formatter_class=Formatter,
-    )
-    se.add_argument("index", type=Path, help="a saved index folder or a vectors .parquet file")
-    se.add_argument("queries", type=Path, nargs="+", help="query images (files or folders)")
-    se.add_argument("-k", "--k", type=int, default=10, help="neighbours per query")
-    se.add_argument("-o", "--output", type=Path, help="hits CSV (default: standard output)")
-    se.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_connection(se)
-
-
-def add_dedup(sub: argparse._SubParsersAction) -> None:
-    de = sub.add_parser(
-        "dedup",
-        help="every pair of near-duplicate images in a collection, with groups",
-        description="Embeds the images, then finds every pair scoring at or above the "
-        "threshold with the index's range search (exact index) or k-NN (approximate index, "
-        "-k neighbours each: it says how many images reached k, whose groups may be larger). "
-        "Writes image_a,image_b,score,group; group is the connected component.",
-        formatter_class=Formatter,
-    )
-    de.add_argument("paths", type=Path, nargs="+", help="image files, folders, .csv or .txt lists")
-    de.add_argument("-o", "--output", type=Path, required=True, help="duplicates CSV")
-    de.add_argument(
-        "--threshold",
-        type=float,
-        help="lowest score of a duplicate (default: the model's F1-best threshold measured by "
-        "make bench-collections, else the server's calibrated near-duplicate threshold at "
-        "0.1%% FPR from ListModels)",
-    )
-    de.add_argument(
-        "-k", "--k", type=int, default=50, help="neighbours per image, with an approximate index"
-    )
-    de.add_argument("--exact-below", type=int, default=50_000, help="vectors for an exact index")
-    de.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_connection(de)
+from imgsim_client.cli import _common as common
 
 
 def run_embed(args: argparse.Namespace) -> int:
@@ -103,7 +17,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from imgsim_client.index import read_parquet, write_parquet
 
     paths = collection.list_images(args.paths)
-    with connect(args) as client:
+    with common.connect(args) as client:
         done = {}
         if args.resume and args.output.exists():
             kept = read_parquet(args.output)
@@ -129,12 +43,11 @@ def run_embed(args: argparse.Namespace) -> int:
             raise
     vectors = collection.to_vectors(results, paths)
     write_parquet(vectors, args.output)
-    print(
+    return common.finish(
         f"embedded {len(vectors.keys)}/{len(paths)} images ({len(vectors.errors)} failed, "
         f"{len(done)} kept) with {vectors.model} -> {args.output}",
-        file=sys.stderr,
+        len(vectors.errors),
     )
-    return SOME_PAIRS_FAILED if vectors.errors else OK
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -149,7 +62,7 @@ def run_index(args: argparse.Namespace) -> int:
         f"built in {p.build_s:.1f}s -> {args.output}",
         file=sys.stderr,
     )
-    return OK
+    return common.OK
 
 
 def _load_index(path: Path):
@@ -168,7 +81,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     index = _load_index(args.index)
     queries = collection.list_images(args.queries)
-    with connect(args) as client:
+    with common.connect(args) as client:
         results = collection.embed_paths(
             client, queries, args.model or index.params.model, not args.no_progress
         )
@@ -191,7 +104,7 @@ def run_search(args: argparse.Namespace) -> int:
     for q in queries:
         if not results[q].ok:
             print(f"imgsim-client: {q}: {results[q].error}", file=sys.stderr)
-    return SOME_PAIRS_FAILED if len(ok) < len(queries) else OK
+    return common.SOME_PAIRS_FAILED if len(ok) < len(queries) else common.OK
 
 
 def run_dedup(args: argparse.Namespace) -> int:
@@ -200,7 +113,7 @@ def run_dedup(args: argparse.Namespace) -> int:
 
     paths = collection.list_images(args.paths)
     started = time.perf_counter()
-    with connect(args) as client:
+    with common.connect(args) as client:
         results = collection.embed_paths(client, paths, args.model, not args.no_progress)
         vectors = collection.to_vectors(results, paths)
         threshold = args.threshold
@@ -211,7 +124,7 @@ def run_dedup(args: argparse.Namespace) -> int:
             f"imgsim-client: error: no default threshold for {vectors.model}; give --threshold",
             file=sys.stderr,
         )
-        return USAGE
+        return common.USAGE
     found = collection.find_duplicates(vectors, threshold, args.k, args.exact_below)
     rows = [
         {"image_a": p.image_a, "image_b": p.image_b, "score": f"{p.score:.6f}", "group": p.group}
@@ -230,4 +143,4 @@ def run_dedup(args: argparse.Namespace) -> int:
     )
     for path, error in vectors.errors.items():
         print(f"imgsim-client: {path}: {error}", file=sys.stderr)
-    return SOME_PAIRS_FAILED if vectors.errors else OK
+    return common.SOME_PAIRS_FAILED if vectors.errors else common.OK

@@ -267,16 +267,11 @@ class Dataplane:
     # ---- embedding --------------------------------------------------------------------------
 
     def _embed_future(
-        self,
-        eng: Engine,
-        data: bytes,
-        block: bool = True,
-        timeout: float | None = None,
-        token: CallToken | None = None,
+        self, eng: Engine, data: bytes, block: bool, token: CallToken | None
     ) -> Future:
         """Future of one image's embedding: from the cache, joined to the same image in flight,
-        or admitted to the queue. When the queue is full it waits for room (`block`, at most
-        `timeout`) or raises OverloadedError, in both cases having changed nothing."""
+        or admitted to the queue. When the queue is full it waits for room (`block`) or raises
+        OverloadedError, in both cases having changed nothing."""
         key = (eng.cfg.name, hashlib.blake2b(data, digest_size=16).digest())
         cached = self.cache.get(key)
         if cached is not None:
@@ -297,7 +292,7 @@ class Dataplane:
                     pending = _Pending(key, token, Charge(self.budget))
                     self._inflight[key] = pending
                     break
-            if not block or not self._admission.acquire(timeout=timeout):
+            if not block or not self._admission.acquire():
                 raise OverloadedError(f"server queue is full ({self.cfg.queue_size} images)")
             admitted = True
         pending.future.add_done_callback(lambda _f: self._done(pending))
@@ -308,16 +303,11 @@ class Dataplane:
         return pending.future
 
     def _vector_future(
-        self,
-        eng: Engine,
-        data: bytes,
-        block: bool = True,
-        timeout: float | None = None,
-        token: CallToken | None = None,
+        self, eng: Engine, data: bytes, block: bool, token: CallToken | None
     ) -> Future:
         """Future of one image's Embedding: L2-normalised float32 when the model's similarity
         is cosine (so that inner products are scores), else as embedded."""
-        raw = self._embed_future(eng, data, block, timeout, token)
+        raw = self._embed_future(eng, data, block, token)
         out: Future = Future()
 
         def done(f: Future) -> None:
@@ -396,18 +386,12 @@ class Dataplane:
     # ---- pairs ------------------------------------------------------------------------------
 
     def _pair_future(
-        self,
-        eng: Engine,
-        a: bytes,
-        b: bytes,
-        block: bool = True,
-        timeout: float | None = None,
-        token: CallToken | None = None,
+        self, eng: Engine, a: bytes, b: bytes, block: bool, token: CallToken | None
     ) -> Future:
         """Future of the pair's PairScore under `eng`'s model; it resolves when both
         embeddings exist."""
-        fa = self._embed_future(eng, a, block, timeout, token)
-        fb = self._embed_future(eng, b, block, timeout, token)
+        fa = self._embed_future(eng, a, block, token)
+        fb = self._embed_future(eng, b, block, token)
         out: Future = Future()
         remaining = [2]
         lock = threading.Lock()

@@ -175,30 +175,28 @@ def retrieval_name(arch: str, pooling: str, size: int, multi_scale: bool) -> str
 
 
 def retrieval_cfgs(variant: int, preset: Preset) -> list[ModelCfg]:
-    arch = f"efficientnet-lite{variant}"
-    weights = lite_cfgs(variant, preset)[0].weights
+    """The retrieval descriptors of EfficientNet-Lite{variant}: its plain config with another
+    input size, pooling and scales."""
+    base = lite_cfgs(variant, preset)[0]
     out = []
     for pool in RETRIEVAL_POOLINGS:
         for size in RETRIEVAL_SIZES:
             p = replace(preset, resize=size, crop=size, fit="full")
-            for ms in (False, True):
-                scales = MULTI_SCALE if ms else (1.0,)
+            for scales in ((1.0,), MULTI_SCALE):
+                ms = len(scales) > 1
+                how = "R-MAC (regional max)" if pool == "rmac" else "GeM"
+                summed = f"; scales {', '.join(f'{x:g}' for x in scales)} summed" if ms else ""
+                text = f"{how} pooling of the last 1280-channel map; {p.describe()}{summed}"
                 out.append(
-                    ModelCfg(
-                        name=retrieval_name(arch, pool, size, ms),
-                        kind="cnn",
-                        embedding_dim=1280,
+                    replace(
+                        base,
+                        name=retrieval_name(base.architecture, pool, size, ms),
                         input_size=size,
-                        description=f"EfficientNet-Lite{variant} ImageNet for retrieval: "
-                        f"{'R-MAC (regional max)' if pool == 'rmac' else 'GeM'} pooling of "
-                        f"the last 1280-channel map; {p.describe()}"
-                        + (f"; scales {', '.join(f'{x:g}' for x in scales)} summed" if ms else ""),
-                        weights=weights,
+                        description=f"EfficientNet-Lite{variant} ImageNet for retrieval: {text}",
                         preset=p,
-                        architecture=arch,
-                        trunk="lite0",
                         pooling=pool,
                         scales=scales,
+                        graph="",
                     )
                 )
     return out

@@ -1,0 +1,243 @@
+"""The parser of every command, in one place (the commands' modules only run them)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from imgsim_client.cli._common import (
+    EXIT_CODES,
+    Formatter,
+    add_checkpoint,
+    add_connection,
+    version,
+)
+
+
+def build_parser(epilog: str) -> argparse.ArgumentParser:
+    """Every command's parser (argparse only: --help imports nothing else)."""
+    p = argparse.ArgumentParser(
+        prog="imgsim-client",
+        description="Client for the imgsim image-similarity server.",
+        epilog=epilog,
+        formatter_class=Formatter,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser(
+        "score",
+        help="score a CSV of pairs over a stream (the default command)",
+        description="Stream every pair of a CSV to the server and write the rows, "
+        "in input order, with 'score' and 'error' columns added. A row whose "
+        "image cannot be read or decoded fails alone.",
+        epilog=EXIT_CODES,
+        formatter_class=Formatter,
+    )
+    s.add_argument("pairs", type=Path, help="CSV with columns image_a,image_b[,label,pair_id]")
+    s.add_argument(
+        "-o",
+        "--output",
+        help="scored CSV (default: PAIRS.scored.csv); with --dask, a folder ending in '/' "
+        "gets a Parquet dataset",
+    )
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    s.add_argument(
+        "--no-send-once",
+        action="store_true",
+        help="send a file's bytes with every pair instead of once per stream",
+    )
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the scored rows of an existing OUTPUT of the same pairs file (from an "
+        "interrupted run) and score only the rest; an OUTPUT of other pairs is refused",
+    )
+    s.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="give up on the whole run after this long (default: no limit); the server stops "
+        "working on it, and the partial result is written",
+    )
+    s.add_argument(
+        "--streams",
+        type=int,
+        metavar="K",
+        help="split the pairs over K concurrent streams on one channel; round robin spreads "
+        "them over the target's addresses, and a stream whose backend dies is reopened on the "
+        "others (default: the number of addresses --server resolves to)",
+    )
+    s.add_argument(
+        "--dask",
+        metavar="CLUSTER",
+        help="score on a Dask cluster: local:N starts a LocalCluster of N worker processes, "
+        "tcp://HOST:PORT joins a running scheduler. PAIRS may then be a glob of CSVs or "
+        "Parquet, and OUTPUT ending in '/' is written as a Parquet dataset. Needs the [dask] "
+        "extra",
+    )
+    s.add_argument(
+        "--partitions",
+        type=int,
+        metavar="N",
+        help="with --dask: how many tasks the pairs are split into (default: 4 per worker)",
+    )
+    s.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        help="reconnects, with exponential backoff from 0.5 s to 10 s, when a server that "
+        "answered becomes UNAVAILABLE; answered pairs are never sent again",
+    )
+    add_checkpoint(s)
+    add_connection(s)
+
+    c = sub.add_parser(
+        "compare",
+        help="print the similarity of two image files",
+        description="Score one pair with the unary Compare call and print the score, then, "
+        "for a model with calibrated thresholds, the verdict on the same line "
+        "(`0.9412 near-duplicate`; also `same object`, `same category`, `different`: the "
+        "most specific task whose 1%-false-positive threshold the score reaches, see "
+        "`imgsim-client models`).",
+        formatter_class=Formatter,
+    )
+    c.add_argument("image_a", type=Path)
+    c.add_argument("image_b", type=Path)
+    c.add_argument("--json", action="store_true", help="print score, model and verdict as JSON")
+    add_connection(c)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="ROC AUC, EER, TPR at low FPR and best-F1 threshold of a scored CSV",
+        description="Metrics of a scored CSV with a label column (1 same, 0 different). Rows "
+        "without a score (errors) are left out and counted. With --out, writes metrics.json, "
+        "roc.png, score_hist.png and report.html (plots, metrics, and the 24 hardest "
+        "negatives and positives as thumbnails, errors marked). Needs the [eval] extra: "
+        'pip install "imgsim[eval]".',
+        formatter_class=Formatter,
+    )
+    e.add_argument("scores", type=Path, help="CSV with 'score' and 'label' columns")
+    e.add_argument("--out", type=Path, help="folder for metrics.json, the plots and report.html")
+    e.add_argument(
+        "--threshold",
+        type=float,
+        help="score at or above which a pair counts as the same, for the report's errors "
+        "(default: the best-F1 threshold)",
+    )
+    e.add_argument(
+        "--images-root",
+        type=Path,
+        metavar="DIR",
+        help="folder that relative image paths in the CSV are relative to, for the report's "
+        "thumbnails (default: the scored CSV's folder; use the pairs CSV's folder when "
+        "the scores were written elsewhere)",
+    )
+    e.add_argument("--group-by", metavar="COLUMN", help="also report metrics per value of COLUMN")
+    e.add_argument("--label-column", default="label", help="column of 1/0 labels")
+
+    pf = sub.add_parser(
+        "perf",
+        help="load a target at several concurrency levels: pairs/s, latency, batching",
+        description="Sweep concurrency against any target (after Triton's perf_analyzer): at "
+        "each level, C streams (or C unary callers) keep sending pairs of the given images "
+        "for --duration seconds. Prints pairs/s, p50/p90/p99 latency, and the server's mean "
+        "batch and queue time from GetStats. Every image is really embedded (unique bytes) "
+        "unless --cache-hits.",
+        formatter_class=Formatter,
+    )
+    pf.add_argument("images", type=Path, nargs="+", help="image files or folders (recursive)")
+    pf.add_argument("--concurrency", default="1,4,16,64", help="comma-separated levels to measure")
+    pf.add_argument("--duration", type=float, default=10.0, metavar="SECONDS", help="per level")
+    pf.add_argument("--pairs", type=int, metavar="N", help="stop a level after N pairs")
+    pf.add_argument("--unary", action="store_true", help="unary Compare calls, not streams")
+    pf.add_argument(
+        "--inflight", type=int, default=4, help="most unanswered pairs per stream: a closed loop"
+    )
+    pf.add_argument("--cache-hits", action="store_true", help="send images unchanged (hits)")
+    pf.add_argument("-o", "--output", type=Path, help="write the levels as JSON (or .csv)")
+    add_connection(pf)
+
+    em = sub.add_parser(
+        "embed",
+        help="embed images (files, folders, lists) into a vectors Parquet file",
+        description="Embed every image once through the server's Embed stream and write "
+        "path, model, vector (float32, L2-normalised for cosine models) and error columns. "
+        'Needs the [index] extra: pip install "imgsim[index]".',
+        formatter_class=Formatter,
+    )
+    em.add_argument("paths", type=Path, nargs="+", help="image files, folders, .csv or .txt lists")
+    em.add_argument("-o", "--output", type=Path, required=True, help="vectors .parquet file")
+    em.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the vectors OUTPUT already has (from an interrupted run) and embed only "
+        "the rest; an OUTPUT of another model is refused",
+    )
+    em.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_checkpoint(em)
+    add_connection(em)
+
+    ix = sub.add_parser(
+        "index",
+        help="build and save a vector index from a vectors Parquet file",
+        description="Exact (flat inner product) below --exact-below vectors, approximate "
+        "(PCA + IVF, with exact re-ranking) above; the parameters are saved in index.json.",
+        formatter_class=Formatter,
+    )
+    ix.add_argument("vectors", type=Path, help="Parquet written by 'imgsim-client embed'")
+    ix.add_argument("-o", "--output", type=Path, required=True, help="folder for the index")
+    ix.add_argument("--exact-below", type=int, default=50_000, help="vectors for an exact index")
+
+    se = sub.add_parser(
+        "search",
+        help="the k nearest indexed images of each query image",
+        description="Queries are embedded through the server with the index's model. Writes "
+        "query,rank,path,score.",
+        formatter_class=Formatter,
+    )
+    se.add_argument("index", type=Path, help="a saved index folder or a vectors .parquet file")
+    se.add_argument("queries", type=Path, nargs="+", help="query images (files or folders)")
+    se.add_argument("-k", "--k", type=int, default=10, help="neighbours per query")
+    se.add_argument("-o", "--output", type=Path, help="hits CSV (default: standard output)")
+    se.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_connection(se)
+
+    de = sub.add_parser(
+        "dedup",
+        help="every pair of near-duplicate images in a collection, with groups",
+        description="Embeds the images, then finds every pair scoring at or above the "
+        "threshold with the index's range search (exact index) or k-NN (approximate index, "
+        "-k neighbours each: it says how many images reached k, whose groups may be larger). "
+        "Writes image_a,image_b,score,group; group is the connected component.",
+        formatter_class=Formatter,
+    )
+    de.add_argument("paths", type=Path, nargs="+", help="image files, folders, .csv or .txt lists")
+    de.add_argument("-o", "--output", type=Path, required=True, help="duplicates CSV")
+    de.add_argument(
+        "--threshold",
+        type=float,
+        help="lowest score of a duplicate (default: the model's F1-best threshold measured by "
+        "make bench-collections, else the server's calibrated near-duplicate threshold at "
+        "0.1%% FPR from ListModels)",
+    )
+    de.add_argument(
+        "-k", "--k", type=int, default=50, help="neighbours per image, with an approximate index"
+    )
+    de.add_argument("--exact-below", type=int, default=50_000, help="vectors for an exact index")
+    de.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_connection(de)
+
+    m = sub.add_parser(
+        "models",
+        help="list the server's models and whether they can load",
+        formatter_class=Formatter,
+    )
+    m.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_connection(m, model=False)
+    st = sub.add_parser(
+        "stats", help="show the server's batching and cache counters", formatter_class=Formatter
+    )
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_connection(st, model=False)
+    return p
