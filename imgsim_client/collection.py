@@ -105,13 +105,15 @@ def find_duplicates(
 
 
 def search(index, queries: list[str], matrix, k: int = 10) -> list[Match]:
-    """The `k` nearest indexed images of each query (`matrix`: their vectors, in order)."""
+    """The `k` nearest indexed images of each query. `matrix`: their vectors, in order, as
+    (n, d), or (R, n, d) for R versions of each (its rotations: an indexed image scores its
+    best version). The index's recorded query expansion applies (`VectorIndex.query`)."""
     if not queries:
         return []
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
     out = []
-    sims, ids = index.search(matrix, k)
+    sims, ids = index.query(matrix, k)
     for q, srow, irow in zip(queries, sims, ids, strict=True):
         hits = [(float(s), int(i)) for s, i in zip(srow, irow, strict=True) if i >= 0]
         out += [Match(q, rank, index.keys[i], s) for rank, (s, i) in enumerate(hits, 1)]
@@ -155,6 +157,53 @@ def _relative_to(listing: Path, path: str) -> str:
     return path if os.path.isabs(path) else str(listing.parent / path)
 
 
+# Versions of a query: (degrees counter-clockwise, mirrored first). 4: the rotations; 8: and
+# those of the mirror image.
+ROTATIONS = ((0, False), (90, False), (180, False), (270, False))
+VERSIONS = {1: ROTATIONS[:1], 4: ROTATIONS, 8: ROTATIONS + tuple((d, True) for d, _ in ROTATIONS)}
+
+
+def rotated(data: bytes, degrees: int, mirror: bool = False) -> bytes:
+    """The image (after its EXIF orientation) mirrored if asked, then turned by `degrees`
+    counter-clockwise, as PNG (lossless)."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as img:
+        upright = ImageOps.exif_transpose(img).convert("RGB")
+        turned = (ImageOps.mirror(upright) if mirror else upright).rotate(degrees, expand=True)
+    out = io.BytesIO()
+    turned.save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+def embed_rotations(
+    client: ImgsimClient,
+    paths: list[str],
+    model: str = "",
+    versions: tuple[tuple[int, bool], ...] = ROTATIONS,
+    progress: bool = True,
+) -> dict[str, list[ImageResult]]:
+    """Each path's embedding in each version (degrees, mirrored), in their order; versions
+    other than the upright original are made on the client (needs Pillow)."""
+    sep = "\x00"
+
+    def key(path: str, version: tuple[int, bool]) -> str:
+        return f"{path}{sep}{version[0]}{sep}{int(version[1])}"
+
+    def read(k: str) -> bytes:
+        path, degrees, mirror = k.split(sep)
+        data = Path(path).read_bytes()
+        if degrees == "0" and mirror == "0":
+            return data
+        return rotated(data, int(degrees), mirror == "1")
+
+    keys = [key(p, v) for p in paths for v in versions]
+    results = embed_paths(client, keys, model, progress, read=read)
+    return {p: [results[key(p, v)] for v in versions] for p in paths}
+
+
 def embed_paths(
     client: ImgsimClient,
     paths: list[str],
@@ -164,12 +213,14 @@ def embed_paths(
     done: dict[str, ImageResult] | None = None,
     checkpoint: Callable[[dict[str, ImageResult]], None] | None = None,
     checkpoint_s: float = 30.0,
+    read: Callable[[str], bytes] | None = None,
 ) -> dict[str, ImageResult]:
     """Every path's embedding (or error), each image sent once; on UNAVAILABLE, once a server
     has answered, a new stream carries only the images not answered yet. `done` holds results
     of an earlier run to keep (resume). `checkpoint(results)` is called every `checkpoint_s`
     seconds and, before the exception propagates, when the run fails or is interrupted
-    (Ctrl-C), so that what is done is kept for a resume."""
+    (Ctrl-C), so that what is done is kept for a resume. `read(path)` gives the bytes to send
+    (default: the file's)."""
     from tqdm import tqdm
 
     retry = retry or RetryPolicy()
@@ -185,14 +236,15 @@ def embed_paths(
 
     with tqdm(total=len(paths), initial=len(results), unit="img", disable=not progress) as bar:
         try:
-            return _embed_all(client, paths, model, retry, results, answered, bar)
+            read = read or (lambda path: Path(path).read_bytes())
+            return _embed_all(client, paths, model, retry, results, answered, bar, read)
         except BaseException:
             if checkpoint is not None:
                 checkpoint(results)
             raise
 
 
-def _embed_all(client, paths, model, retry, results, answered, bar) -> dict[str, ImageResult]:
+def _embed_all(client, paths, model, retry, results, answered, bar, read):
     """The streams of `embed_paths`: reopened with what is left after a lost server."""
 
     def pending() -> list[str]:
@@ -202,11 +254,11 @@ def _embed_all(client, paths, model, retry, results, answered, bar) -> dict[str,
         def requests():
             for i, path in enumerate(todo):
                 try:
-                    data = Path(path).read_bytes()
-                except OSError as exc:
+                    data = read(path)
+                except Exception as exc:  # unreadable, or (rotations) not an image Pillow reads
                     answered(path, ImageResult(
                         path, None, model, "", grpc.StatusCode.NOT_FOUND,
-                        f"cannot read image: {exc.strerror or exc}",
+                        f"cannot read image: {getattr(exc, 'strerror', None) or exc}",
                     ))  # fmt: skip
                     continue
                 yield ImageRequest(str(i), data, model=model)

@@ -160,10 +160,6 @@ def rankings(db: np.ndarray, versions: np.ndarray, s: RetrievalSet, lever: dict)
         qe_k=lever.get("qe_k", 0),
         qe_alpha=lever.get("alpha", 3.0),
     )
-    if lever.get("dba_k"):  # a query is an image of the collection: it is augmented too
-        stored = index.stored()
-        if versions.shape[0] == 1:
-            versions = stored[np.array(s.queries)][None]
     _, ids = index.query(versions, len(db))
     return ids
 

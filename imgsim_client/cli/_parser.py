@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from imgsim_client import defaults
 from imgsim_client.cli._common import (
     EXIT_CODES,
     Formatter,
@@ -188,17 +189,30 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
     ix.add_argument("vectors", type=Path, help="Parquet written by 'imgsim-client embed'")
     ix.add_argument("-o", "--output", type=Path, required=True, help="folder for the index")
     ix.add_argument("--exact-below", type=int, default=50_000, help="vectors for an exact index")
+    add_retrieval(ix)
 
     se = sub.add_parser(
         "search",
         help="the k nearest indexed images of each query image",
-        description="Queries are embedded through the server with the index's model. Writes "
-        "query,rank,path,score.",
+        description="Queries are embedded through the server with the index's model, in "
+        "--rotations rotations (an indexed image scores its best one), then expanded as the "
+        "index records (query expansion). Writes query,rank,path,score.",
         formatter_class=Formatter,
     )
     se.add_argument("index", type=Path, help="a saved index folder or a vectors .parquet file")
     se.add_argument("queries", type=Path, nargs="+", help="query images (files or folders)")
     se.add_argument("-k", "--k", type=int, default=10, help="neighbours per query")
+    se.add_argument(
+        "--rotations",
+        type=int,
+        choices=(1, 4, 8),
+        default=defaults.SEARCH_ROTATIONS,
+        help="embed each query upright only (1), in its 4 rotations (4: a photo stored turned "
+        "by 90 degrees still matches), or also mirrored (8); one embedding per version",
+    )
+    se.add_argument(
+        "--qe-k", type=int, help="query expansion neighbours (default: what the index records)"
+    )
     se.add_argument("-o", "--output", type=Path, help="hits CSV (default: standard output)")
     se.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_connection(se)
@@ -241,3 +255,27 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_connection(st, model=False)
     return p
+
+
+def add_retrieval(p: argparse.ArgumentParser) -> None:
+    """The index's augmentation options (recorded in index.json)."""
+    p.add_argument(
+        "--dba-k",
+        type=int,
+        default=defaults.DBA_K,
+        help="database-side augmentation: each vector becomes the weighted sum of itself and "
+        "its K nearest neighbours (0: off)",
+    )
+    p.add_argument(
+        "--dba-alpha", type=float, default=defaults.DBA_ALPHA, help="weight = similarity**ALPHA"
+    )
+    p.add_argument(
+        "--qe-k",
+        type=int,
+        default=defaults.QE_K,
+        help="query expansion that 'search' applies: the query plus its K first hits, "
+        "searched again (0: off)",
+    )
+    p.add_argument(
+        "--qe-alpha", type=float, default=defaults.QE_ALPHA, help="weight = similarity**ALPHA"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -54,23 +55,37 @@ def run_index(args: argparse.Namespace) -> int:
     from imgsim_client.index import VectorIndex, read_parquet
 
     vectors = read_parquet(args.vectors)
-    index = VectorIndex.build(vectors, exact_below=args.exact_below)
+    index = VectorIndex.build(
+        vectors,
+        exact_below=args.exact_below,
+        dba_k=args.dba_k,
+        dba_alpha=args.dba_alpha,
+        qe_k=args.qe_k,
+        qe_alpha=args.qe_alpha,
+    )
     index.save(args.output)
     p = index.params
     print(
-        f"{p.kind} index ({p.factory}) of {p.count} vectors, {p.dimension}-d, "
-        f"built in {p.build_s:.1f}s -> {args.output}",
+        f"{p.kind} index ({p.factory}) of {p.count} vectors, {p.dimension}-d, DBA k={p.dba_k}, "
+        f"QE k={p.qe_k}, built in {p.build_s:.1f}s -> {args.output}",
         file=sys.stderr,
     )
     return common.OK
 
 
 def _load_index(path: Path):
+    from imgsim_client import defaults
     from imgsim_client.index import VectorIndex, read_parquet
 
     if path.is_dir():
         return VectorIndex.load(path)
-    return VectorIndex.build(read_parquet(path))
+    return VectorIndex.build(
+        read_parquet(path),
+        dba_k=defaults.DBA_K,
+        dba_alpha=defaults.DBA_ALPHA,
+        qe_k=defaults.QE_K,
+        qe_alpha=defaults.QE_ALPHA,
+    )
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -81,13 +96,15 @@ def run_search(args: argparse.Namespace) -> int:
 
     index = _load_index(args.index)
     queries = collection.list_images(args.queries)
+    rotations = collection.VERSIONS[args.rotations]
     with common.connect(args) as client:
-        results = collection.embed_paths(
-            client, queries, args.model or index.params.model, not args.no_progress
-        )
-    ok = [q for q in queries if results[q].ok]
-    matrix = np.array([results[q].vector for q in ok], np.float32)
-    matches = collection.search(index, ok, matrix, args.k)
+        model = args.model or index.params.model
+        per = collection.embed_rotations(client, queries, model, rotations, not args.no_progress)
+    ok = [q for q in queries if all(r.ok for r in per[q])]
+    versions = np.array([[per[q][i].vector for q in ok] for i in range(len(rotations))])
+    if args.qe_k is not None:
+        index.params = dataclasses.replace(index.params, qe_k=args.qe_k)
+    matches = collection.search(index, ok, versions.astype(np.float32), args.k)
     columns = ["query", "rank", "path", "score"]
     rows = [
         {"query": m.query, "rank": m.rank, "path": m.path, "score": f"{m.score:.6f}"}
@@ -102,8 +119,9 @@ def run_search(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows({**r, "query": collection.display_path(r["query"])} for r in rows)
     for q in queries:
-        if not results[q].ok:
-            print(f"imgsim-client: {q}: {results[q].error}", file=sys.stderr)
+        failed = next((r for r in per[q] if not r.ok), None)
+        if failed is not None:
+            print(f"imgsim-client: {q}: {failed.error}", file=sys.stderr)
     return common.SOME_PAIRS_FAILED if len(ok) < len(queries) else common.OK
 
 

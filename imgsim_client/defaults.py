@@ -1,0 +1,13 @@
+"""Collection defaults chosen by `make bench-quality` on development data (UKBench and a
+rotated UKBench; never on Holidays), by the rule in results/quality.md, which also reports what
+each costs. A light module: the CLI's parser reads it without importing FAISS or numpy."""
+
+# Database-side augmentation (alpha-DBA) `imgsim-client index` applies: each vector becomes
+# the similarity**alpha-weighted sum of itself and its k nearest neighbours.
+DBA_K = 2
+DBA_ALPHA = 3.0
+# Query expansion (alpha-QE) `search` applies with an index that records it.
+QE_K = 0
+QE_ALPHA = 3.0
+# Rotations of each query `search` embeds; an indexed image scores its best one.
+SEARCH_ROTATIONS = 4
