@@ -362,7 +362,7 @@ def cli_run(model: str, lever: dict, sets: dict[str, RetrievalSet]) -> dict | No
                 "-o",
                 str(work / "hits.csv"),
                 *conn,
-            ],  # fmt: skip
+            ],
             check=True,
         )
         seconds = time.perf_counter() - started
