@@ -80,7 +80,7 @@ def model_list(resp: pb.ListModelsResponse) -> ModelList:
         )
         for m in resp.models
     )
-    return ModelList(models, resp.default_model)
+    return ModelList(models, resp.default_model, resp.collection_model)
 
 
 def stats(resp: pb.GetStatsResponse) -> Stats:

@@ -119,7 +119,8 @@ class ModelInfo:
 @dataclass(frozen=True)
 class ModelList:
     models: tuple[ModelInfo, ...]
-    default_model: str
+    default_model: str  # what pair scoring uses by default
+    collection_model: str = ""  # what embed (hence index, search) uses by default
 
     def get(self, name: str) -> ModelInfo | None:
         return next((m for m in self.models if m.name == name), None)

@@ -16,14 +16,15 @@ log = logging.getLogger("imgsim_server")
 
 
 def export_missing_graphs(cfg: CoreConfig) -> None:
-    """Export the graphs missing for the default model and those `--models` names (where torch
-    is installed; elsewhere loading a model says what to export)."""
+    """Export the graphs missing for the default model, the collection descriptor and those
+    `--models` names (where torch is installed; elsewhere loading a model says what to
+    export)."""
     from imgsim_server.core.engines import embedder_options
     from imgsim_server.embedders import get_cfg
     from imgsim_server.errors import CoreError
     from imgsim_server.export import ensure_graph
 
-    for name in dict.fromkeys((cfg.default_model, *cfg.models)):
+    for name in dict.fromkeys((cfg.default_model, cfg.collection_model, *cfg.models)):
         if name == "all":
             continue
         try:

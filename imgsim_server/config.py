@@ -17,6 +17,9 @@ from imgsim_server.memory import default_budget_mb
 # sets within 2.5x efficientnet-lite0's cost, no set worse beyond its interval. The old default,
 # efficientnet-lite0, stays selectable by name.
 DEFAULT_MODEL = "efficientnet-lite2-260"
+# The descriptor collections (embed, index, search) use by default, chosen by the rule in
+# results/quality.md (make bench-quality) on development data; always served.
+COLLECTION_MODEL = "efficientnet-lite2-rmac-full384-ms"
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class CoreConfig:
     """Settings of the dataplane."""
 
     default_model: str = DEFAULT_MODEL
+    collection_model: str = COLLECTION_MODEL
     device: str = "cpu"
     backend: str = "auto"  # torch | onnx | auto (onnx on CPU when installed)
     precision: str = "fp32"  # fp32 | int8 (onnx)

@@ -59,13 +59,13 @@ def photos() -> dict[str, Path]:
 
 @pytest.fixture(scope="session", autouse=True)
 def graphs():
-    """The ONNX graphs of the test model and the product default, exported once if missing, as
+    """The ONNX graphs of the test model and the product defaults, exported once if missing, as
     `imgsim-server` does at start-up (a server never exports for a request)."""
-    from imgsim_server.config import DEFAULT_MODEL
+    from imgsim_server.config import COLLECTION_MODEL, DEFAULT_MODEL
     from imgsim_server.embedders import EmbedderOptions, get_cfg
     from imgsim_server.export import ensure_graph
 
-    for name in (TEST_MODEL, DEFAULT_MODEL):
+    for name in (TEST_MODEL, DEFAULT_MODEL, COLLECTION_MODEL):
         ensure_graph(get_cfg(name), EmbedderOptions())
 
 

@@ -29,11 +29,17 @@ def folder(tmp_path, photos):
     return root
 
 
+def client_listing(address: str):
+    with ImgsimClient(address, timeout=30) as client:
+        return client.list_models()
+
+
 def test_embed_vectors_are_the_ones_behind_compare(folder, address, tmp_path):
     out = tmp_path / "vectors.parquet"
     argv = ["embed", str(folder), "-o", str(out), "--server", address, "--no-progress"]
     assert main(argv) == 3  # finished, one image failed
     vectors = read_parquet(out)
+    assert vectors.model == client_listing(address).collection_model  # collections' default
     assert len(vectors.keys) == len(NAMES) and vectors.matrix.shape == (len(NAMES), 1280)
     assert list(vectors.errors) == [str(folder / "broken.jpg")]
     assert "INVALID_ARGUMENT" in vectors.errors[str(folder / "broken.jpg")]
@@ -41,7 +47,7 @@ def test_embed_vectors_are_the_ones_behind_compare(folder, address, tmp_path):
     by_path = dict(zip(vectors.keys, vectors.matrix, strict=True))
     a, b = sorted(by_path)[:2]
     with ImgsimClient(address, timeout=30) as client:
-        score = client.compare(Path(a).read_bytes(), Path(b).read_bytes())
+        score = client.compare(Path(a).read_bytes(), Path(b).read_bytes(), vectors.model)
     assert abs(float(by_path[a] @ by_path[b]) - score) < 1e-5
     # --resume keeps what is there and embeds nothing again.
     argv += ["--resume"]
@@ -62,7 +68,7 @@ def test_search_finds_each_image_first(folder, address, tmp_path):
         first = next(r for r in rows if r["query"] == q and r["rank"] == "1")
         # With the default database-side augmentation, an image's stored vector leans towards
         # its neighbours: itself is still first, a little under 1.
-        assert first["path"] == q and float(first["score"]) > 0.99
+        assert first["path"] == q and float(first["score"]) > 0.95
 
 
 def test_dedup_groups_edited_copies(address, photos, tmp_path, capsys):

@@ -28,7 +28,7 @@ from PIL import Image
 
 from imgsim_client import ImgsimClient, ImgsimError, PairRequest
 from imgsim_client.cli import main
-from imgsim_server.config import CoreConfig, ServerConfig
+from imgsim_server.config import COLLECTION_MODEL, CoreConfig, ServerConfig
 from imgsim_server.server import start_server
 from tests.conftest import TEST_MODEL, distinct_jpegs
 
@@ -197,7 +197,7 @@ def test_only_the_served_models_load_and_the_oldest_is_unloaded(photos):
         a, b = distinct_jpegs(photos, 2, salt=9710)
         with ImgsimClient(f"127.0.0.1:{running.port}", timeout=60) as c:
             listed = {m.name for m in c.list_models().models}
-            assert listed == {TEST_MODEL, "phash", "color-hist", "pixels"}
+            assert listed == {TEST_MODEL, COLLECTION_MODEL, "phash", "color-hist", "pixels"}
             with pytest.raises(ImgsimError) as err:
                 c.compare(a, b, model="efficientnet-lite2")
             assert err.value.code == grpc.StatusCode.NOT_FOUND

@@ -164,6 +164,8 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
         help="embed images (files, folders, lists) into a vectors Parquet file",
         description="Embed every image once through the server's Embed stream and write "
         "path, model, vector (float32, L2-normalised for cosine models) and error columns. "
+        "Without --model, the server's collection descriptor (ListModels.collection_model, a "
+        "retrieval descriptor chosen by make bench-quality) rather than its pair model. "
         'Needs the [index] extra: pip install "imgsim[index]".',
         formatter_class=Formatter,
     )

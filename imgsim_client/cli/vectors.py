@@ -19,6 +19,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
     paths = collection.list_images(args.paths)
     with common.connect(args) as client:
+        # Collections default to the server's retrieval descriptor, not its pair model.
+        args.model = args.model or client.list_models().collection_model or ""
         done = {}
         if args.resume and args.output.exists():
             kept = read_parquet(args.output)

@@ -210,7 +210,10 @@ class Dataplane:
         version = self.engines.version
         if self._model_list is None or self._model_list[0] != version:
             infos = await asyncio.get_running_loop().run_in_executor(None, self.engines.infos)
-            self._model_list = (version, ModelList(tuple(infos), self.cfg.default_model))
+            self._model_list = (
+                version,
+                ModelList(tuple(infos), self.cfg.default_model, self.cfg.collection_model),
+            )
         return self._model_list[1]
 
     async def stats(self) -> Stats:

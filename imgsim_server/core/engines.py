@@ -43,11 +43,11 @@ def bounded_name(value: str, limit: int = ECHO_LIMIT) -> str:
 
 
 def served_models(cfg: CoreConfig) -> frozenset[str] | None:
-    """The models a server with `cfg` serves (None: every registered one): its default, the
-    classical ones and those named."""
+    """The models a server with `cfg` serves (None: every registered one): its default, its
+    collection descriptor, the classical ones and those named."""
     if "all" in cfg.models:
         return None
-    names = {cfg.default_model, *cfg.models}
+    names = {cfg.default_model, cfg.collection_model, *cfg.models}
     names |= {m.name for m in list_models(kind="classical")}
     for name in names:
         get_cfg(name)  # fail fast on a misspelt name

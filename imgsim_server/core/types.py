@@ -56,6 +56,7 @@ class ModelInfo:
 class ModelList:
     models: tuple[ModelInfo, ...]
     default_model: str
+    collection_model: str = ""
 
 
 @dataclass(frozen=True)

@@ -340,7 +340,11 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             fields = info.to_dict()
             fields["thresholds"] = [pb.Threshold(**t) for t in fields["thresholds"]]
             models.append(pb.ModelInfo(**fields))
-        return pb.ListModelsResponse(models=models, default_model=listing.default_model)
+        return pb.ListModelsResponse(
+            models=models,
+            default_model=listing.default_model,
+            collection_model=listing.collection_model,
+        )
 
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext):
         stats = await self.core.stats()

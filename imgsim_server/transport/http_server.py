@@ -265,6 +265,7 @@ def build_app(core: Dataplane, settings: HttpSettings) -> FastAPI:
         return {
             "models": [m.to_dict() for m in listing.models],
             "default_model": listing.default_model,
+            "collection_model": listing.collection_model,
         }
 
     @app.get("/healthz", summary="Liveness: the process serves HTTP")

@@ -123,12 +123,14 @@ class Threshold(_message.Message):
     def __init__(self, task: _Optional[str] = ..., dataset: _Optional[str] = ..., fpr: _Optional[float] = ..., score: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., tpr: _Optional[float] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "default_model")
+    __slots__ = ("models", "default_model", "collection_model")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_MODEL_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     default_model: str
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
+    collection_model: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ..., collection_model: _Optional[str] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()
