@@ -12,7 +12,7 @@ GENERATED := protos/imgsim/v1/similarity_pb2.py protos/imgsim/v1/similarity_pb2_
              protos/imgsim/v1/similarity_pb2.pyi
 
 .DEFAULT_GOAL := help
-.PHONY: help install generate-protos demo test check check-installs bench bench-scale bench-collections study report export soak screenshots clean
+.PHONY: help install generate-protos demo test check check-installs bench bench-scale bench-collections bench-quality study report export soak screenshots clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -65,6 +65,9 @@ bench-scale: $(STAMP) ## Replicas, Dask, failover, memory, perf sweep, capacity 
 
 bench-collections: $(STAMP) ## Near-dup F1 vs imagededup, UKBench N-S by search, FAISS vs usearch, 10k-1M scale -> results/collections.md
 	$(PY) -m imgsim_lab.collections_bench
+
+bench-quality: $(STAMP) ## Holidays (evaluation only), UKBench, rotated UKBench: descriptors, rotations, DBA/QE, Holidays through the CLI -> results/quality.md
+	$(PY) -m imgsim_lab.quality
 
 study: $(STAMP) ## Model/preprocessing grid, the default's rule, thresholds; then every approach via the server -> results/study.md, models.json, ROC charts
 	$(PY) -m imgsim_lab.model_study

@@ -4,7 +4,7 @@ each costs. A light module: the CLI's parser reads it without importing FAISS or
 
 # Database-side augmentation (alpha-DBA) `imgsim-client index` applies: each vector becomes
 # the similarity**alpha-weighted sum of itself and its k nearest neighbours.
-DBA_K = 2
+DBA_K = 3
 DBA_ALPHA = 3.0
 # Query expansion (alpha-QE) `search` applies with an index that records it.
 QE_K = 0

@@ -19,7 +19,7 @@ from imgsim_server.memory import default_budget_mb
 DEFAULT_MODEL = "efficientnet-lite2-260"
 # The descriptor collections (embed, index, search) use by default, chosen by the rule in
 # results/quality.md (make bench-quality) on development data; always served.
-COLLECTION_MODEL = "efficientnet-lite2-rmac-full384-ms"
+COLLECTION_MODEL = "efficientnet-lite0-rmac-full384-ms"
 
 
 @dataclass(frozen=True)

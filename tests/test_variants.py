@@ -146,3 +146,24 @@ def test_model_configs_are_pure_data():
         for f in dataclasses.fields(cfg):
             assert not callable(getattr(cfg, f.name)), (cfg.name, f.name)
         assert pickle.loads(pickle.dumps(cfg)) == cfg and hash(cfg) == hash(get_cfg(cfg.name))
+
+
+def test_collection_defaults_are_what_bench_quality_chose():
+    """The shipped collection descriptor and index/search defaults are the ones the rule in
+    results/quality.md picked (rerun `make bench-quality` after changing either)."""
+    import json
+    from pathlib import Path
+
+    from imgsim_client import defaults
+    from imgsim_server.config import COLLECTION_MODEL
+
+    measured = Path(__file__).resolve().parents[1] / "results" / "quality.json"
+    if not measured.is_file():
+        pytest.skip("results/quality.json not written yet")
+    r = json.loads(measured.read_text())
+    assert r["rule"]["chosen"] == COLLECTION_MODEL
+    lever = r["levers"][r["default_lever"]]["lever"]
+    assert bool(lever.get("rotations")) == (defaults.SEARCH_ROTATIONS > 1)
+    assert lever.get("dba_k", 0) == defaults.DBA_K and lever.get("qe_k", 0) == defaults.QE_K
+    if lever.get("dba_k") or lever.get("qe_k"):
+        assert lever["alpha"] == defaults.DBA_ALPHA

@@ -266,7 +266,7 @@ def add_retrieval(p: argparse.ArgumentParser) -> None:
         type=int,
         default=defaults.DBA_K,
         help="database-side augmentation: each vector becomes the weighted sum of itself and "
-        "its K nearest neighbours (0: off)",
+        "its K nearest neighbours; 0 turns it off",
     )
     p.add_argument(
         "--dba-alpha", type=float, default=defaults.DBA_ALPHA, help="weight = similarity**ALPHA"
@@ -276,7 +276,7 @@ def add_retrieval(p: argparse.ArgumentParser) -> None:
         type=int,
         default=defaults.QE_K,
         help="query expansion that 'search' applies: the query plus its K first hits, "
-        "searched again (0: off)",
+        "searched again; 0 turns it off",
     )
     p.add_argument(
         "--qe-alpha", type=float, default=defaults.QE_ALPHA, help="weight = similarity**ALPHA"
