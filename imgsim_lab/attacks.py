@@ -349,12 +349,14 @@ def run(work: Path, budget_mb: int = 1024, pairs: int = 2000, slow: int = 5000) 
     return report
 
 
+TITLE = "## Attacks (the reliability review's, at once)"
+
+
 def render(r: dict) -> str:
     rss, h, hz = r["rss_mb"], r["health"], r["healthz"]
     lines = [
-        "## Attacks (the reliability review's, at once)",
-        "",
-        f"One `imgsim-server --http-port 0 --memory-budget-mb {r['budget_mb']}` under "
+        TITLE,
+        f"\nOne `imgsim-server --http-port 0 --memory-budget-mb {r['budget_mb']}` under "
         f"`ulimit -n {r['nofile']}`, default `--models`, for {r['burst_seconds']} s: 5,000 slow "
         "HTTP connections (headers a byte every 2 s, reopened when cut), 4 gRPC streams each "
         "defining 10 images of 50 MB (twice), 30 parallel HTTP compares of 62 MB bodies, and a "

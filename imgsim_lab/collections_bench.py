@@ -17,7 +17,6 @@ Writes results/collections.md, collections.json and collections_pr.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import resource
@@ -35,7 +34,7 @@ from imgsim_client.index import VectorIndex, groups
 from imgsim_datasets.pairs import TRANSFORMS
 from imgsim_datasets.photos import shipped_photos
 from imgsim_lab import machine
-from imgsim_lab._paths import RESULTS, SHARED
+from imgsim_lab._paths import RESULTS, SHARED, lab_parser
 from imgsim_lab.servers import ServerProcess
 
 MODELS = ("efficientnet-lite0", "efficientnet-lite0-gem", "phash", "color-hist", "pixels")
@@ -437,10 +436,9 @@ def render(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = lab_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,100000,500000,1000000")
     ap.add_argument("--library-size", type=int, default=50_000)
-    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     result: dict = {"machine": machine.describe()}
     with tempfile.TemporaryDirectory() as tmp, ServerProcess() as srv:

@@ -22,7 +22,6 @@ network runs twice per image, not four times.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from scipy.stats import binom
 from imgsim_client.evaluate import compute_metrics
 from imgsim_datasets import pairs as pair_builders
 from imgsim_lab import machine
-from imgsim_lab._paths import RESULTS, ROOT, SHARED
+from imgsim_lab._paths import ROOT, lab_parser
 
 THRESHOLDS_FILE = ROOT / "imgsim_server" / "embedders" / "thresholds.json"
 OLD_DEFAULT = "efficientnet-lite0"
@@ -546,11 +545,7 @@ def render_models(r: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--shared", type=Path, default=SHARED)
+    ap = lab_parser(__doc__, shared=True)
     ap.add_argument("--models", help="comma-separated subset (default: every variant present)")
     ap.add_argument(
         "--thresholds-file",

@@ -20,7 +20,6 @@ and for the defaults through the real CLI (`imgsim-client embed`, `index`, `sear
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import subprocess
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgsim_lab._paths import RESULTS, SHARED
+from imgsim_lab._paths import SHARED, lab_parser
 
 OLD_DEFAULT = "efficientnet-lite2-260"
 MIN_IMAGES_PER_S = 15.0
@@ -247,9 +246,8 @@ def gain_beyond_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = lab_parser(__doc__)
     ap.add_argument("--models", help="comma-separated descriptors (default: every candidate)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--skip-cli", action="store_true", help="skip the end-to-end CLI run")
     ap.add_argument(
         "--cache",

@@ -14,7 +14,6 @@ same cores, so they add no speed there: the run reports the overhead instead.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import signal
@@ -28,7 +27,7 @@ from imgsim_client import perf
 from imgsim_client.client import ImgsimClient, PairRequest
 from imgsim_client.scoring import score_pairs
 from imgsim_lab import machine
-from imgsim_lab._paths import RESULTS
+from imgsim_lab._paths import lab_parser
 from imgsim_lab.bench import photo_pool, write_pairs
 from imgsim_lab.idle_streams import measure as idle_measure
 from imgsim_lab.servers import ServerProcess
@@ -280,10 +279,9 @@ def render(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = lab_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=500)
     ap.add_argument("--perf-seconds", type=float, default=5.0)
-    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

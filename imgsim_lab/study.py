@@ -10,7 +10,6 @@ embedders and similarity functions the server uses, not over 500k RPC pairs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict
@@ -24,7 +23,7 @@ from imgsim_client.evaluate import compute_metrics, load_scored, plot_roc, pyplo
 from imgsim_client.scoring import score_pairs
 from imgsim_datasets import pairs as pair_builders
 from imgsim_lab import machine
-from imgsim_lab._paths import RESULTS, ROOT, SHARED
+from imgsim_lab._paths import ROOT, lab_parser
 from imgsim_lab.model_study import embed_arrays, ns_score, render_models, similarity_matrix
 from imgsim_lab.servers import ServerProcess
 
@@ -172,11 +171,7 @@ def run_approach(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--shared", type=Path, default=SHARED)
+    ap = lab_parser(__doc__, shared=True)
     ap.add_argument("--models", help="comma-separated subset of approaches (default: all present)")
     ap.add_argument(
         "--no-variants", action="store_true", help="skip the torch and int8 runs of the default CNN"

@@ -41,7 +41,9 @@ def test_two_replicas_share_the_work_and_agree_with_one_server(replicas, address
     out = tmp_path / "fleet.csv"
     argv = [str(csv), "-o", str(out), "--server", _target(servers), "--streams", "4"]
     assert main([*argv, "--no-progress"]) == 0
-    embedded = [sum(s.items for s in r.core.engines.batch_stats().values()) for r in servers]
+    embedded = [
+        sum(s.images_embedded for s in r.core.engines.batch_stats().values()) for r in servers
+    ]
     assert min(embedded) >= 0.25 * sum(embedded), embedded
     fleet, single = _scores(out), _reference(csv, address, tmp_path)
     assert list(fleet.index) == list(single.index)  # input order, every pair once

@@ -81,15 +81,27 @@ class BatchPolicy:
 
 @dataclass
 class BatchStats:
+    """A model's batching since it loaded (the names are GetStats' ModelStats fields)."""
+
     batches: int = 0
-    items: int = 0
-    max_batch_seen: int = 0
+    images_embedded: int = 0
+    max_batch_size_seen: int = 0
     queue_s: float = 0.0
     inference_s: float = 0.0
 
     @property
     def mean_batch_size(self) -> float:
-        return self.items / self.batches if self.batches else 0.0
+        return self.images_embedded / self.batches if self.batches else 0.0
+
+    @property
+    def mean_queue_ms(self) -> float:
+        """Mean wait of an image in the queue."""
+        return 1000 * self.queue_s / self.images_embedded if self.images_embedded else 0.0
+
+    @property
+    def mean_inference_ms(self) -> float:
+        """Mean model time of a batch."""
+        return 1000 * self.inference_s / self.batches if self.batches else 0.0
 
 
 Done = Callable[[np.ndarray | None, BaseException | None], None]
@@ -207,8 +219,8 @@ class DynamicBatcher:
             with self._stats_lock:
                 s = self.stats
                 s.batches += 1
-                s.items += len(jobs)
-                s.max_batch_seen = max(s.max_batch_seen, len(jobs))
+                s.images_embedded += len(jobs)
+                s.max_batch_size_seen = max(s.max_batch_size_seen, len(jobs))
                 s.inference_s += finished - started
                 s.queue_s += sum(waits)
             # A listener's or caller's bug must not kill the batcher or starve other items.

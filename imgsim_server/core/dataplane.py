@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -27,7 +28,7 @@ from imgsim_server.config import CoreConfig
 from imgsim_server.core.cache import EmbeddingCache
 from imgsim_server.core.engines import Engine, Engines
 from imgsim_server.core.images import decode_image
-from imgsim_server.core.types import Embedding, ModelList, ModelStats, PairScore, Stats
+from imgsim_server.core.types import CacheCounts, Embedding, ModelList, PairScore, Stats
 from imgsim_server.embedders import _calibration as calibration
 from imgsim_server.errors import (
     CancelledError,
@@ -221,29 +222,14 @@ class Dataplane:
         return self.snapshot()
 
     def snapshot(self) -> Stats:
-        models = tuple(
-            ModelStats(
-                model=name,
-                batches=s.batches,
-                images_embedded=s.items,
-                mean_batch_size=s.mean_batch_size,
-                max_batch_size_seen=s.max_batch_seen,
-                mean_queue_ms=1000 * s.queue_s / s.items if s.items else 0.0,
-                mean_inference_ms=1000 * s.inference_s / s.batches if s.batches else 0.0,
-            )
-            for name, s in self.engines.batch_stats().items()
-        )
         hits, misses = self.cache_counts()
         return Stats(
-            models=models,
-            cache_hits=hits,
-            cache_misses=misses,
-            cache_entries=len(self.cache),
-            cache_bytes=self.cache.nbytes,
+            batching={name: replace(s) for name, s in self.engines.batch_stats().items()},
+            cache=CacheCounts(hits, misses, len(self.cache), self.cache.nbytes),
             pairs_scored=self.pairs_scored,
             pairs_failed=self.pairs_failed,
-            queue_depth=self.engines.queue_depth(),
             images_cancelled=self.images_cancelled,
+            queue_depth=self.engines.queue_depth(),
         )
 
     def warm_up(self, name: str) -> Engine:

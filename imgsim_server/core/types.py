@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from imgsim_server.core.batcher import BatchStats
 from imgsim_server.embedders._calibration import Threshold
 
 
@@ -60,28 +61,23 @@ class ModelList:
 
 
 @dataclass(frozen=True)
-class ModelStats:
-    """Batching figures of one loaded model since start-up."""
+class CacheCounts:
+    """The embedding cache: images served from it (or joined to one in flight), images that
+    had to be embedded, and what it holds."""
 
-    model: str
-    batches: int
-    images_embedded: int
-    mean_batch_size: float
-    max_batch_size_seen: int
-    mean_queue_ms: float
-    mean_inference_ms: float
+    hits: int
+    misses: int
+    entries: int
+    bytes: int
 
 
 @dataclass(frozen=True)
 class Stats:
     """The server's counters since start-up (GetStats)."""
 
-    models: tuple[ModelStats, ...]
-    cache_hits: int
-    cache_misses: int
-    cache_entries: int
-    cache_bytes: int
+    batching: dict[str, BatchStats]  # per loaded model, a copy
+    cache: CacheCounts
     pairs_scored: int
     pairs_failed: int
+    images_cancelled: int  # dropped before the model because every caller had gone
     queue_depth: int
-    images_cancelled: int

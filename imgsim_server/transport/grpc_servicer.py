@@ -348,9 +348,18 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
 
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext):
         stats = await self.core.stats()
-        fields = asdict(stats)
-        models = [pb.ModelStats(**m) for m in fields.pop("models")]
-        return pb.GetStatsResponse(models=models, **fields)
+        models = [
+            pb.ModelStats(model=name, **{f: getattr(s, f) for f in MODEL_STATS})
+            for name, s in stats.batching.items()
+        ]
+        cache = {f"cache_{name}": value for name, value in asdict(stats.cache).items()}
+        counters = ("pairs_scored", "pairs_failed", "queue_depth", "images_cancelled")
+        totals = {name: getattr(stats, name) for name in counters}
+        return pb.GetStatsResponse(models=models, **cache, **totals)
+
+
+# ModelStats' fields, each a BatchStats attribute of the same name.
+MODEL_STATS = tuple(f.name for f in pb.ModelStats.DESCRIPTOR.fields if f.name != "model")
 
 
 def _compare_response(pair_id: str, pair: PairScore) -> pb.CompareResponse:
