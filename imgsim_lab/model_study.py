@@ -221,11 +221,13 @@ def grid_models() -> list:
     from imgsim_server.embedders import EmbedderOptions, list_models, weights_available
 
     opts = EmbedderOptions()
+    retrieval = {m.name for m in list_models(pattern="efficientnet-lite*-full3??*")}
     return [
         m
         for m in list_models()
         if (m.kind == "classical" or m.architecture.startswith("efficientnet-lite"))
         and weights_available(m, opts)
+        and m.name not in retrieval  # the collection descriptors: make bench-quality
     ]
 
 
