@@ -18,6 +18,7 @@ from imgsim_client.types import (
     PairResult,
     Stats,
     Threshold,
+    Verified,
 )
 
 _CODES_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
@@ -52,6 +53,10 @@ def image_request(req: ImageRequest) -> pb.EmbedRequest:
 
 def compare_result(resp: pb.CompareResponse) -> CompareResult:
     return CompareResult(resp.score, resp.model, resp.verdict)
+
+
+def verified(resp: pb.CompareResponse) -> Verified:
+    return Verified(resp.score, resp.model, resp.verdict, resp.inliers, resp.verified)
 
 
 def pair_result(resp: pb.CompareResponse) -> PairResult:

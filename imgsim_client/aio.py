@@ -76,6 +76,14 @@ class AsyncImgsimClient(ClientBase):
         req = _convert.pair_request(types.PairRequest("", image_a, image_b, model=model))
         return _convert.compare_result(await self._unary(self._stub.Compare, req, timeout))
 
+    async def compare_verified(
+        self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
+    ) -> types.Verified:
+        """ImgsimClient.compare_verified, awaited."""
+        req = _convert.pair_request(types.PairRequest("", image_a, image_b, model=model))
+        req.verify = True
+        return _convert.verified(await self._unary(self._stub.Compare, req, timeout))
+
     async def compare_stream(
         self,
         pairs: Iterable[types.PairRequest] | AsyncIterable[types.PairRequest],

@@ -37,6 +37,7 @@ from imgsim_client.types import (
     PairRequest,
     PairResult,
     Stats,
+    Verified,
 )
 
 
@@ -156,6 +157,16 @@ class ImgsimClient(ClientBase):
         verdict of the model's calibrated thresholds, "" if it has none)."""
         req = _convert.pair_request(PairRequest("", image_a, image_b, model=model))
         return _convert.compare_result(self._unary(self._stub.Compare, req, timeout))
+
+    def compare_verified(
+        self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
+    ) -> Verified:
+        """Score one pair and verify it geometrically on the server (local features and
+        RANSAC; the server needs the [verify] extra): score, model, verdict, inliers,
+        verified."""
+        req = _convert.pair_request(PairRequest("", image_a, image_b, model=model))
+        req.verify = True
+        return _convert.verified(self._unary(self._stub.Compare, req, timeout))
 
     def compare_stream(
         self,

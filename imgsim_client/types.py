@@ -29,6 +29,17 @@ class _Answer:
 
 
 @dataclass(frozen=True)
+class Verified:
+    """One pair scored and verified geometrically (`compare_verified`)."""
+
+    score: float
+    model: str
+    verdict: str
+    inliers: int  # local-feature matches consistent with one similarity transform
+    verified: bool  # enough of them: one image is an edited copy of the other
+
+
+@dataclass(frozen=True)
 class PairRequest:
     """One pair to score. Each image is bytes, or (in a stream) a ref to an earlier image id.
 

@@ -106,6 +106,12 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
     c.add_argument("image_a", type=Path)
     c.add_argument("image_b", type=Path)
     c.add_argument("--json", action="store_true", help="print score, model and verdict as JSON")
+    c.add_argument(
+        "--verify",
+        action="store_true",
+        help="also verify the pair geometrically on the server (local features + RANSAC; the "
+        "server's [verify] extra) and print the inliers and whether they make it a copy",
+    )
     add_connection(c)
 
     e = sub.add_parser(

@@ -18,13 +18,21 @@ def run_compare(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise PairsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     with common.connect(args) as client:
-        score, model, verdict = client.compare_pair(data[0], data[1], model=args.model)
+        if args.verify:
+            result = client.compare_verified(data[0], data[1], model=args.model)
+        else:
+            result = client.compare_pair(data[0], data[1], model=args.model)._asdict()
     if args.json:
+        import dataclasses
         import json
 
-        print(json.dumps({"score": score, "model": model, "verdict": verdict}))
+        fields = result if isinstance(result, dict) else dataclasses.asdict(result)
+        print(json.dumps(fields))
+    elif isinstance(result, dict):
+        print(f"{result['score']:.4f} {result['verdict']}".rstrip())
     else:
-        print(f"{score:.4f} {verdict}".rstrip())
+        seen = "verified" if result.verified else "not verified"
+        print(f"{result.score:.4f} {result.verdict} {result.inliers} inliers: {seen}".strip())
     return common.OK
 
 

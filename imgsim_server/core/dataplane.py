@@ -32,6 +32,7 @@ from imgsim_server.core.types import CacheCounts, Embedding, ModelList, PairScor
 from imgsim_server.embedders import _calibration as calibration
 from imgsim_server.errors import (
     CancelledError,
+    ConfigurationError,
     CoreError,
     DeadlineExceededError,
     OverloadedError,
@@ -158,16 +159,55 @@ class Dataplane:
     # ---- the verbs --------------------------------------------------------------------------
 
     async def compare(
-        self, a: bytes, b: bytes, model: str = "", timeout: float | None = None
+        self,
+        a: bytes,
+        b: bytes,
+        model: str = "",
+        timeout: float | None = None,
+        verify: bool = False,
     ) -> PairScore:
-        """Score one pair. A full queue refuses at once (OverloadedError); past `timeout`,
+        """Score one pair, and with `verify` check it geometrically (`core/verify.py`, on the
+        decode pool). A full queue refuses at once (OverloadedError); past `timeout`,
         DeadlineExceededError, and the pair's queued work is dropped."""
         token = CallToken(timeout)
         try:
             fut = await self.admit_pair(a, b, model, token, wait=False)
-            return await self.result(fut, token)
+            pair = await self.result(fut, token)
+            if verify:
+                loop = asyncio.get_running_loop()
+                check = loop.run_in_executor(self._decode_pool, self._verify, a, b)
+                left = (
+                    None if token.deadline is None else max(0.0, token.deadline - time.monotonic())
+                )
+                try:
+                    v = await asyncio.wait_for(check, left)
+                except asyncio.TimeoutError:
+                    raise DeadlineExceededError("deadline passed while verifying") from None
+                pair = replace(pair, inliers=v.inliers, verified=v.verified)
+            return pair
         finally:
             token.cancel()  # whatever is still queued for this call is no longer wanted
+
+    def _verify(self, a: bytes, b: bytes):
+        from imgsim_server.core import verify
+
+        if not verify.available():
+            raise ConfigurationError(
+                "geometric verification needs OpenCV on the server: "
+                'python -m pip install "imgsim[verify]"'
+            )
+        charge = Charge(self.budget)
+
+        def reserve(width: int, height: int) -> None:
+            charge.add(width * height * DECODE_BYTES_PER_PIXEL, "verifying an image")
+
+        try:
+            limits, side = self.cfg.limits, verify.VERIFY_SIDE
+            return verify.verify(
+                decode_image(a, limits, side, reserve), decode_image(b, limits, side, reserve)
+            )
+        finally:
+            charge.release()
 
     async def embed(self, data: bytes, model: str = "", timeout: float | None = None) -> Embedding:
         """One image's published vector, with `compare`'s admission and deadline."""

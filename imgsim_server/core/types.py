@@ -19,6 +19,10 @@ class PairScore:
     score: float
     model: str
     verdict: str = ""
+    # Geometric verification, when asked for (`compare(..., verify=True)`): the inliers of the
+    # best similarity transform between the images, and whether they reach the minimum.
+    inliers: int | None = None
+    verified: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,9 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             image_a, image_b = session.resolve(a, "image_a"), session.resolve(b, "image_b")
             remaining = context.time_remaining()
             timeout = remaining if remaining is not None and remaining < 1e7 else None
-            pair = await self.core.compare(image_a, image_b, request.model, timeout)
+            pair = await self.core.compare(
+                image_a, image_b, request.model, timeout, verify=request.verify
+            )
         finally:
             charge.release()
         return _compare_response(request.pair_id, pair)
@@ -363,6 +365,9 @@ MODEL_STATS = tuple(f.name for f in pb.ModelStats.DESCRIPTOR.fields if f.name !=
 
 
 def _compare_response(pair_id: str, pair: PairScore) -> pb.CompareResponse:
-    return pb.CompareResponse(
+    resp = pb.CompareResponse(
         pair_id=pair_id, score=pair.score, model=pair.model, verdict=pair.verdict
     )
+    if pair.inliers is not None:
+        resp.inliers, resp.verified = pair.inliers, bool(pair.verified)
+    return resp

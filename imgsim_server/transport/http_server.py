@@ -239,10 +239,16 @@ def build_app(core: Dataplane, settings: HttpSettings) -> FastAPI:
         openapi_extra=_compare_body(("image_a", "image_b")),
     )
     async def compare(request: Request) -> dict:
-        """`score`, `model` and `verdict` (calibrated models) as in CompareResponse."""
+        """`score`, `model` and `verdict` (calibrated models) as in CompareResponse; with
+        `?verify=true`, also `inliers` and `verified` (geometric verification)."""
         images, model = await _read_images(request, ("image_a", "image_b"), settings.max_body_bytes)
-        pair = await core.compare(images["image_a"], images["image_b"], model, REQUEST_TIMEOUT_S)
-        return {"score": pair.score, "model": pair.model, "verdict": pair.verdict}
+        verify = request.query_params.get("verify", "").lower() in ("1", "true", "yes")
+        a, b = images["image_a"], images["image_b"]
+        pair = await core.compare(a, b, model, REQUEST_TIMEOUT_S, verify=verify)
+        out = {"score": pair.score, "model": pair.model, "verdict": pair.verdict}
+        if pair.inliers is not None:
+            out |= {"inliers": pair.inliers, "verified": pair.verified}
+        return out
 
     @app.post(
         "/v1/embed", summary="Embedding of one image", openapi_extra=_compare_body(("image",))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aimgsim/v1/similarity.proto\x12\timgsim.v1\"<\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03ref\x18\x02 \x01(\tH\x00\x12\n\n\x02id\x18\x03 \x01(\tB\x08\n\x06source\"v\n\x0e\x43ompareRequest\x12\x0f\n\x07pair_id\x18\x01 \x01(\t\x12!\n\x07image_a\x18\x02 \x01(\x0b\x32\x10.imgsim.v1.Image\x12!\n\x07image_b\x18\x03 \x01(\x0b\x32\x10.imgsim.v1.Image\x12\r\n\x05model\x18\x04 \x01(\t\"*\n\tPairError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"v\n\x0f\x43ompareResponse\x12\x0f\n\x07pair_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05model\x18\x03 \x01(\t\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.imgsim.v1.PairError\x12\x0f\n\x07verdict\x18\x05 \x01(\t\"P\n\x0c\x45mbedRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x1f\n\x05image\x18\x02 \x01(\x0b\x32\x10.imgsim.v1.Image\x12\r\n\x05model\x18\x03 \x01(\t\"\x8c\x01\n\rEmbedResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06vector\x18\x03 \x03(\x02\x12\x11\n\tdimension\x18\x04 \x01(\x05\x12\x12\n\nsimilarity\x18\x05 \x01(\t\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x14.imgsim.v1.PairError\"\x13\n\x11ListModelsRequest\"\xe8\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\rembedding_dim\x18\x03 \x01(\x05\x12\x12\n\ninput_size\x18\x04 \x01(\x05\x12\x16\n\x0eweights_source\x18\x05 \x01(\t\x12\x19\n\x11weights_available\x18\x06 \x01(\x08\x12\x0e\n\x06loaded\x18\x07 \x01(\x08\x12\x12\n\nsimilarity\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\x12(\n\nthresholds\x18\n \x03(\x0b\x32\x14.imgsim.v1.Threshold\"n\n\tThreshold\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0b\n\x03\x66pr\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0b\n\x03low\x18\x05 \x01(\x02\x12\x0c\n\x04high\x18\x06 \x01(\x02\x12\x0b\n\x03tpr\x18\x07 \x01(\x02\"k\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.imgsim.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\x12\x18\n\x10\x63ollection_model\x18\x03 \x01(\t\"\x11\n\x0fGetStatsRequest\"\xad\x01\n\nModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61tches\x18\x02 \x01(\x03\x12\x17\n\x0fimages_embedded\x18\x03 \x01(\x03\x12\x17\n\x0fmean_batch_size\x18\x04 \x01(\x01\x12\x1b\n\x13max_batch_size_seen\x18\x05 \x01(\x05\x12\x15\n\rmean_queue_ms\x18\x06 \x01(\x01\x12\x19\n\x11mean_inference_ms\x18\x07 \x01(\x01\"\xea\x01\n\x10GetStatsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.imgsim.v1.ModelStats\x12\x12\n\ncache_hits\x18\x02 \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x03 \x01(\x03\x12\x15\n\rcache_entries\x18\x04 \x01(\x03\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x05 \x01(\x03\x12\x14\n\x0cpairs_scored\x18\x06 \x01(\x03\x12\x14\n\x0cpairs_failed\x18\x07 \x01(\x03\x12\x13\n\x0bqueue_depth\x18\x08 \x01(\x03\x12\x18\n\x10images_cancelled\x18\t \x01(\x03\x32\xef\x02\n\x0fImageSimilarity\x12@\n\x07\x43ompare\x12\x19.imgsim.v1.CompareRequest\x1a\x1a.imgsim.v1.CompareResponse\x12J\n\rCompareStream\x12\x19.imgsim.v1.CompareRequest\x1a\x1a.imgsim.v1.CompareResponse(\x01\x30\x01\x12>\n\x05\x45mbed\x12\x17.imgsim.v1.EmbedRequest\x1a\x18.imgsim.v1.EmbedResponse(\x01\x30\x01\x12I\n\nListModels\x12\x1c.imgsim.v1.ListModelsRequest\x1a\x1d.imgsim.v1.ListModelsResponse\x12\x43\n\x08GetStats\x12\x1a.imgsim.v1.GetStatsRequest\x1a\x1b.imgsim.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aimgsim/v1/similarity.proto\x12\timgsim.v1\"<\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03ref\x18\x02 \x01(\tH\x00\x12\n\n\x02id\x18\x03 \x01(\tB\x08\n\x06source\"\x86\x01\n\x0e\x43ompareRequest\x12\x0f\n\x07pair_id\x18\x01 \x01(\t\x12!\n\x07image_a\x18\x02 \x01(\x0b\x32\x10.imgsim.v1.Image\x12!\n\x07image_b\x18\x03 \x01(\x0b\x32\x10.imgsim.v1.Image\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06verify\x18\x05 \x01(\x08\"*\n\tPairError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x99\x01\n\x0f\x43ompareResponse\x12\x0f\n\x07pair_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05model\x18\x03 \x01(\t\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.imgsim.v1.PairError\x12\x0f\n\x07verdict\x18\x05 \x01(\t\x12\x0f\n\x07inliers\x18\x06 \x01(\x05\x12\x10\n\x08verified\x18\x07 \x01(\x08\"P\n\x0c\x45mbedRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x1f\n\x05image\x18\x02 \x01(\x0b\x32\x10.imgsim.v1.Image\x12\r\n\x05model\x18\x03 \x01(\t\"\x8c\x01\n\rEmbedResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06vector\x18\x03 \x03(\x02\x12\x11\n\tdimension\x18\x04 \x01(\x05\x12\x12\n\nsimilarity\x18\x05 \x01(\t\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x14.imgsim.v1.PairError\"\x13\n\x11ListModelsRequest\"\xe8\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\rembedding_dim\x18\x03 \x01(\x05\x12\x12\n\ninput_size\x18\x04 \x01(\x05\x12\x16\n\x0eweights_source\x18\x05 \x01(\t\x12\x19\n\x11weights_available\x18\x06 \x01(\x08\x12\x0e\n\x06loaded\x18\x07 \x01(\x08\x12\x12\n\nsimilarity\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\x12(\n\nthresholds\x18\n \x03(\x0b\x32\x14.imgsim.v1.Threshold\"n\n\tThreshold\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0b\n\x03\x66pr\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0b\n\x03low\x18\x05 \x01(\x02\x12\x0c\n\x04high\x18\x06 \x01(\x02\x12\x0b\n\x03tpr\x18\x07 \x01(\x02\"k\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.imgsim.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\x12\x18\n\x10\x63ollection_model\x18\x03 \x01(\t\"\x11\n\x0fGetStatsRequest\"\xad\x01\n\nModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61tches\x18\x02 \x01(\x03\x12\x17\n\x0fimages_embedded\x18\x03 \x01(\x03\x12\x17\n\x0fmean_batch_size\x18\x04 \x01(\x01\x12\x1b\n\x13max_batch_size_seen\x18\x05 \x01(\x05\x12\x15\n\rmean_queue_ms\x18\x06 \x01(\x01\x12\x19\n\x11mean_inference_ms\x18\x07 \x01(\x01\"\xea\x01\n\x10GetStatsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.imgsim.v1.ModelStats\x12\x12\n\ncache_hits\x18\x02 \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x03 \x01(\x03\x12\x15\n\rcache_entries\x18\x04 \x01(\x03\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x05 \x01(\x03\x12\x14\n\x0cpairs_scored\x18\x06 \x01(\x03\x12\x14\n\x0cpairs_failed\x18\x07 \x01(\x03\x12\x13\n\x0bqueue_depth\x18\x08 \x01(\x03\x12\x18\n\x10images_cancelled\x18\t \x01(\x03\x32\xef\x02\n\x0fImageSimilarity\x12@\n\x07\x43ompare\x12\x19.imgsim.v1.CompareRequest\x1a\x1a.imgsim.v1.CompareResponse\x12J\n\rCompareStream\x12\x19.imgsim.v1.CompareRequest\x1a\x1a.imgsim.v1.CompareResponse(\x01\x30\x01\x12>\n\x05\x45mbed\x12\x17.imgsim.v1.EmbedRequest\x1a\x18.imgsim.v1.EmbedResponse(\x01\x30\x01\x12I\n\nListModels\x12\x1c.imgsim.v1.ListModelsRequest\x1a\x1d.imgsim.v1.ListModelsResponse\x12\x43\n\x08GetStats\x12\x1a.imgsim.v1.GetStatsRequest\x1a\x1b.imgsim.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,30 +33,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMAGE']._serialized_start=41
   _globals['_IMAGE']._serialized_end=101
-  _globals['_COMPAREREQUEST']._serialized_start=103
-  _globals['_COMPAREREQUEST']._serialized_end=221
-  _globals['_PAIRERROR']._serialized_start=223
-  _globals['_PAIRERROR']._serialized_end=265
-  _globals['_COMPARERESPONSE']._serialized_start=267
-  _globals['_COMPARERESPONSE']._serialized_end=385
-  _globals['_EMBEDREQUEST']._serialized_start=387
-  _globals['_EMBEDREQUEST']._serialized_end=467
-  _globals['_EMBEDRESPONSE']._serialized_start=470
-  _globals['_EMBEDRESPONSE']._serialized_end=610
-  _globals['_LISTMODELSREQUEST']._serialized_start=612
-  _globals['_LISTMODELSREQUEST']._serialized_end=631
-  _globals['_MODELINFO']._serialized_start=634
-  _globals['_MODELINFO']._serialized_end=866
-  _globals['_THRESHOLD']._serialized_start=868
-  _globals['_THRESHOLD']._serialized_end=978
-  _globals['_LISTMODELSRESPONSE']._serialized_start=980
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1087
-  _globals['_GETSTATSREQUEST']._serialized_start=1089
-  _globals['_GETSTATSREQUEST']._serialized_end=1106
-  _globals['_MODELSTATS']._serialized_start=1109
-  _globals['_MODELSTATS']._serialized_end=1282
-  _globals['_GETSTATSRESPONSE']._serialized_start=1285
-  _globals['_GETSTATSRESPONSE']._serialized_end=1519
-  _globals['_IMAGESIMILARITY']._serialized_start=1522
-  _globals['_IMAGESIMILARITY']._serialized_end=1889
+  _globals['_COMPAREREQUEST']._serialized_start=104
+  _globals['_COMPAREREQUEST']._serialized_end=238
+  _globals['_PAIRERROR']._serialized_start=240
+  _globals['_PAIRERROR']._serialized_end=282
+  _globals['_COMPARERESPONSE']._serialized_start=285
+  _globals['_COMPARERESPONSE']._serialized_end=438
+  _globals['_EMBEDREQUEST']._serialized_start=440
+  _globals['_EMBEDREQUEST']._serialized_end=520
+  _globals['_EMBEDRESPONSE']._serialized_start=523
+  _globals['_EMBEDRESPONSE']._serialized_end=663
+  _globals['_LISTMODELSREQUEST']._serialized_start=665
+  _globals['_LISTMODELSREQUEST']._serialized_end=684
+  _globals['_MODELINFO']._serialized_start=687
+  _globals['_MODELINFO']._serialized_end=919
+  _globals['_THRESHOLD']._serialized_start=921
+  _globals['_THRESHOLD']._serialized_end=1031
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1033
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1140
+  _globals['_GETSTATSREQUEST']._serialized_start=1142
+  _globals['_GETSTATSREQUEST']._serialized_end=1159
+  _globals['_MODELSTATS']._serialized_start=1162
+  _globals['_MODELSTATS']._serialized_end=1335
+  _globals['_GETSTATSRESPONSE']._serialized_start=1338
+  _globals['_GETSTATSRESPONSE']._serialized_end=1572
+  _globals['_IMAGESIMILARITY']._serialized_start=1575
+  _globals['_IMAGESIMILARITY']._serialized_end=1942
 # @@protoc_insertion_point(module_scope)

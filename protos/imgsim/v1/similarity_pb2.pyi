@@ -17,16 +17,18 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., ref: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class CompareRequest(_message.Message):
-    __slots__ = ("pair_id", "image_a", "image_b", "model")
+    __slots__ = ("pair_id", "image_a", "image_b", "model", "verify")
     PAIR_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_A_FIELD_NUMBER: _ClassVar[int]
     IMAGE_B_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
     pair_id: str
     image_a: Image
     image_b: Image
     model: str
-    def __init__(self, pair_id: _Optional[str] = ..., image_a: _Optional[_Union[Image, _Mapping]] = ..., image_b: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+    verify: bool
+    def __init__(self, pair_id: _Optional[str] = ..., image_a: _Optional[_Union[Image, _Mapping]] = ..., image_b: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[str] = ..., verify: _Optional[bool] = ...) -> None: ...
 
 class PairError(_message.Message):
     __slots__ = ("code", "message")
@@ -37,18 +39,22 @@ class PairError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class CompareResponse(_message.Message):
-    __slots__ = ("pair_id", "score", "model", "error", "verdict")
+    __slots__ = ("pair_id", "score", "model", "error", "verdict", "inliers", "verified")
     PAIR_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
+    INLIERS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
     pair_id: str
     score: float
     model: str
     error: PairError
     verdict: str
-    def __init__(self, pair_id: _Optional[str] = ..., score: _Optional[float] = ..., model: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ..., verdict: _Optional[str] = ...) -> None: ...
+    inliers: int
+    verified: bool
+    def __init__(self, pair_id: _Optional[str] = ..., score: _Optional[float] = ..., model: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ..., verdict: _Optional[str] = ..., inliers: _Optional[int] = ..., verified: _Optional[bool] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("image_id", "image", "model")

@@ -1,0 +1,60 @@
+"""Geometric verification (`compare --verify`) against a real server: an edited copy is
+accepted, another photo of the same object is not, over gRPC, HTTP and the CLI."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from imgsim_client.cli import main
+from imgsim_lab._paths import SHARED
+
+pytest.importorskip("cv2", reason="the [verify] extra (OpenCV) is not installed")
+
+
+def _edited(path: Path) -> bytes:
+    """A crop to 60%, turned by 8 degrees, with a text overlay, as JPEG quality 25."""
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    out = img.crop((0.15 * w, 0.2 * h, 0.75 * w, 0.8 * h)).rotate(8, expand=True)
+    ImageDraw.Draw(out).text((10, 10), "COPY 2026", fill=(255, 0, 0))
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=25)
+    return buf.getvalue()
+
+
+def test_an_edited_copy_is_verified(client, photos):
+    original = photos["chelsea"]
+    result = client.compare_verified(original.read_bytes(), _edited(original))
+    assert result.verified and result.inliers >= 15, result
+    unrelated = client.compare_verified(original.read_bytes(), photos["rocket"].read_bytes())
+    assert not unrelated.verified and unrelated.inliers < 15, unrelated
+
+
+def test_another_view_of_the_same_object_is_not_a_copy(client):
+    a, b = SHARED / "ukbench_sample/ukbench00008.jpg", SHARED / "ukbench_sample/ukbench00010.jpg"
+    if not a.is_file():
+        pytest.skip("ukbench_sample is absent")
+    result = client.compare_verified(a.read_bytes(), b.read_bytes())
+    assert not result.verified, result
+    plain = client.compare_pair(a.read_bytes(), b.read_bytes())
+    assert abs(plain.score - result.score) < 1e-6  # the score itself is unchanged
+
+
+def test_verify_over_http_and_the_cli(extra_servers, photos, tmp_path, capsys):
+    httpx = pytest.importorskip("httpx")
+    running = extra_servers(http_port=0)
+    original = photos["coffee"]
+    files = {"image_a": original.read_bytes(), "image_b": _edited(original)}
+    url = f"http://127.0.0.1:{running.http_port}/v1/compare"
+    body = httpx.post(url + "?verify=true", files=files, timeout=60).json()
+    assert body["verified"] is True and body["inliers"] >= 15, body
+    assert "inliers" not in httpx.post(url, files=files, timeout=60).json()
+    (tmp_path / "copy.jpg").write_bytes(_edited(original))
+    argv = ["compare", str(original), str(tmp_path / "copy.jpg"), "--verify"]
+    assert main([*argv, "--server", f"127.0.0.1:{running.port}"]) == 0
+    out = capsys.readouterr().out
+    assert "inliers: verified" in out, out
