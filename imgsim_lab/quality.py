@@ -443,12 +443,14 @@ def render(r: dict, sets: dict[str, RetrievalSet]) -> str:
         "",
         f"## Levers on `{r['rule']['chosen']}`",
         "",
-        "| lever | " + " | ".join(f"{n} mAP" for n in names) + " |",
-        "|---|" + "---|" * len(names),
+        "| lever | " + " | ".join(f"{n} mAP" for n in names) + " | UKBench N-S |",
+        "|---|" + "---|" * len(names) + "---|",
     ]
     for k, row in r["levers"].items():
         mark = " **(default)**" if k == r["default_lever"] else ""
-        lines.append(f"| {k}{mark} | " + " | ".join(_fmt(row[s]) for s in names) + " |")
+        ns = row.get("UKBench", {}).get("ns")
+        cells = " | ".join(_fmt(row[s]) for s in names)
+        lines.append(f"| {k}{mark} | {cells} | {ns:.3f} |" if ns else f"| {k}{mark} | {cells} | |")
     g, lo, hi = r["rotation"]["gain_rot"]
     g2, lo2, hi2 = r["rotation"]["change_upright"]
     lines += [
