@@ -1,0 +1,329 @@
+"""Strong near-duplicates in the style of the Image Similarity Challenge (DISC21), a development
+set (never Holidays): real photos from the shipped packages and ../shared/data, each copied 4
+times with 2-3 strong edits (AugLy's text, emoji and colour jitter; Pillow for the rest, where
+AugLy's functions fail on this Pillow/numpy or share one template):
+crops to 30-50% of the area, text and emoji overlays, another photo pasted over it, pads,
+screenshots with a border, 90 and 5-20 degree turns, perspective, colour jitter, grayscale,
+blur, JPEG 10-30, mirror. Distractors: unrelated photos, and near-misses (the other photos of the
+same UKBench object, which are not copies).
+
+`make bench-quality` also runs it: dedup precision, recall and F1 at each method's default
+threshold and at its best one, CNN descriptors against pHash (imagededup), with wall times.
+-> results/neardup.md, results/neardup.json
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
+
+from imgsim_lab._paths import SHARED, lab_parser
+
+COPIES = 4
+
+
+def _crop(img: Image.Image, rng: random.Random, photos) -> Image.Image:
+    area = rng.uniform(0.3, 0.5)
+    side = area**0.5
+    w, h = img.size
+    cw, ch = int(w * side), int(h * side)
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    return img.crop((x, y, x + cw, y + ch))
+
+
+def _text(img, rng, photos):
+    import augly.image as imaugs
+
+    return imaugs.overlay_text(img, opacity=1.0, font_size=rng.uniform(0.1, 0.25), x_pos=0.05,
+                               y_pos=rng.uniform(0.1, 0.7))  # fmt: skip
+
+
+def _emoji(img, rng, photos):
+    import augly.image as imaugs
+
+    return imaugs.overlay_emoji(img, emoji_size=rng.uniform(0.2, 0.4), x_pos=rng.uniform(0, 0.5),
+                                y_pos=rng.uniform(0, 0.5))  # fmt: skip
+
+
+def _paste(img, rng, photos):
+    other = Image.open(rng.choice(photos)).convert("RGB")
+    other.thumbnail((img.width // 2, img.height // 2))
+    out = img.copy()
+    out.paste(
+        other, (rng.randint(0, img.width - other.width), rng.randint(0, img.height - other.height))
+    )
+    return out
+
+
+def _pad(img, rng, photos):
+    border = int(min(img.size) * rng.uniform(0.1, 0.3))
+    return ImageOps.expand(img, border, fill=tuple(rng.randint(0, 255) for _ in range(3)))
+
+
+def _screenshot(img, rng, photos):
+    """The photo in an app's frame: a status bar with text above, a thin border around.
+    (AugLy's overlay_onto_screenshot shrinks the photo into one shared template, so that every
+    such copy looks like every other and the template, not the photo, is what matches.)"""
+    w, h = img.size
+    bar, edge = int(h * rng.uniform(0.06, 0.12)), int(min(w, h) * 0.03)
+    frame = Image.new("RGB", (w + 2 * edge, h + bar + 2 * edge), (245, 245, 245))
+    frame.paste(img, (edge, bar + edge))
+    ImageDraw.Draw(frame).text(
+        (edge + 4, bar // 3), f"12:{rng.randint(10, 59)}  photo", fill=(0, 0, 0)
+    )
+    return frame
+
+
+def _turn90(img, rng, photos):
+    return img.rotate(rng.choice((90, 270)), expand=True)
+
+
+def _turn(img, rng, photos):
+    return img.rotate(rng.choice((-1, 1)) * rng.uniform(5, 20), expand=True, fillcolor=(0, 0, 0))
+
+
+def _perspective(img, rng, photos):
+    w, h = img.size
+    d = 0.15
+    quad = [rng.uniform(0, d) * w, rng.uniform(0, d) * h, rng.uniform(0, d) * w,
+            h - rng.uniform(0, d) * h, w - rng.uniform(0, d) * w, h - rng.uniform(0, d) * h,
+            w - rng.uniform(0, d) * w, rng.uniform(0, d) * h]  # fmt: skip
+    return img.transform((w, h), Image.Transform.QUAD, quad, Image.Resampling.BILINEAR)
+
+
+def _jitter(img, rng, photos):
+    import augly.image as imaugs
+
+    return imaugs.color_jitter(img, brightness_factor=rng.uniform(0.5, 1.5),
+                               contrast_factor=rng.uniform(0.5, 1.5),
+                               saturation_factor=rng.uniform(0.2, 2.0))  # fmt: skip
+
+
+def _grey(img, rng, photos):
+    return ImageOps.grayscale(img).convert("RGB")
+
+
+def _blur(img, rng, photos):
+    return img.filter(ImageFilter.GaussianBlur(rng.uniform(2, 4)))
+
+
+def _jpeg(img, rng, photos):
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=rng.randint(10, 30))
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _mirror(img, rng, photos):
+    return ImageOps.mirror(img)
+
+
+EDITS = {
+    "crop": _crop, "text": _text, "emoji": _emoji, "paste": _paste, "pad": _pad,
+    "screenshot": _screenshot, "turn90": _turn90, "turn": _turn, "perspective": _perspective,
+    "jitter": _jitter, "grey": _grey, "blur": _blur, "jpeg": _jpeg, "mirror": _mirror,
+}  # fmt: skip
+
+
+def sources(shared: Path = SHARED) -> tuple[list[Path], list[Path], list[Path]]:
+    """(originals, unrelated distractors, near-misses)."""
+    from imgsim_datasets.photos import shipped_photos
+
+    originals = list(shipped_photos())
+    unrelated: list[Path] = []
+    near: list[Path] = []
+    uk = sorted((shared / "ukbench_sample").glob("*.jpg"))
+    if uk:
+        originals += uk[0:160:4]  # objects 0-39, their first photo
+        near += [p for i, p in enumerate(uk[0:160]) if i % 4 in (1, 2)]  # same object, not copies
+        unrelated += uk[400:1000:6]
+    cal = shared / "caltech101_subset"
+    if cal.is_dir():
+        for folder in sorted(p for p in cal.iterdir() if p.is_dir() and p.name != "Faces_easy"):
+            files = sorted(folder.glob("*.jpg"))
+            originals += files[:5]
+            unrelated += files[5:15]
+    return originals, unrelated, near
+
+
+def build(folder: Path, shared: Path = SHARED, seed: int = 0) -> dict[str, str]:
+    """Write the set into `folder`; returns file name -> copy group ('' for distractors)."""
+    rng = random.Random(seed)
+    originals, unrelated, near = sources(shared)
+    folder.mkdir(parents=True, exist_ok=True)
+    group: dict[str, str] = {}
+    for i, src in enumerate(originals):
+        img = Image.open(src).convert("RGB")
+        img.thumbnail((640, 640))
+        name = f"o{i:03d}.jpg"
+        img.save(folder / name, quality=92)
+        group[name] = str(i)
+        for c in range(COPIES):
+            out = img
+            edits = rng.sample(sorted(EDITS), rng.randint(2, 3))
+            for e in edits:
+                out = EDITS[e](out.convert("RGB"), rng, unrelated or originals)
+            copy = f"o{i:03d}_c{c}_{'+'.join(edits)}.jpg"
+            out.convert("RGB").save(folder / copy, quality=90)
+            group[copy] = str(i)
+    for j, src in enumerate(unrelated + near):
+        img = Image.open(src).convert("RGB")
+        img.thumbnail((640, 640))
+        name = f"d{j:03d}{'_near' if src in near else ''}.jpg"
+        img.save(folder / name, quality=92)
+        group[name] = ""
+    return group
+
+
+def truth(group: dict[str, str]) -> tuple[set[frozenset], set[frozenset]]:
+    """(original-copy pairs: the copies to find, as in DISC21's reference-query protocol;
+    copy-copy pairs of one original: counted neither way)."""
+    by: dict[str, list[str]] = {}
+    for name, g in group.items():
+        if g:
+            by.setdefault(g, []).append(name)
+    pairs = {frozenset((a, b)) for names in by.values() for a in names for b in names if a < b}
+    found = {p for p in pairs if any("_c" not in n for n in p)}
+    return found, pairs - found
+
+
+def prf(found: set[frozenset], true: set[frozenset]) -> dict:
+    tp = len(found & true)
+    p = tp / len(found) if found else 1.0
+    r = tp / len(true) if true else 1.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
+            "pairs": len(found)}  # fmt: skip
+
+
+def cnn_pairs(model: str, folder: Path, names: list[str]):
+    """Every pair's cosine under `model` (the server's embedder in-process)."""
+    from imgsim_lab.quality import embed
+
+    images = [Image.open(folder / n).convert("RGB") for n in names]
+    vecs, rate = embed(model, images)
+    sims = vecs @ vecs.T
+    iu = np.triu_indices(len(names), 1)
+    return sims[iu], iu, rate
+
+
+def sweep(scores, iu, names: list[str], true, default: float | None, ignored=frozenset()):
+    """P/R/F1 at `default` and at the F1-best threshold (`ignored` pairs count neither way)."""
+    pairs = [frozenset((names[a], names[b])) for a, b in zip(*iu, strict=True)]
+    keep = np.array([p not in ignored for p in pairs])
+    pairs = [p for p, k in zip(pairs, keep, strict=True) if k]
+    scores = scores[keep]
+    is_true = np.array([p in true for p in pairs])
+    order = np.argsort(-scores)
+    tp = np.cumsum(is_true[order])
+    k = np.arange(1, len(order) + 1)
+    f1 = 2 * tp / (k + len(true))
+    best = int(np.argmax(f1))
+    out = {"best_threshold": float(scores[order][best]), "best": {
+        "precision": float(tp[best] / (best + 1)), "recall": float(tp[best] / len(true)),
+        "f1": float(f1[best])}}  # fmt: skip
+    if default is not None:
+        found = {p for p, s in zip(pairs, scores, strict=True) if s >= default}
+        out["default_threshold"] = default
+        out["default"] = prf(found, true)
+    return out
+
+
+def phash(folder: Path, names: list[str], true: set[frozenset], ignored) -> dict:
+    """imagededup's PHash at its default distance (10) and at its best."""
+    from imagededup.methods import PHash
+
+    started = time.perf_counter()
+    ph = PHash(verbose=False)
+    enc = ph.encode_images(image_dir=str(folder))
+    bits = {n: np.array([int(c, 16) for c in enc[n]], np.uint8) for n in names if n in enc}
+    keep = [n for n in names if n in bits]
+    x = np.unpackbits(np.stack([bits[n] for n in keep]).astype(np.uint8)[:, :, None], axis=2)
+    x = x[:, :, 4:].reshape(len(keep), -1)  # 16 hex digits -> 64 bits
+    dist = (x[:, None, :] != x[None, :, :]).sum(2)
+    iu = np.triu_indices(len(keep), 1)
+    out = sweep(-dist[iu].astype(float), iu, keep, true, -10.0, ignored)
+    out["seconds"] = time.perf_counter() - started
+    out["best_threshold"] = -out["best_threshold"]  # as a distance
+    out["default_threshold"] = 10
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = lab_parser(__doc__, shared=True)
+    ap.add_argument(
+        "--models",
+        default="efficientnet-lite2-260,efficientnet-lite0-rmac-full384-ms,efficientnet-lite0-gem",
+    )
+    args = ap.parse_args(argv)
+    import tempfile
+
+    from imgsim_client.collection import DEDUP_THRESHOLDS
+    from imgsim_server.embedders._calibration import thresholds
+
+    folder = Path(tempfile.mkdtemp(prefix="imgsim-neardup-"))
+    group = build(folder, args.shared)
+    names = sorted(group)
+    true, ignored = truth(group)
+    near = sum(n.endswith("_near.jpg") for n in names)
+    result = {"images": len(names), "true_pairs": len(true), "near_misses": near, "methods": {}}
+    for model in args.models.split(","):
+        started = time.perf_counter()
+        scores, iu, rate = cnn_pairs(model, folder, names)
+        default = DEDUP_THRESHOLDS.get(model)
+        if default is None:
+            cal = [
+                t
+                for t in thresholds(model)
+                if t.task == "near-duplicate" and abs(t.fpr - 0.001) < 1e-9
+            ]
+            default = cal[0].score if cal else None
+        r = sweep(scores, iu, names, true, default, ignored)
+        r["seconds"] = time.perf_counter() - started
+        r["images_per_s"] = rate
+        result["methods"][model] = r
+        print(model, json.dumps(r), flush=True)
+    result["methods"]["phash (imagededup)"] = phash(folder, names, true, ignored)
+    print("phash", json.dumps(result["methods"]["phash (imagededup)"]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "neardup.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "neardup.md").write_text(render(result))
+    return 0
+
+
+def render(r: dict) -> str:
+    lines = [
+        "# Strong near-duplicates (development set; make bench-quality)",
+        "",
+        f"{r['images']} images: originals with {COPIES} strong copies each ({r['true_pairs']} "
+        f"original-copy pairs to find; copy-copy pairs count neither way, as in DISC21's "
+        f"reference-query protocol), unrelated photos and {r['near_misses']} near-misses "
+        "(other photos of the "
+        "same UKBench object, not copies). Every pair above the threshold counts, as `dedup` "
+        "with an exact index finds them.",
+        "",
+        "| method | default threshold | P / R / F1 at it | best threshold | P / R / F1 at best "
+        "| s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in r["methods"].items():
+        d = m.get("default")
+        at = f"{d['precision']:.3f} / {d['recall']:.3f} / **{d['f1']:.3f}**" if d else "-"
+        b = m["best"]
+        thr = m.get("default_threshold")
+        thr = "-" if thr is None else f"{thr:g}" if isinstance(thr, int) else f"{thr:.3f}"
+        lines.append(
+            f"| {name} | {thr} | {at} | {m['best_threshold']:.3f} | "
+            f"{b['precision']:.3f} / {b['recall']:.3f} / {b['f1']:.3f} | {m['seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
