@@ -50,31 +50,56 @@ def _grey(img: Image.Image) -> np.ndarray:
     return np.asarray(img, np.uint8)
 
 
-def _inliers(cv2, sift, matcher, a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
-    ka, da = sift.detectAndCompute(a, None)
-    kb, db = sift.detectAndCompute(b, None)
-    if da is None or db is None or len(ka) < 2 or len(kb) < 2:
+@dataclass(frozen=True)
+class Features:
+    """An image's SIFT keypoints (positions) and descriptors, and its mirror's: computed once
+    per image, matched against any number of others (`match`)."""
+
+    points: np.ndarray
+    descriptors: np.ndarray | None
+    mirror_points: np.ndarray
+    mirror_descriptors: np.ndarray | None
+
+
+def _detect(cv2, sift, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    kp, desc = sift.detectAndCompute(grey, None)
+    return np.float32([k.pt for k in kp]).reshape(-1, 2), desc
+
+
+def features(img: Image.Image) -> Features:
+    cv2 = _cv2()
+    cv2.setNumThreads(1)  # runs on the decode pool beside the model
+    sift = cv2.SIFT_create(nfeatures=1000)
+    grey = _grey(img)
+    return Features(
+        *_detect(cv2, sift, grey), *_detect(cv2, sift, np.ascontiguousarray(grey[:, ::-1]))
+    )
+
+
+def _inliers(cv2, pa, da, pb, db) -> tuple[int, int]:
+    if da is None or db is None or len(pa) < 2 or len(pb) < 2:
         return 0, 0
-    good = [m for m, n in (p for p in matcher.knnMatch(da, db, k=2) if len(p) == 2)
-            if m.distance < RATIO * n.distance]  # fmt: skip
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
+    good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < RATIO * n.distance]
     if len(good) < 3:
         return 0, len(good)
-    pa = np.float32([ka[m.queryIdx].pt for m in good])
-    pb = np.float32([kb[m.trainIdx].pt for m in good])
+    src = pa[[m.queryIdx for m in good]]
+    dst = pb[[m.trainIdx for m in good]]
     _, mask = cv2.estimateAffinePartial2D(
-        pa, pb, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX, maxIters=2000
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX, maxIters=2000
     )
     return (int(mask.sum()) if mask is not None else 0), len(good)
 
 
-def verify(img_a: Image.Image, img_b: Image.Image) -> Verification:
-    """Inliers of the best similarity transform from `img_a` to `img_b` or its mirror."""
+def match(a: Features, b: Features) -> Verification:
+    """Inliers of the best similarity transform from image `a` to image `b` or its mirror."""
     cv2 = _cv2()
-    cv2.setNumThreads(1)  # runs on the decode pool beside the model
-    sift = cv2.SIFT_create(nfeatures=1000)
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
-    a, b = _grey(img_a), _grey(img_b)
-    plain = _inliers(cv2, sift, matcher, a, b)
-    mirrored = _inliers(cv2, sift, matcher, a, np.ascontiguousarray(b[:, ::-1]))
+    plain = _inliers(cv2, a.points, a.descriptors, b.points, b.descriptors)
+    mirrored = _inliers(cv2, a.points, a.descriptors, b.mirror_points, b.mirror_descriptors)
     inliers, matches = max(plain, mirrored)
     return Verification(inliers, matches, inliers >= MIN_INLIERS)
+
+
+def verify(img_a: Image.Image, img_b: Image.Image) -> Verification:
+    """Inliers of the best similarity transform from `img_a` to `img_b` or its mirror."""
+    return match(features(img_a), features(img_b))
