@@ -358,8 +358,9 @@ def render(r: dict) -> str:
             lines += [
                 "",
                 f"Verification ({name}): {m['candidates']} candidate pairs; features "
-                f"{m['ms_per_image']:.0f} ms per image, matching {m['ms_per_candidate']:.1f} ms per "
-                "candidate pair, one core; thresholds are inlier counts.",
+                f"{m['ms_per_image']:.0f} ms per image, matching "
+                f"{m['ms_per_candidate']:.1f} ms per candidate pair, one core; thresholds are "
+                "inlier counts.",
             ]
     return "\n".join(lines) + "\n"
 
