@@ -104,16 +104,17 @@ def find_duplicates(
     return Duplicates(pairs, min_similarity, exact, k, capped)
 
 
-def search(index, queries: list[str], matrix, k: int = 10) -> list[Match]:
+def search(index, queries: list[str], matrix, k: int = 10, qe_k: int | None = None) -> list[Match]:
     """The `k` nearest indexed images of each query. `matrix`: their vectors, in order, as
     (n, d), or (R, n, d) for R versions of each (its rotations: an indexed image scores its
-    best version). The index's recorded query expansion applies (`VectorIndex.query`)."""
+    best version). The index's recorded query expansion applies (`VectorIndex.query`), or
+    `qe_k` neighbours' if given."""
     if not queries:
         return []
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
     out = []
-    sims, ids = index.query(matrix, k)
+    sims, ids = index.query(matrix, k, qe_k)
     for q, srow, irow in zip(queries, sims, ids, strict=True):
         hits = [(float(s), int(i)) for s, i in zip(srow, irow, strict=True) if i >= 0]
         out += [Match(q, rank, index.keys[i], s) for rank, (s, i) in enumerate(hits, 1)]

@@ -37,10 +37,15 @@ except ModuleNotFoundError as e:
 EXACT_BELOW = 50_000
 
 
-def _weighted_sum(x: np.ndarray, ids: np.ndarray, sims: np.ndarray, alpha: float) -> np.ndarray:
-    """Rows of `x` at `ids` summed with weights max(sim, 0)**alpha, L2-normalised."""
+def _weighted_sum(
+    x: np.ndarray, ids: np.ndarray, sims: np.ndarray, alpha: float, plus: np.ndarray | None = None
+) -> np.ndarray:
+    """Rows of `x` at `ids` summed with weights max(sim, 0)**alpha (and `plus`, weight 1),
+    L2-normalised: DBA's and QE's one formula."""
     w = np.clip(sims, 0.0, None) ** alpha * (ids >= 0)
     out = np.einsum("nk,nkd->nd", w.astype(np.float32), x[np.clip(ids, 0, None)])
+    if plus is not None:
+        out += plus
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
@@ -265,11 +270,7 @@ class VectorIndex:
         # The version that scored the best first hit stands for the query.
         best = np.argmax(np.stack([h[0][:, 0] for h in hits]), axis=0)
         q = versions[best, np.arange(versions.shape[1])]
-        x = self.stored()
-        top = ids[:, :qe_k]
-        w = np.clip(sims[:, :qe_k], 0.0, None) ** qe_alpha * (top >= 0)
-        expanded = q + np.einsum("nk,nkd->nd", w.astype(np.float32), x[np.clip(top, 0, None)])
-        expanded /= np.maximum(np.linalg.norm(expanded, axis=1, keepdims=True), 1e-12)
+        expanded = _weighted_sum(self.stored(), ids[:, :qe_k], sims[:, :qe_k], qe_alpha, q)
         return self.search(expanded, k)
 
     def self_pairs(

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from imgsim_lab._paths import SHARED, lab_parser
+from imgsim_lab.collections_bench import prf, truth_pairs
 
 COPIES = 4
 
@@ -185,21 +186,9 @@ def build(folder: Path, shared: Path = SHARED, seed: int = 0) -> dict[str, str]:
 def truth(group: dict[str, str]) -> tuple[set[frozenset], set[frozenset]]:
     """(original-copy pairs: the copies to find, as in DISC21's reference-query protocol;
     copy-copy pairs of one original: counted neither way)."""
-    by: dict[str, list[str]] = {}
-    for name, g in group.items():
-        if g:
-            by.setdefault(g, []).append(name)
-    pairs = {frozenset((a, b)) for names in by.values() for a in names for b in names if a < b}
+    pairs = truth_pairs({name: g for name, g in group.items() if g})
     found = {p for p in pairs if any("_c" not in n for n in p)}
     return found, pairs - found
-
-
-def prf(found: set[frozenset], true: set[frozenset]) -> dict:
-    tp = len(found & true)
-    p = tp / len(found) if found else 1.0
-    r = tp / len(true) if true else 1.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
-            "pairs": len(found)}  # fmt: skip
 
 
 def cnn_pairs(model: str, folder: Path, names: list[str]):
@@ -231,7 +220,7 @@ def sweep(scores, iu, names: list[str], true, default: float | None, ignored=fro
     if default is not None:
         found = {p for p, s in zip(pairs, scores, strict=True) if s >= default}
         out["default_threshold"] = default
-        out["default"] = prf(found, true)
+        out["default"] = prf(found, true) | {"pairs": len(found)}
     return out
 
 
@@ -258,15 +247,15 @@ def phash(folder: Path, names: list[str], true: set[frozenset], ignored) -> dict
 CANDIDATE_FLOOR = 0.5  # cosine above which a pair is a candidate for verification
 
 
-def verified(folder: Path, names: list[str], true, ignored, model: str) -> dict:
+def verified(folder: Path, names: list[str], true, ignored, model: str, pairs) -> dict:
     """`model`'s candidates (cosine >= CANDIDATE_FLOOR) accepted only when geometric
     verification (`imgsim_server.core.verify`: SIFT + RANSAC, features once per image) finds
-    enough inliers."""
+    enough inliers. `pairs`: `model`'s (scores, indices) from `cnn_pairs`."""
     from imgsim_server.core import verify
 
     if not verify.available():
         return {}
-    scores, iu, _ = cnn_pairs(model, folder, names)
+    scores, iu = pairs
     started = time.perf_counter()
     feats = [verify.features(Image.open(folder / n).convert("RGB")) for n in names]
     feature_s = time.perf_counter() - started
@@ -306,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models.split(","):
         started = time.perf_counter()
         scores, iu, rate = cnn_pairs(model, folder, names)
+        last = (model, (scores, iu))
         default = DEDUP_THRESHOLDS.get(model)
         if default is None:
             cal = [
@@ -320,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         result["methods"][model] = r
         print(model, json.dumps(r), flush=True)
     result["methods"]["phash (imagededup)"] = phash(folder, names, true, ignored)
-    result["methods"].update(verified(folder, names, true, ignored, args.models.split(",")[-1]))
+    result["methods"].update(verified(folder, names, true, ignored, *last))
     print("phash", json.dumps(result["methods"]["phash (imagededup)"]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "neardup.json").write_text(json.dumps(result, indent=2) + "\n")

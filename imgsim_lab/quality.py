@@ -372,9 +372,9 @@ def cli_run(model: str, lever: dict, sets: dict[str, RetrievalSet]) -> dict | No
     order = np.array([ranked[q] for q in s.queries])
     per_query = aps(order, s)
     params = json.loads((work / "idx" / "index.json").read_text())
-    model = params["model"]  # what embed chose by default
     return {
-        "model": model,
+        "model": params["model"],  # what embed chose by default
+        "expected_model": model,  # what the rule chose
         "map": float(per_query.mean()),
         "ci": interval(per_query),
         "seconds": seconds,

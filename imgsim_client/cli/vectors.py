@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -104,9 +103,7 @@ def run_search(args: argparse.Namespace) -> int:
         per = collection.embed_rotations(client, queries, model, rotations, not args.no_progress)
     ok = [q for q in queries if all(r.ok for r in per[q])]
     versions = np.array([[per[q][i].vector for q in ok] for i in range(len(rotations))])
-    if args.qe_k is not None:
-        index.params = dataclasses.replace(index.params, qe_k=args.qe_k)
-    matches = collection.search(index, ok, versions.astype(np.float32), args.k)
+    matches = collection.search(index, ok, versions, args.k, args.qe_k)
     columns = ["query", "rank", "path", "score"]
     rows = [
         {"query": m.query, "rank": m.rank, "path": m.path, "score": f"{m.score:.6f}"}

@@ -100,6 +100,10 @@ class CallToken:
     def cancel(self) -> None:
         self._cancelled = True
 
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (0 once passed), or None without one."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
     @property
     def expired(self) -> bool:
         """Whether the deadline has passed (whatever else happened)."""
@@ -176,11 +180,8 @@ class Dataplane:
             if verify:
                 loop = asyncio.get_running_loop()
                 check = loop.run_in_executor(self._decode_pool, self._verify, a, b)
-                left = (
-                    None if token.deadline is None else max(0.0, token.deadline - time.monotonic())
-                )
                 try:
-                    v = await asyncio.wait_for(check, left)
+                    v = await asyncio.wait_for(check, token.remaining())
                 except asyncio.TimeoutError:
                     raise DeadlineExceededError("deadline passed while verifying") from None
                 pair = replace(pair, inliers=v.inliers, verified=v.verified)
@@ -237,9 +238,8 @@ class Dataplane:
     @staticmethod
     async def result(fut: Future, token: CallToken):
         """The result of an admitted future, awaited until the token's deadline."""
-        remaining = None if token.deadline is None else max(0.0, token.deadline - time.monotonic())
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), remaining)
+            return await asyncio.wait_for(asyncio.wrap_future(fut), token.remaining())
         except (asyncio.TimeoutError, CancelledError) as exc:
             if token.expired or isinstance(exc, asyncio.TimeoutError):
                 raise DeadlineExceededError("deadline passed before the result was ready") from None

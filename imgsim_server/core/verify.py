@@ -52,13 +52,13 @@ def _grey(img: Image.Image) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Features:
-    """An image's SIFT keypoints (positions) and descriptors, and its mirror's: computed once
-    per image, matched against any number of others (`match`)."""
+    """An image's SIFT keypoints (positions) and descriptors, and its mirror's (when asked):
+    computed once per image, matched against any number of others (`match`)."""
 
     points: np.ndarray
     descriptors: np.ndarray | None
-    mirror_points: np.ndarray
-    mirror_descriptors: np.ndarray | None
+    mirror_points: np.ndarray | None = None
+    mirror_descriptors: np.ndarray | None = None
 
 
 def _detect(cv2, sift, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -66,14 +66,14 @@ def _detect(cv2, sift, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]
     return np.float32([k.pt for k in kp]).reshape(-1, 2), desc
 
 
-def features(img: Image.Image) -> Features:
+def features(img: Image.Image, mirror: bool = True) -> Features:
+    """The features `match` needs; `mirror=False` for an image only ever matched as `a`."""
     cv2 = _cv2()
     cv2.setNumThreads(1)  # runs on the decode pool beside the model
     sift = cv2.SIFT_create(nfeatures=1000)
     grey = _grey(img)
-    return Features(
-        *_detect(cv2, sift, grey), *_detect(cv2, sift, np.ascontiguousarray(grey[:, ::-1]))
-    )
+    mirrored = _detect(cv2, sift, np.ascontiguousarray(grey[:, ::-1])) if mirror else ()
+    return Features(*_detect(cv2, sift, grey), *mirrored)
 
 
 def _inliers(cv2, pa, da, pb, db) -> tuple[int, int]:
@@ -92,7 +92,8 @@ def _inliers(cv2, pa, da, pb, db) -> tuple[int, int]:
 
 
 def match(a: Features, b: Features) -> Verification:
-    """Inliers of the best similarity transform from image `a` to image `b` or its mirror."""
+    """Inliers of the best similarity transform from image `a` to image `b` or its mirror
+    (`b` needs its mirror's features)."""
     cv2 = _cv2()
     plain = _inliers(cv2, a.points, a.descriptors, b.points, b.descriptors)
     mirrored = _inliers(cv2, a.points, a.descriptors, b.mirror_points, b.mirror_descriptors)
@@ -102,4 +103,4 @@ def match(a: Features, b: Features) -> Verification:
 
 def verify(img_a: Image.Image, img_b: Image.Image) -> Verification:
     """Inliers of the best similarity transform from `img_a` to `img_b` or its mirror."""
-    return match(features(img_a), features(img_b))
+    return match(features(img_a, mirror=False), features(img_b))
