@@ -270,7 +270,11 @@ class VectorIndex:
         # The version that scored the best first hit stands for the query.
         best = np.argmax(np.stack([h[0][:, 0] for h in hits]), axis=0)
         q = versions[best, np.arange(versions.shape[1])]
-        expanded = _weighted_sum(self.stored(), ids[:, :qe_k], sims[:, :qe_k], qe_alpha, q)
+        # Only the hits' stored vectors, not the whole index (a million rows at 1M vectors).
+        top = ids[:, :qe_k]
+        rows = self.index.reconstruct_batch(np.clip(top, 0, None).reshape(-1))
+        slots = np.where(top >= 0, np.arange(top.size).reshape(top.shape), -1)
+        expanded = _weighted_sum(rows, slots, sims[:, :qe_k], qe_alpha, q)
         return self.search(expanded, k)
 
     def self_pairs(

@@ -101,10 +101,15 @@ def _spec(image: pb.Image) -> ImageSpec:
     )
 
 
+def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+    """Seconds left of the call's deadline; None when it has none (gRPC reports a huge value)."""
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < 1e7 else None
+
+
 def _token(context: grpc.aio.ServicerContext) -> CallToken:
     """A token that is cancelled when the call ends or is cancelled, or its deadline passes."""
-    remaining = context.time_remaining()
-    token = CallToken(remaining if remaining is not None and remaining < 1e7 else None)
+    token = CallToken(_timeout(context))
     context.add_done_callback(lambda _call: token.cancel())
     return token
 
@@ -161,10 +166,8 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
         session = StreamSession()
         try:
             image_a, image_b = session.resolve(a, "image_a"), session.resolve(b, "image_b")
-            remaining = context.time_remaining()
-            timeout = remaining if remaining is not None and remaining < 1e7 else None
             pair = await self.core.compare(
-                image_a, image_b, request.model, timeout, verify=request.verify
+                image_a, image_b, request.model, _timeout(context), verify=request.verify
             )
         finally:
             charge.release()
