@@ -55,6 +55,9 @@ def channel_options(max_message_mb: int, retry: dict | None) -> list[tuple[str, 
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.max_receive_message_length", max_bytes),
         ("grpc.enable_retries", 1),
+        # gRPC retries only a call whose request it still holds: 256 KiB by default, less than
+        # two photos, so without this a Compare of large images is never retried.
+        ("grpc.per_rpc_retry_buffer_size", min(max_bytes + (1 << 20), 2**31 - 1)),
         ("grpc.service_config", service_config(retry)),
     ]
 

@@ -32,9 +32,9 @@ class RetryPolicy:
         return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
 
     def should_reconnect(self, err: ImgsimError, client, done: int) -> bool:
-        """Whether a stream that failed with `err`, after `done` reconnects, opens again: only
-        for UNAVAILABLE, only once a server has answered on this channel (a wrong address fails
-        at once), and at most `retries` times."""
+        """Whether a stream that failed with `err`, after `done` reconnects in a row without
+        progress, opens again: only for UNAVAILABLE, only once a server has answered on this
+        channel (a wrong address fails at once), and at most `retries` times in a row."""
         return (
             err.code == grpc.StatusCode.UNAVAILABLE
             and client.server_answered
@@ -54,17 +54,24 @@ def resumable(
     """Run `open_stream(pending())` and hand each result to `on_result` until nothing is
     pending; a stream lost with UNAVAILABLE reopens (per `retry`) with what `pending()` says is
     left. `stop` ends the loop early (another stream failed, or Ctrl-C). `on_reconnect(error,
-    attempt, wait_s, todo)` is told before each wait."""
+    attempt, wait_s, todo)` is told before each wait. A stream that answered anything before
+    it was lost starts the count of reconnects again: a day-long run through routine
+    connection ages (GOAWAY) and rolling restarts must not use up `retry.retries`, which is
+    for a server that stays away."""
     reconnects = 0
     while True:
         todo = pending()
         if not todo or (stop is not None and stop.is_set()):
             return
+        answered = False
         try:
             for result in open_stream(todo):
+                answered = True
                 on_result(result)
             return
         except ImgsimError as err:
+            if answered:
+                reconnects = 0
             stopped = stop is not None and stop.is_set()
             if stopped or not retry.should_reconnect(err, client, reconnects):
                 raise

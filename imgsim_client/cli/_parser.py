@@ -87,8 +87,9 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
         "--retries",
         type=int,
         default=5,
-        help="reconnects, with exponential backoff from 0.5 s to 10 s, when a server that "
-        "answered becomes UNAVAILABLE; answered pairs are never sent again",
+        help="reconnects in a row, with exponential backoff from 0.5 s to 10 s, when a server "
+        "that answered becomes UNAVAILABLE (a stream that answered anything starts the count "
+        "again); answered pairs are never sent again",
     )
     add_checkpoint(s)
     add_connection(s)

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 
@@ -72,6 +72,19 @@ def failed(exc: BaseException) -> Future:
     fut: Future = Future()
     fut.set_exception(reportable(exc))
     return fut
+
+
+def _resolve(fut: Future, value: object = None, exc: BaseException | None = None) -> None:
+    """Resolve `fut` with `value` (or `exc`), unless its caller has already given up on it: a
+    call past its deadline or cut by its connection cancels the future it awaits, while the
+    embeddings it waited for still arrive."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+    except InvalidStateError:
+        pass
 
 
 def _named(exc: BaseException | None, which: str) -> BaseException | None:
@@ -341,12 +354,12 @@ class Dataplane:
 
         def done(f: Future) -> None:
             if f.exception() is not None:
-                out.set_exception(f.exception())
+                _resolve(out, exc=f.exception())
                 return
             v = np.asarray(f.result(), dtype=np.float32)
             if eng.cfg.similarity == "cosine":
                 v = v / max(float(np.linalg.norm(v)), 1e-12)
-            out.set_result(Embedding(v, eng.cfg.name, eng.cfg.similarity))
+            _resolve(out, Embedding(v, eng.cfg.name, eng.cfg.similarity))
 
         raw.add_done_callback(done)
         return out
@@ -434,11 +447,11 @@ class Dataplane:
             exc = _named(fa.exception(), "image_a") or _named(fb.exception(), "image_b")
             if exc is not None:
                 self._count(failed=True)
-                out.set_exception(exc)
+                _resolve(out, exc=exc)
             else:
                 self._count(failed=False)
                 score = clip(eng.similarity(fa.result(), fb.result()), similarity)
-                out.set_result(PairScore(score, name, calibration.verdict(name, score)))
+                _resolve(out, PairScore(score, name, calibration.verdict(name, score)))
 
         fa.add_done_callback(one_done)
         fb.add_done_callback(one_done)
