@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -24,7 +25,21 @@ from imgsim_client._csv import PairsFileError
 from imgsim_client._resume import RetryPolicy, resumable
 from imgsim_client.client import ImageRequest, ImageResult, ImgsimClient, ImgsimError
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif",
+              ".avif"}  # fmt: skip
+
+
+def _pillow():
+    """PIL.Image, able to open HEIC/HEIF where pillow-heif is installed (the [index] extra):
+    the client turns queries and verifies files itself."""
+    from PIL import Image
+
+    try:
+        import pillow_heif
+    except ModuleNotFoundError:
+        return Image
+    pillow_heif.register_heif_opener()
+    return Image
 
 # Default dedup thresholds (cosine or hamming similarity), per model: the F1-maximising
 # threshold on near-duplicate edits of real photos, as `make bench-collections` measured it
@@ -57,6 +72,7 @@ class DuplicatePair:
     image_b: str
     score: float
     group: int
+    inliers: int | None = None  # geometric verification's, where it ran (`verify_duplicates`)
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,7 @@ class Duplicates:
     exact: bool
     k: int
     capped: int
+    verification: Verification | None = None
 
     @property
     def groups(self) -> int:
@@ -102,6 +119,130 @@ def find_duplicates(
         DuplicatePair(vectors.keys[a], vectors.keys[b], float(s), label[a]) for a, b, s in found
     ]
     return Duplicates(pairs, min_similarity, exact, k, capped)
+
+
+@dataclass(frozen=True)
+class VerifyRule:
+    """How `dedup` decides its candidates (pairs at or above `floor`): accepted at once from
+    `sure`, else only with at least `min_inliers` geometric inliers (`imgsim_verify`)."""
+
+    floor: float
+    sure: float
+    min_inliers: int
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What verification did: candidates it checked, pairs it kept, images it read, seconds."""
+
+    rule: VerifyRule
+    checked: int
+    kept: int
+    images: int
+    seconds: float
+
+
+def verify_rule(model: str) -> VerifyRule | None:
+    """`model`'s measured rule (defaults.DEDUP_VERIFY), or None where none was measured."""
+    from imgsim_client.defaults import DEDUP_VERIFY
+
+    rule = DEDUP_VERIFY.get(model)
+    return VerifyRule(*rule) if rule is not None else None
+
+
+def rule_at(measured: VerifyRule | None, floor: float, min_inliers: int | None) -> VerifyRule:
+    """The rule dedup applies at candidate `floor`: the model's measured one, else (a model
+    without one) every candidate verified with the collection model's inlier count."""
+    from dataclasses import replace
+
+    from imgsim_client.defaults import DEDUP_MIN_INLIERS
+
+    base = measured or VerifyRule(floor, VERIFY_ALL, DEDUP_MIN_INLIERS)
+    return replace(base, floor=floor, min_inliers=min_inliers or base.min_inliers)
+
+
+VERIFY_ALL = 1.01  # a sure score no cosine reaches: every candidate is verified
+
+
+def verification_available() -> bool:
+    """Whether OpenCV (the [verify] extra) is installed, without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("cv2") is not None
+
+
+def _features(path: str):
+    from PIL import Image, ImageOps
+
+    import imgsim_verify
+
+    with Image.open(path) as img:
+        return imgsim_verify.features(ImageOps.exif_transpose(img).convert("RGB"))
+
+
+def verify_duplicates(
+    found: Duplicates,
+    files: dict[str, str],
+    rule: VerifyRule,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Duplicates:
+    """`found` (at `rule.floor` or above) with the pairs below `rule.sure` kept only when
+    geometric verification finds `rule.min_inliers`; groups are formed again from what is kept.
+    `files`: each key's file. Features are computed once per image, a group at a time (so that
+    memory follows the largest group, not the collection), on `workers` threads (OpenCV
+    releases the GIL). An image that cannot be read fails its pairs' verification."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    import imgsim_verify
+    from imgsim_client.index import groups
+
+    started = time.perf_counter()
+    todo = [p for p in found.pairs if p.score < rule.sure]
+    by_group: dict[int, list[DuplicatePair]] = {}
+    for p in todo:
+        by_group.setdefault(p.group, []).append(p)
+    inliers: dict[tuple[str, str], int] = {}
+    images = 0
+    bar = tqdm(total=len(todo), unit="pair", desc="verifying", disable=not progress)
+
+    def read(key: str):
+        try:
+            return _features(files[key])
+        except Exception:  # an unreadable file fails its pairs' verification, not the run
+            return None
+
+    def match(feats: dict, p: DuplicatePair) -> int:
+        a, b = feats[p.image_a], feats[p.image_b]
+        return imgsim_verify.match(a, b).inliers if a and b else 0
+
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        for pairs in by_group.values():
+            keys = sorted({k for p in pairs for k in (p.image_a, p.image_b)})
+            images += len(keys)
+            feats = dict(zip(keys, pool.map(read, keys), strict=True))
+            for p, n in zip(pairs, pool.map(partial(match, feats), pairs), strict=True):
+                inliers[p.image_a, p.image_b] = n
+            bar.update(len(pairs))
+    bar.close()
+    kept = [
+        p
+        for p in found.pairs
+        if p.score >= rule.sure or inliers[p.image_a, p.image_b] >= rule.min_inliers
+    ]
+    keys = sorted({k for p in kept for k in (p.image_a, p.image_b)})
+    at = {k: i for i, k in enumerate(keys)}
+    label = groups(len(keys), [(at[p.image_a], at[p.image_b], p.score) for p in kept])
+    pairs = [
+        DuplicatePair(
+            p.image_a, p.image_b, p.score, label[at[p.image_a]], inliers.get((p.image_a, p.image_b))
+        )
+        for p in kept
+    ]
+    done = Verification(rule, len(todo), len(kept), images, time.perf_counter() - started)
+    return Duplicates(pairs, found.threshold, found.exact, found.k, found.capped, done)
 
 
 def search(index, queries: list[str], matrix, k: int = 10, qe_k: int | None = None) -> list[Match]:
@@ -169,9 +310,9 @@ def rotated(data: bytes, degrees: int, mirror: bool = False) -> bytes:
     counter-clockwise, as PNG (lossless)."""
     import io
 
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
-    with Image.open(io.BytesIO(data)) as img:
+    with _pillow().open(io.BytesIO(data)) as img:
         upright = ImageOps.exif_transpose(img).convert("RGB")
         turned = (ImageOps.mirror(upright) if mirror else upright).rotate(degrees, expand=True)
     out = io.BytesIO()

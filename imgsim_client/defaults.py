@@ -11,3 +11,9 @@ QE_K = 0
 QE_ALPHA = 3.0
 # Rotations of each query `search` embeds; an indexed image scores its best one.
 SEARCH_ROTATIONS = 4
+# dedup's rule per model: (candidate floor, sure score, inliers). Candidates score at least the
+# floor; from the sure score they are kept at once, below it only with that many geometric
+# inliers (SIFT + RANSAC). Chosen on the strong near-duplicate set (results/neardup.md).
+DEDUP_VERIFY: dict[str, tuple[float, float, int]] = {}
+# Inliers that verify a candidate of a model without a measured rule: the collection model's.
+DEDUP_MIN_INLIERS = 15

@@ -133,31 +133,36 @@ EDITS = {
 }  # fmt: skip
 
 
-def sources(shared: Path = SHARED) -> tuple[list[Path], list[Path], list[Path]]:
-    """(originals, unrelated distractors, near-misses)."""
+def sources(shared: Path = SHARED) -> tuple[list[Path], list[Path], list[Path], list[Path]]:
+    """(originals, unrelated distractors, near-misses, overlays): the photos pasted into copies
+    are none of the set's own, as DISC21's overlays come from outside its reference set (a copy
+    that holds a distractor whole would be a copy of both)."""
     from imgsim_datasets.photos import shipped_photos
 
     originals = list(shipped_photos())
     unrelated: list[Path] = []
     near: list[Path] = []
+    overlays: list[Path] = []
     uk = sorted((shared / "ukbench_sample").glob("*.jpg"))
     if uk:
         originals += uk[0:160:4]  # objects 0-39, their first photo
         near += [p for i, p in enumerate(uk[0:160]) if i % 4 in (1, 2)]  # same object, not copies
         unrelated += uk[400:1000:6]
+        overlays += uk[403:1000:6]
     cal = shared / "caltech101_subset"
     if cal.is_dir():
         for folder in sorted(p for p in cal.iterdir() if p.is_dir() and p.name != "Faces_easy"):
             files = sorted(folder.glob("*.jpg"))
             originals += files[:5]
             unrelated += files[5:15]
-    return originals, unrelated, near
+            overlays += files[15:20]
+    return originals, unrelated, near, overlays
 
 
 def build(folder: Path, shared: Path = SHARED, seed: int = 0) -> dict[str, str]:
     """Write the set into `folder`; returns file name -> copy group ('' for distractors)."""
     rng = random.Random(seed)
-    originals, unrelated, near = sources(shared)
+    originals, unrelated, near, overlays = sources(shared)
     folder.mkdir(parents=True, exist_ok=True)
     group: dict[str, str] = {}
     for i, src in enumerate(originals):
@@ -170,7 +175,7 @@ def build(folder: Path, shared: Path = SHARED, seed: int = 0) -> dict[str, str]:
             out = img
             edits = rng.sample(sorted(EDITS), rng.randint(2, 3))
             for e in edits:
-                out = EDITS[e](out.convert("RGB"), rng, unrelated or originals)
+                out = EDITS[e](out.convert("RGB"), rng, overlays or originals)
             copy = f"o{i:03d}_c{c}_{'+'.join(edits)}.jpg"
             out.convert("RGB").save(folder / copy, quality=90)
             group[copy] = str(i)
@@ -244,78 +249,164 @@ def phash(folder: Path, names: list[str], true: set[frozenset], ignored) -> dict
     return out
 
 
-CANDIDATE_FLOOR = 0.5  # cosine above which a pair is a candidate for verification
+# The rule of dedup's verification, written before the results: for each model, the
+# (candidate floor, sure score, inliers) with the best F1 on this set; among the rules within
+# RULE_F1_SLACK of that F1, the one with the fewest candidate pairs to verify (cost).
+FLOORS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
+SURES = (0.9, 0.95, 0.98, 1.01)  # 1.01: every candidate is verified
+RULE_F1_SLACK = 0.005
 
 
-def verified(folder: Path, names: list[str], true, ignored, model: str, pairs) -> dict:
-    """`model`'s candidates (cosine >= CANDIDATE_FLOOR) accepted only when geometric
-    verification (`imgsim_server.core.verify`: SIFT + RANSAC, features once per image) finds
-    enough inliers. `pairs`: `model`'s (scores, indices) from `cnn_pairs`."""
-    from imgsim_server.core import verify
+def features(folder: Path, names: list[str]) -> tuple[list, float]:
+    """Every image's verification features (`imgsim_verify`), and ms per image (one core)."""
+    import imgsim_verify as verify
 
-    if not verify.available():
-        return {}
-    scores, iu = pairs
     started = time.perf_counter()
     feats = [verify.features(Image.open(folder / n).convert("RGB")) for n in names]
-    feature_s = time.perf_counter() - started
-    cand = np.flatnonzero(scores >= CANDIDATE_FLOOR)
+    return feats, 1000 * (time.perf_counter() - started) / len(names)
+
+
+def verified(names: list[str], true, ignored, model: str, pairs, feats, ms_image) -> dict:
+    """`model`'s candidates verified by `imgsim_verify` (SIFT + RANSAC, features once per
+    image), every rule of the grid swept, and the rule chosen as written above. `pairs`:
+    `model`'s (scores, indices) from `cnn_pairs`."""
+    import imgsim_verify as verify
+
+    scores, iu = pairs
+    cand = np.flatnonzero(scores >= min(FLOORS))
     started = time.perf_counter()
-    inliers = np.zeros(len(scores))
+    inliers = np.full(len(scores), -1.0)
     for k in cand:
         inliers[k] = verify.match(feats[iu[0][k]], feats[iu[1][k]]).inliers
-    match_s = time.perf_counter() - started
-    r = sweep(np.where(scores >= CANDIDATE_FLOOR, inliers, -1.0), iu, names, true,
-              float(verify.MIN_INLIERS), ignored)  # fmt: skip
-    r["seconds"] = feature_s + match_s
-    r["ms_per_image"] = 1000 * feature_s / len(names)
-    r["ms_per_candidate"] = 1000 * match_s / max(1, len(cand))
-    r["candidates"] = len(cand)
-    return {f"{model} >= {CANDIDATE_FLOOR:g}, then verified (inliers)": r}
+    ms_pair = 1000 * (time.perf_counter() - started) / max(1, len(cand))
+    grid = []
+    for floor in FLOORS:
+        for sure in SURES:
+            # a pair's key: accepted from `sure`; a candidate by its inliers; else never
+            key = np.where(scores >= sure, 1e9, np.where(scores >= floor, inliers, -1.0))
+            r = sweep(key, iu, names, true, None, ignored)
+            checked = int(((scores >= floor) & (scores < sure)).sum())
+            grid.append({"floor": floor, "sure": sure, "min_inliers": int(r["best_threshold"]),
+                         "checked": checked, **r["best"]})  # fmt: skip
+    top = max(g["f1"] for g in grid)
+    rule = min((g for g in grid if g["f1"] >= top - RULE_F1_SLACK), key=lambda g: g["checked"])
+    key = np.where(scores >= rule["sure"], 1e9,
+                   np.where(scores >= rule["floor"], inliers, -1.0))  # fmt: skip
+    r = sweep(key, iu, names, true, float(rule["min_inliers"]), ignored)
+    return {
+        "rule": {k: rule[k] for k in ("floor", "sure", "min_inliers")},
+        "default": r["default"],
+        "checked": rule["checked"],
+        "grid": grid,
+        "ms_per_image": ms_image,
+        "ms_per_candidate": ms_pair,
+        "seconds": (ms_image * len(names) + ms_pair * rule["checked"]) / 1000,
+        "curve": curve(key, iu, names, true, ignored),
+    }
+
+
+def curve(scores, iu, names, true, ignored, points: int = 200) -> dict:
+    """Precision and recall down the ranking of `scores`, thinned to about `points` points."""
+    pairs = [frozenset((names[a], names[b])) for a, b in zip(*iu, strict=True)]
+    keep = np.array([p not in ignored for p in pairs])
+    is_true = np.array([p in true for p, k in zip(pairs, keep, strict=True) if k])
+    order = np.argsort(-scores[keep], kind="stable")
+    tp = np.cumsum(is_true[order])
+    n = np.arange(1, len(order) + 1)
+    last = int(np.searchsorted(tp, tp[-1])) + 1  # past the last true pair, nothing changes
+    at = np.unique(np.linspace(0, last - 1, points).astype(int))
+    return {"precision": (tp[at] / n[at]).round(4).tolist(),
+            "recall": (tp[at] / len(true)).round(4).tolist()}  # fmt: skip
+
+
+MODELS = (
+    "efficientnet-lite2-260,efficientnet-lite0,efficientnet-lite0-gem,"
+    "efficientnet-lite0-rmac-full384-ms"
+)
+VERIFIED = "efficientnet-lite0-rmac-full384-ms,efficientnet-lite0-gem"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = lab_parser(__doc__, shared=True)
+    ap.add_argument("--models", default=MODELS, help="descriptors, each alone")
     ap.add_argument(
-        "--models",
-        default="efficientnet-lite2-260,efficientnet-lite0-rmac-full384-ms,efficientnet-lite0-gem",
+        "--verified", default=VERIFIED, help="descriptors whose candidates are verified"
     )
     args = ap.parse_args(argv)
     import tempfile
 
     from imgsim_client.collection import DEDUP_THRESHOLDS
-    from imgsim_server.embedders._calibration import thresholds
+    from imgsim_client.defaults import DEDUP_VERIFY
 
     folder = Path(tempfile.mkdtemp(prefix="imgsim-neardup-"))
     group = build(folder, args.shared)
     names = sorted(group)
     true, ignored = truth(group)
     near = sum(n.endswith("_near.jpg") for n in names)
-    result = {"images": len(names), "true_pairs": len(true), "near_misses": near, "methods": {}}
+    result = {"images": len(names), "true_pairs": len(true), "near_misses": near,
+              "methods": {}, "verified": {}}  # fmt: skip
+    scored = {}
     for model in args.models.split(","):
         started = time.perf_counter()
         scores, iu, rate = cnn_pairs(model, folder, names)
-        last = (model, (scores, iu))
-        default = DEDUP_THRESHOLDS.get(model)
-        if default is None:
-            cal = [
-                t
-                for t in thresholds(model)
-                if t.task == "near-duplicate" and abs(t.fpr - 0.001) < 1e-9
-            ]
-            default = cal[0].score if cal else None
-        r = sweep(scores, iu, names, true, default, ignored)
+        scored[model] = (scores, iu)
+        r = sweep(scores, iu, names, true, DEDUP_THRESHOLDS.get(model), ignored)
         r["seconds"] = time.perf_counter() - started
         r["images_per_s"] = rate
+        r["curve"] = curve(scores, iu, names, true, ignored)
         result["methods"][model] = r
-        print(model, json.dumps(r), flush=True)
+        print(model, json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
     result["methods"]["phash (imagededup)"] = phash(folder, names, true, ignored)
-    result["methods"].update(verified(folder, names, true, ignored, *last))
-    print("phash", json.dumps(result["methods"]["phash (imagededup)"]), flush=True)
+    import imgsim_verify
+
+    if imgsim_verify.available():
+        feats, ms_image = features(folder, names)
+        for model in args.verified.split(","):
+            if model not in scored:
+                scored[model] = cnn_pairs(model, folder, names)[:2]
+            v = verified(names, true, ignored, model, scored[model], feats, ms_image)
+            v["shipped_rule"] = DEDUP_VERIFY.get(model)
+            result["verified"][model] = v
+            print(model, "verified", json.dumps(v["rule"]), json.dumps(v["default"]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    plot(result, args.out / "neardup_pr.png")
     (args.out / "neardup.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "neardup.md").write_text(render(result))
     return 0
+
+
+def plot(r: dict, path: Path) -> None:
+    """Precision/recall curves of every method (the report's figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, m in r["methods"].items():
+        if "curve" in m:
+            ax.plot(m["curve"]["recall"], m["curve"]["precision"], label=f"{name} (cosine)")
+    for name, v in r["verified"].items():
+        rule = v["rule"]
+        ax.plot(v["curve"]["recall"], v["curve"]["precision"], lw=2,
+                label=f"{name} >= {rule['floor']:g}, verified (inliers)")  # fmt: skip
+        d = v["default"]
+        ax.plot([d["recall"]], [d["precision"]], "ko", ms=4)
+    ph = r["methods"].get("phash (imagededup)", {}).get("default")
+    if ph:
+        ax.plot([ph["recall"]], [ph["precision"]], "rs", label="pHash at its default")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("Strong near-duplicates: every pair, ranked (dots: dedup's rule)")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def render(r: dict) -> str:
@@ -325,13 +416,15 @@ def render(r: dict) -> str:
         f"{r['images']} images: originals with {COPIES} strong copies each ({r['true_pairs']} "
         f"original-copy pairs to find; copy-copy pairs count neither way, as in DISC21's "
         f"reference-query protocol), unrelated photos and {r['near_misses']} near-misses "
-        "(other photos of the "
-        "same UKBench object, not copies). Every pair above the threshold counts, as `dedup` "
-        "with an exact index finds them.",
+        "(other photos of the same UKBench object, not copies); the photos pasted into copies "
+        "are not in the set. Every pair above the threshold counts, as `dedup` with an exact "
+        "index finds them. Precision/recall curves: neardup_pr.png.",
         "",
-        "| method | default threshold | P / R / F1 at it | best threshold | P / R / F1 at best "
-        "| s |",
-        "|---|---|---|---|---|---|",
+        "## Each descriptor alone (`dedup --no-verify`)",
+        "",
+        "| method | shipped threshold | P / R / F1 at it | F1-best threshold | P / R / F1 at best "
+        "| img/s | s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, m in r["methods"].items():
         d = m.get("default")
@@ -339,19 +432,49 @@ def render(r: dict) -> str:
         b = m["best"]
         thr = m.get("default_threshold")
         thr = "-" if thr is None else f"{thr:g}" if isinstance(thr, int) else f"{thr:.3f}"
+        rate = f"{m['images_per_s']:.0f}" if "images_per_s" in m else "-"
         lines.append(
             f"| {name} | {thr} | {at} | {m['best_threshold']:.3f} | "
-            f"{b['precision']:.3f} / {b['recall']:.3f} / {b['f1']:.3f} | {m['seconds']:.0f} |"
+            f"{b['precision']:.3f} / {b['recall']:.3f} / {b['f1']:.3f} | {rate} "
+            f"| {m['seconds']:.0f} |"
         )
-    for name, m in r["methods"].items():
-        if "ms_per_candidate" in m:
-            lines += [
-                "",
-                f"Verification ({name}): {m['candidates']} candidate pairs; features "
-                f"{m['ms_per_image']:.0f} ms per image, matching "
-                f"{m['ms_per_candidate']:.1f} ms per candidate pair, one core; thresholds are "
-                "inlier counts.",
-            ]
+    if r["verified"]:
+        lines += [
+            "",
+            "## Candidates verified geometrically (`dedup`'s default)",
+            "",
+            "The rule, written before the results: for each model the (candidate floor, sure "
+            "score, inliers) with the best F1 here; among rules within "
+            f"{RULE_F1_SLACK} F1 of it, the one with the fewest candidates to verify. "
+            f"Floors {', '.join(f'{f:g}' for f in FLOORS)}; sure scores "
+            f"{', '.join(f'{x:g}' for x in SURES)} (1.01: verify every candidate); inliers "
+            "swept.",
+            "",
+            "| candidates from | floor | sure | inliers | P / R / F1 | pairs verified | "
+            "features ms/img | ms/verified pair | s (one core) | shipped rule |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, v in r["verified"].items():
+            rule, d = v["rule"], v["default"]
+            shipped = v.get("shipped_rule")
+            lines.append(
+                f"| {name} | {rule['floor']:g} | {rule['sure']:g} | {rule['min_inliers']} | "
+                f"{d['precision']:.3f} / {d['recall']:.3f} / **{d['f1']:.3f}** | "
+                f"{v['checked']} | {v['ms_per_image']:.0f} | {v['ms_per_candidate']:.1f} | "
+                f"{v['seconds']:.0f} | {tuple(shipped) if shipped else '-'} |"
+            )
+        lines += ["", "Best rule per floor (any sure score):", ""]
+        for name, v in r["verified"].items():
+            best = {}
+            for g in v["grid"]:
+                if g["f1"] > best.get(g["floor"], {"f1": -1})["f1"]:
+                    best[g["floor"]] = g
+            cells = ", ".join(
+                f"{f:g}: F1 {g['f1']:.3f} (sure {g['sure']:g}, {g['min_inliers']} inliers, "
+                f"{g['checked']} pairs)"
+                for f, g in sorted(best.items())
+            )
+            lines.append(f"- {name}: {cells}")
     return "\n".join(lines) + "\n"
 
 

@@ -197,3 +197,29 @@ def test_search_matches_turned_and_mirrored_copies_with_rotations(folder, addres
         path, score = scores[(query, "8")]
         assert path == str(original) and score > 0.97, (query, score)
     assert scores[("turned", "1")][1] < scores[("turned", "8")][1] - 0.1
+
+
+@pytest.mark.parametrize("fmt,ext", [("HEIF", ".heic"), ("AVIF", ".avif")])
+def test_phone_formats_score_as_the_same_picture(client, photos, tmp_path, fmt, ext):
+    """A HEIC and an AVIF file made here (quality 90) decode on the server, EXIF orientation
+    applied, and score >= 0.99 against the same picture as PNG; the folder scan lists them."""
+    import io
+
+    from PIL import features
+
+    from imgsim_client.collection import list_images
+
+    if fmt == "HEIF":
+        pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif is not installed")
+        pillow_heif.register_heif_opener()
+    elif not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF")
+    img = Image.open(photos["chelsea"]).convert("RGB")
+    png, phone = io.BytesIO(), io.BytesIO()
+    img.save(png, "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: the viewer turns it 90 degrees clockwise
+    img.rotate(90, expand=True).save(phone, fmt, quality=90, exif=exif.tobytes())
+    assert client.compare(png.getvalue(), phone.getvalue()) >= 0.99
+    (tmp_path / f"chelsea{ext}").write_bytes(phone.getvalue())
+    assert list_images([tmp_path]) == [str(tmp_path / f"chelsea{ext}")]

@@ -22,6 +22,7 @@ PACKAGES = {
     "imgsim_server": "imgsim_server",
     "imgsim_lab": "imgsim_lab",
     "datasets": "imgsim_datasets",
+    "imgsim_verify": "imgsim_verify",
 }
 
 
@@ -164,6 +165,14 @@ def test_the_client_never_imports_the_server_or_the_lab():
     for module in MODULES:
         if module.startswith("imgsim_client"):
             bad = _external(module) & {"imgsim_server", "imgsim_lab", "imgsim_datasets"}
+            assert not bad, f"{module} imports {bad}"
+
+
+def test_verification_is_a_room_of_its_own():
+    """imgsim_verify serves the server and the client, so it imports neither (nor the lab)."""
+    for module in MODULES:
+        if module.startswith("imgsim_verify"):
+            bad = _external(module) & {"imgsim_server", "imgsim_client", "imgsim_lab"}
             assert not bad, f"{module} imports {bad}"
 
 

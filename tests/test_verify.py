@@ -58,3 +58,65 @@ def test_verify_over_http_and_the_cli(extra_servers, photos, tmp_path, capsys):
     assert main([*argv, "--server", f"127.0.0.1:{running.port}"]) == 0
     out = capsys.readouterr().out
     assert "inliers: verified" in out, out
+
+
+def test_dedup_verifies_its_candidates(address, photos, tmp_path, capsys):
+    """dedup's default: candidates above the floor are verified on the client's files. An
+    edited copy is kept with its inliers; another view of the same UKBench object is a
+    candidate by its score (it is, with --no-verify) but not a copy, so verification drops it."""
+    from imgsim_client.collection import verify_rule
+
+    a, b = SHARED / "ukbench_sample/ukbench00008.jpg", SHARED / "ukbench_sample/ukbench00010.jpg"
+    if not a.is_file():
+        pytest.skip("ukbench_sample is absent")
+    folder = tmp_path / "library"
+    folder.mkdir()
+    for name in ("chelsea", "rocket", "camera"):
+        (folder / f"{name}.png").write_bytes(photos[name].read_bytes())
+    (folder / "chelsea_copy.jpg").write_bytes(_edited(photos["chelsea"]))
+    (folder / "view_a.jpg").write_bytes(a.read_bytes())
+    (folder / "view_b.jpg").write_bytes(b.read_bytes())
+    out = tmp_path / "dups.csv"
+    argv = ["dedup", str(folder), "-o", str(out), "--server", address, "--no-progress"]
+    # A low floor makes every pair here a candidate: verification alone decides.
+    assert main([*argv, "--threshold", "0.3"]) == 0
+    rows = {(Path(r["image_a"]).name, Path(r["image_b"]).name): r for r in _rows(out)}
+    assert set(rows) == {("chelsea.png", "chelsea_copy.jpg")}, rows
+    model = client_model(address)
+    rule = verify_rule(model)
+    assert rule is not None, f"no measured dedup rule for the collection model {model}"
+    assert int(rows["chelsea.png", "chelsea_copy.jpg"]["inliers"]) >= rule.min_inliers
+    err = capsys.readouterr().err
+    assert "verified 15 candidate(s)" in err, err  # all 6 * 5 / 2 pairs of the folder
+    assert main([*argv, "--threshold", "0.3", "--no-verify"]) == 0
+    pairs = {(Path(r["image_a"]).name, Path(r["image_b"]).name) for r in _rows(out)}
+    assert ("view_a.jpg", "view_b.jpg") in pairs and len(pairs) > 1
+    assert all(r["inliers"] == "" for r in _rows(out))
+    assert "not verified" in capsys.readouterr().err
+
+
+def test_dedup_without_opencv_names_the_extra(address, photos, tmp_path, capsys, monkeypatch):
+    from imgsim_client import collection
+
+    monkeypatch.setattr(collection, "verification_available", lambda: False)
+    folder = tmp_path / "library"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(photos["chelsea"].read_bytes())
+    argv = ["dedup", str(folder), "-o", str(tmp_path / "d.csv"), "--server", address]
+    assert main([*argv, "--no-progress"]) == 2
+    assert 'pip install "imgsim[verify]", or pass --no-verify' in capsys.readouterr().err
+    assert not (tmp_path / "d.csv").exists()
+
+
+def _rows(path: Path) -> list[dict]:
+    import csv
+
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def client_model(address: str) -> str:
+    from imgsim_client import ImgsimClient
+
+    with ImgsimClient(address, timeout=30) as client:
+        return client.list_models().collection_model

@@ -229,10 +229,15 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
     de = sub.add_parser(
         "dedup",
         help="every pair of near-duplicate images in a collection, with groups",
-        description="Embeds the images, then finds every pair scoring at or above the "
-        "threshold with the index's range search (exact index) or k-NN (approximate index, "
-        "-k neighbours each: it says how many images reached k, whose groups may be larger). "
-        "Writes image_a,image_b,score,group; group is the connected component.",
+        description="Embeds the images (with the server's collection descriptor unless --model "
+        "says otherwise), finds every pair scoring at or above the candidate threshold with "
+        "the index's range search (exact index) or k-NN (approximate index, -k neighbours "
+        "each: it says how many images reached k, whose groups may be larger), then verifies "
+        "the candidates geometrically on this machine (SIFT + RANSAC on the files, the "
+        "[verify] extra): a candidate scoring below the model's sure score is kept only with "
+        "enough inliers. The rule of each model is measured by make bench-quality on the "
+        "strong near-duplicate set. Writes image_a,image_b,score,inliers,group; group is the "
+        "connected component of the pairs kept.",
         formatter_class=Formatter,
     )
     de.add_argument("paths", type=Path, nargs="+", help="image files, folders, .csv or .txt lists")
@@ -240,10 +245,21 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
     de.add_argument(
         "--threshold",
         type=float,
-        help="lowest score of a duplicate (default: the model's F1-best threshold measured by "
-        "make bench-collections, else the server's calibrated near-duplicate threshold at "
-        "0.1%% FPR from ListModels)",
+        help="lowest score of a candidate (default: the model's measured candidate floor when "
+        "verifying, else its F1-best threshold alone; else the server's calibrated "
+        "near-duplicate threshold at 0.1%% FPR from ListModels)",
     )
+    de.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="keep every pair at or above the threshold, without geometric verification",
+    )
+    de.add_argument(
+        "--min-inliers",
+        type=int,
+        help="inliers that verify a candidate (default: the model's measured rule)",
+    )
+    de.add_argument("--workers", type=int, help="threads for verification (default: one per core)")
     de.add_argument(
         "-k", "--k", type=int, default=50, help="neighbours per image, with an approximate index"
     )

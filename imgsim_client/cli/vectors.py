@@ -128,34 +128,62 @@ def run_dedup(args: argparse.Namespace) -> int:
     from imgsim_client import collection
     from imgsim_client._csv import write_csv_atomic
 
+    if not args.no_verify and not collection.verification_available():
+        print(
+            "imgsim-client: error: dedup verifies its candidates with OpenCV: "
+            'python -m pip install "imgsim[verify]", or pass --no-verify',
+            file=sys.stderr,
+        )
+        return common.USAGE
     paths = collection.list_images(args.paths)
     started = time.perf_counter()
     with common.connect(args) as client:
+        listing = client.list_models()
+        # Like embed: collections default to the server's retrieval descriptor.
+        args.model = args.model or listing.collection_model or ""
         results = collection.embed_paths(client, paths, args.model, not args.no_progress)
         vectors = collection.to_vectors(results, paths)
-        threshold = args.threshold
-        if threshold is None:
-            threshold = collection.default_threshold(vectors.model, client.list_models())
+    measured = None if args.no_verify else collection.verify_rule(vectors.model)
+    threshold = args.threshold
+    if threshold is None:
+        threshold = (
+            measured.floor
+            if measured is not None
+            else collection.default_threshold(vectors.model, listing)
+        )
     if threshold is None:
         print(
             f"imgsim-client: error: no default threshold for {vectors.model}; give --threshold",
             file=sys.stderr,
         )
         return common.USAGE
+    rule = None if args.no_verify else collection.rule_at(measured, threshold, args.min_inliers)
     found = collection.find_duplicates(vectors, threshold, args.k, args.exact_below)
+    if rule is not None:
+        files = {collection.display_path(p): p for p in paths}
+        found = collection.verify_duplicates(found, files, rule, args.workers, not args.no_progress)
     rows = [
-        {"image_a": p.image_a, "image_b": p.image_b, "score": f"{p.score:.6f}", "group": p.group}
+        {"image_a": p.image_a, "image_b": p.image_b, "score": f"{p.score:.6f}",
+         "inliers": "" if p.inliers is None else p.inliers, "group": p.group}
         for p in found.pairs
-    ]
-    write_csv_atomic(["image_a", "image_b", "score", "group"], rows, args.output)
+    ]  # fmt: skip
+    write_csv_atomic(["image_a", "image_b", "score", "inliers", "group"], rows, args.output)
     how = "exact range search: every pair" if found.exact else (
         f"approximate k-NN, k={found.k}: {found.capped} image(s) reached k, so pairs in groups "
         "larger than k can be missed; raise -k"
     )  # fmt: skip
+    v = found.verification
+    checked = (
+        "not verified"
+        if v is None
+        else f"verified {v.checked} candidate(s) below {v.rule.sure:g} on {v.images} image(s) "
+        f"in {v.seconds:.1f}s, kept those with >= {v.rule.min_inliers} inliers"
+    )
     print(
         f"{len(found.pairs)} duplicate pairs in {found.groups} groups among "
         f"{len(vectors.keys)} images (threshold {threshold:g}, {vectors.model}; {how}; "
-        f"{len(vectors.errors)} failed) in {time.perf_counter() - started:.1f}s -> {args.output}",
+        f"{checked}; {len(vectors.errors)} failed) in {time.perf_counter() - started:.1f}s "
+        f"-> {args.output}",
         file=sys.stderr,
     )
     for path, error in vectors.errors.items():

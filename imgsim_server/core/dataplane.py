@@ -183,7 +183,7 @@ class Dataplane:
         timeout: float | None = None,
         verify: bool = False,
     ) -> PairScore:
-        """Score one pair, and with `verify` check it geometrically (`core/verify.py`, on the
+        """Score one pair, and with `verify` check it geometrically (`imgsim_verify`, on the
         decode pool). A full queue refuses at once (OverloadedError); past `timeout`,
         DeadlineExceededError, and the pair's queued work is dropped."""
         token = CallToken(timeout)
@@ -203,7 +203,7 @@ class Dataplane:
             token.cancel()  # whatever is still queued for this call is no longer wanted
 
     def _verify(self, a: bytes, b: bytes):
-        from imgsim_server.core import verify
+        import imgsim_verify as verify
 
         if not verify.available():
             raise ConfigurationError(

@@ -10,8 +10,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgsim_server.errors import ImageTooLargeError, InvalidImageError
 
+
+def _phone_formats() -> tuple[str, ...]:
+    """AVIF where this Pillow has it (its wheels do), HEIC/HEIF where pillow-heif is installed
+    (the [server] extra): the formats of phone cameras."""
+    from PIL import features
+
+    out = ("AVIF",) if features.check("avif") else ()
+    try:
+        import pillow_heif
+    except ModuleNotFoundError:
+        return out
+    pillow_heif.register_heif_opener()
+    return (*out, "HEIF")
+
+
 # Formats Pillow may parse. Everything else (EPS, PDF, FITS, ...) is refused before decoding.
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", *_phone_formats())
 
 
 @dataclass(frozen=True)

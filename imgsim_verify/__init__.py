@@ -6,6 +6,9 @@ global descriptor cannot always decide (a crop, an overlay, a photo of the same 
 SIFT (scale- and rotation-invariant) on grey images whose longer side is at most
 `VERIFY_SIDE`, Lowe's ratio test, `cv2.estimateAffinePartial2D` (rotation, scale, shift);
 mirrored copies are tried too. A pair is verified from `MIN_INLIERS` inliers.
+
+A room of its own, importing nothing of imgsim: the server runs it for `compare --verify`, the
+client's `dedup` on the files it has (features once per image, matched per candidate pair).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def _detect(cv2, sift, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]
 def features(img: Image.Image, mirror: bool = True) -> Features:
     """The features `match` needs; `mirror=False` for an image only ever matched as `a`."""
     cv2 = _cv2()
-    cv2.setNumThreads(1)  # runs on the decode pool beside the model
+    cv2.setNumThreads(1)  # callers run it on their own pools (the server's decode pool)
     sift = cv2.SIFT_create(nfeatures=1000)
     grey = _grey(img)
     mirrored = _detect(cv2, sift, np.ascontiguousarray(grey[:, ::-1])) if mirror else ()
