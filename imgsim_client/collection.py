@@ -41,6 +41,7 @@ def _pillow():
     pillow_heif.register_heif_opener()
     return Image
 
+
 # Default dedup thresholds (cosine or hamming similarity), per model: the F1-maximising
 # threshold on near-duplicate edits of real photos, as `make bench-collections` measured it
 # (results/collections.md has its precision, recall and F1). Other models use the server's
@@ -105,30 +106,66 @@ def find_duplicates(
     vectors, min_similarity: float, k: int = 50, exact_below: int | None = None
 ) -> Duplicates:
     """Every pair of `vectors` (index.Vectors) scoring at least `min_similarity`, with groups:
-    by exact range search below `exact_below` vectors, else by approximate k-NN."""
-    from imgsim_client.index import EXACT_BELOW, VectorIndex, groups
+    by exact range search below `exact_below` vectors, else by the k-NN self-join
+    (`index.self_knn`: exact scores within the probed lists, no index to build)."""
+    from imgsim_client.index import EXACT_BELOW, VectorIndex, groups, knn_pairs, self_knn
 
     low = -1.0 if vectors.similarity == "cosine" else 0.0
     if not low <= min_similarity <= 1.0:
         raise ValueError(f"min_similarity {min_similarity} is outside [{low:g}, 1]")
-    index = VectorIndex.build(vectors, exact_below=exact_below or EXACT_BELOW)
-    exact = index.params.kind == "exact"
-    found, capped = index.self_pairs(vectors.matrix, min_similarity, None if exact else k)
-    label = groups(len(vectors.keys), found)
+    n = len(vectors.keys)
+    exact = n < (exact_below or EXACT_BELOW) or vectors.similarity == "hamming"
+    if exact:
+        index = VectorIndex.build(vectors, exact_below=exact_below or EXACT_BELOW)
+        found, capped = index.self_pairs(vectors.matrix, min_similarity)
+    else:
+        sims, ids = self_knn(vectors.matrix, k)
+        found, capped = knn_pairs(sims, ids, min_similarity, k < n)
+    label = groups(n, found)
     pairs = [
         DuplicatePair(vectors.keys[a], vectors.keys[b], float(s), label[a]) for a, b, s in found
     ]
     return Duplicates(pairs, min_similarity, exact, k, capped)
 
 
+def match_against(
+    vectors, reference, min_similarity: float, k: int = 50, exact_below: int | None = None
+) -> Duplicates:
+    """Each of `vectors`' images with the `reference` images (index.Vectors, same model)
+    scoring at least `min_similarity` (up to `k` per image), as pairs (new image, reference
+    image); the reference is never compared with itself. A group is one new image's matches."""
+    from imgsim_client.index import EXACT_BELOW, VectorIndex
+
+    if reference.model != vectors.model:
+        raise ValueError(
+            f"the reference holds vectors of {reference.model}, the images were embedded "
+            f"with {vectors.model}"
+        )
+    low = -1.0 if vectors.similarity == "cosine" else 0.0
+    if not low <= min_similarity <= 1.0:
+        raise ValueError(f"min_similarity {min_similarity} is outside [{low:g}, 1]")
+    index = VectorIndex.build(reference, exact_below=exact_below or EXACT_BELOW)
+    pairs, capped = [], 0
+    if len(index) and len(vectors.keys):
+        sims, ids = index.search(vectors.matrix, k)
+        for i, (srow, irow) in enumerate(zip(sims, ids, strict=True)):
+            hit = (srow >= min_similarity) & (irow >= 0)
+            capped += bool(hit.all() and k < len(index))
+            pairs += [DuplicatePair(vectors.keys[i], index.keys[j], float(sc), i)
+                      for sc, j in zip(srow[hit], irow[hit], strict=True)]  # fmt: skip
+    return Duplicates(pairs, min_similarity, index.params.kind == "exact", k, capped)
+
+
 @dataclass(frozen=True)
 class VerifyRule:
     """How `dedup` decides its candidates (pairs at or above `floor`): accepted at once from
-    `sure`, else only with at least `min_inliers` geometric inliers (`imgsim_verify`)."""
+    `sure`, else only with at least `min_inliers` geometric inliers (`imgsim_verify`) that span
+    at least `min_coverage` of one of the two images."""
 
     floor: float
     sure: float
     min_inliers: int
+    min_coverage: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -205,6 +242,7 @@ def verify_duplicates(
     for p in todo:
         by_group.setdefault(p.group, []).append(p)
     inliers: dict[tuple[str, str], int] = {}
+    coverage: dict[tuple[str, str], float] = {}
     images = 0
     bar = tqdm(total=len(todo), unit="pair", desc="verifying", disable=not progress)
 
@@ -214,23 +252,30 @@ def verify_duplicates(
         except Exception:  # an unreadable file fails its pairs' verification, not the run
             return None
 
-    def match(feats: dict, p: DuplicatePair) -> int:
+    def match(feats: dict, p: DuplicatePair) -> tuple[int, float]:
         a, b = feats[p.image_a], feats[p.image_b]
-        return imgsim_verify.match(a, b).inliers if a and b else 0
+        if not (a and b):
+            return 0, 0.0
+        v = imgsim_verify.match(a, b)
+        return v.inliers, v.coverage
 
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         for pairs in by_group.values():
             keys = sorted({k for p in pairs for k in (p.image_a, p.image_b)})
             images += len(keys)
             feats = dict(zip(keys, pool.map(read, keys), strict=True))
-            for p, n in zip(pairs, pool.map(partial(match, feats), pairs), strict=True):
-                inliers[p.image_a, p.image_b] = n
+            for p, (n, c) in zip(pairs, pool.map(partial(match, feats), pairs), strict=True):
+                inliers[p.image_a, p.image_b], coverage[p.image_a, p.image_b] = n, c
             bar.update(len(pairs))
     bar.close()
     kept = [
         p
         for p in found.pairs
-        if p.score >= rule.sure or inliers[p.image_a, p.image_b] >= rule.min_inliers
+        if p.score >= rule.sure
+        or (
+            inliers[p.image_a, p.image_b] >= rule.min_inliers
+            and coverage[p.image_a, p.image_b] >= rule.min_coverage
+        )
     ]
     keys = sorted({k for p in kept for k in (p.image_a, p.image_b)})
     at = {k: i for i, k in enumerate(keys)}

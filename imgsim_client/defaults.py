@@ -11,9 +11,10 @@ QE_K = 0
 QE_ALPHA = 3.0
 # Rotations of each query `search` embeds; an indexed image scores its best one.
 SEARCH_ROTATIONS = 4
-# dedup's rule per model: (candidate floor, sure score, inliers). Candidates score at least the
-# floor; from the sure score they are kept at once, below it only with that many geometric
-# inliers (SIFT + RANSAC). Chosen on the strong near-duplicate set (results/neardup.md).
-DEDUP_VERIFY: dict[str, tuple[float, float, int]] = {}
+# dedup's rule per model: (candidate floor, sure score, inliers, coverage). Candidates score at
+# least the floor; from the sure score they are kept at once, below it only with that many
+# geometric inliers (SIFT + RANSAC) spanning that share of one image. Chosen on the strong
+# near-duplicate set by the rule in results/neardup.md.
+DEDUP_VERIFY: dict[str, tuple[float, float, int, float]] = {}
 # Inliers that verify a candidate of a model without a measured rule: the collection model's.
 DEDUP_MIN_INLIERS = 15

@@ -35,6 +35,7 @@ except ModuleNotFoundError as e:
     )
 
 EXACT_BELOW = 50_000
+RAW_VECTORS = "vectors.parquet"  # in an index folder: the vectors as embedded, with digests
 
 
 def _weighted_sum(
@@ -89,6 +90,7 @@ class Vectors:
     model: str
     similarity: str
     errors: dict[str, str] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # key -> sha256 of its file's bytes
 
 
 def write_parquet(vectors: Vectors, path: Path) -> None:
@@ -109,6 +111,7 @@ def write_parquet(vectors: Vectors, path: Path) -> None:
             "model": pa.array([vectors.model] * len(keys), pa.string()),
             "vector": vec,
             "error": pa.array([""] * n_ok + list(vectors.errors.values()), pa.string()),
+            "sha256": pa.array([vectors.digests.get(k, "") for k in keys], pa.string()),
         }
     )
     table = table.replace_schema_metadata({"similarity": vectors.similarity})
@@ -137,7 +140,10 @@ def read_parquet(path: Path) -> Vectors:
         matrix = np.zeros((0, 0), np.float32)
     errors = {keys[i]: errors_col[i] for i in range(len(keys)) if errors_col[i]}
     model = models.pop() if models else ""
-    return Vectors([keys[i] for i in ok], matrix, model, similarity, errors)
+    digests = {}
+    if "sha256" in table.column_names:  # files written before digests have none
+        digests = {k: d for k, d in zip(keys, table.column("sha256").to_pylist(), strict=True) if d}
+    return Vectors([keys[i] for i in ok], matrix, model, similarity, errors, digests)
 
 
 @dataclass(frozen=True)
@@ -282,46 +288,49 @@ class VectorIndex:
     ) -> tuple[list[tuple[int, int, float]], int]:
         """Every pair (i < j) of the indexed vectors `x` scoring at or above `threshold`, and
         how many vectors hit the k cap (their groups may be larger than found). With k None (an
-        exact index only), FAISS's range search finds every pair, however many copies."""
+        exact index only), FAISS's range search finds every pair, however many copies; with k,
+        each vector's k nearest (`self_knn` for an approximate inner-product index)."""
         if k is None and self.params.kind != "exact":
             raise ValueError("range search needs an exact index; give k for an approximate one")
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if k is not None:
+            if self.params.kind == "approximate" and self.params.metric == "inner_product":
+                sims, ids = self_knn(x, k)
+            else:
+                hits = [self.search(x[i : i + batch], k) for i in range(0, len(x), batch)]
+                sims = np.concatenate([h[0] for h in hits]) if hits else np.zeros((0, k))
+                ids = np.concatenate([h[1] for h in hits]) if hits else np.zeros((0, k), int)
+            return knn_pairs(sims, ids, threshold, k < len(self))
         pairs: list[tuple[int, int, float]] = []
-        capped = 0
         raw_t = self._threshold_to_raw(threshold)
         for start in range(0, len(self), batch):
             q = x[start : start + batch]
-            if k is None:
-                lims, raw, ids = self.index.range_search(q, raw_t)
-                sims = self._to_similarity(raw)
-                for row in range(len(q)):
-                    i, span = start + row, slice(lims[row], lims[row + 1])
-                    for s, j in zip(sims[span], ids[span], strict=True):
-                        if j > i and s >= threshold:
-                            pairs.append((i, int(j), float(s)))
-            else:
-                sims, ids = self.search(q, k)
-                for row in range(len(q)):
-                    i = start + row
-                    found = (sims[row] >= threshold) & (ids[row] >= 0)
-                    capped += bool(found.all() and k < len(self))
-                    for s, j in zip(sims[row][found], ids[row][found], strict=True):
-                        if j != i:
-                            a, b = (i, int(j)) if i < j else (int(j), i)
-                            pairs.append((a, b, float(s)))
-        if k is not None:  # each pair may be found from both ends
-            best: dict[tuple[int, int], float] = {}
-            for a, b, s in pairs:
-                best[(a, b)] = max(s, best.get((a, b), s))
-            pairs = [(a, b, s) for (a, b), s in best.items()]
-        return sorted(pairs), capped
+            lims, raw, ids = self.index.range_search(q, raw_t)
+            sims = self._to_similarity(raw)
+            for row in range(len(q)):
+                i, span = start + row, slice(lims[row], lims[row + 1])
+                for s, j in zip(sims[span], ids[span], strict=True):
+                    if j > i and s >= threshold:
+                        pairs.append((i, int(j), float(s)))
+        return sorted(pairs), 0
 
-    def save(self, folder: Path) -> None:
-        """`index.faiss`, `keys.json` and `index.json` (the parameters) in `folder`."""
+    def save(self, folder: Path, vectors: Vectors | None = None) -> None:
+        """`index.faiss`, `keys.json` and `index.json` (the parameters) in `folder`, each
+        written whole then renamed; with `vectors`, also the vectors as embedded (before any
+        augmentation), `vectors.parquet`, which `index add` grows and rebuilds from."""
         folder.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(folder / "index.faiss"))
-        (folder / "keys.json").write_text(json.dumps(self.keys))
-        (folder / "index.json").write_text(json.dumps(asdict(self.params), indent=2) + "\n")
+        if vectors is not None:
+            write_parquet(vectors, folder / RAW_VECTORS)
+        tmp = folder / ".index.faiss.tmp"
+        faiss.write_index(self.index, str(tmp))
+        tmp.replace(folder / "index.faiss")
+        for name, text in (
+            ("keys.json", json.dumps(self.keys)),
+            ("index.json", json.dumps(asdict(self.params), indent=2) + "\n"),
+        ):
+            tmp = folder / f".{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(folder / name)  # fmt: skip
 
     @classmethod
     def load(cls, folder: Path) -> VectorIndex:
@@ -330,6 +339,61 @@ class VectorIndex:
         params = IndexParams(**json.loads((folder / "index.json").read_text()))
         keys = json.loads((folder / "keys.json").read_text())
         return cls(faiss.read_index(str(folder / "index.faiss")), keys, params)
+
+
+def knn_pairs(
+    sims: np.ndarray, ids: np.ndarray, threshold: float, can_cap: bool = True
+) -> tuple[list[tuple[int, int, float]], int]:
+    """The pairs (i < j, best score) of k-NN results (row i's hits `ids[i]`) at or above
+    `threshold`, each pair once however many ends found it, and how many rows had every hit
+    above it (with `can_cap`: their groups may be larger than found)."""
+    found = (sims >= threshold) & (ids >= 0)
+    capped = int(found.all(axis=1).sum()) if can_cap and sims.size else 0
+    rows = np.broadcast_to(np.arange(len(ids))[:, None], ids.shape)
+    i, j, s = rows[found], ids[found].astype(np.int64), sims[found].astype(np.float64)
+    keep = i != j
+    a, b, s = np.minimum(i, j)[keep], np.maximum(i, j)[keep], s[keep]
+    order = np.lexsort((-s, b, a))  # by pair, best score first
+    a, b, s = a[order], b[order], s[order]
+    first = np.ones(len(a), bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    return list(zip(a[first].tolist(), b[first].tolist(), s[first].tolist(), strict=True)), capped
+
+
+def self_knn(
+    x: np.ndarray, k: int, nprobe: int = 4, pca: int = 256, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, ids) of every row of `x`'s k nearest rows by inner product, itself
+    included: exact products inside the `nprobe` inverted lists of each row, the lists chosen
+    on a PCA projection (cheap at 1280-d), the scan done by FAISS's `big_batch_search`, which
+    groups the rows by list so that it runs as matrix products. The self-join of `dedup` on
+    an approximate index (results/collections.md has its time and recall at 1M)."""
+    import contextlib
+    import io
+
+    from faiss.contrib.big_batch_search import big_batch_search
+    from faiss.contrib.ivf_tools import add_preassigned
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    nlist = max(16, min(4096, int(4 * math.sqrt(n))))
+    rng = np.random.default_rng(seed)
+    sample = x[rng.choice(n, min(n, 20 * nlist), replace=False)]
+    proj = faiss.PCAMatrix(d, min(pca, d))
+    proj.train(sample)
+    kmeans = faiss.Kmeans(proj.d_out, nlist, niter=10, seed=seed, spherical=True)
+    kmeans.train(proj.apply(sample))
+    lists = np.empty((n, nprobe), np.int64)
+    for start in range(0, n, 65536):
+        part = proj.apply(x[start : start + 65536])
+        lists[start : start + len(part)] = kmeans.index.search(part, nprobe)[1]
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.is_trained = True  # the lists are assigned here, not by its quantizer
+    add_preassigned(ivf, x, np.ascontiguousarray(lists[:, 0]))
+    ivf.nprobe = nprobe
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress lines
+        sims, ids = big_batch_search(ivf, x, min(k, n), q_assign=lists.astype(np.int32), verbose=1)
+    return sims, ids
 
 
 def groups(n: int, pairs: list[tuple[int, int, float]]) -> list[int]:

@@ -278,34 +278,50 @@ def compare_libraries(x: np.ndarray) -> list[dict]:
 
 
 def scale_run(base: np.ndarray, n: int, x: np.ndarray | None = None, **build) -> dict:
-    """Build the index of n structured vectors (or `x`) and self-join it (k=10)."""
-    from imgsim_client.index import Vectors
+    """n structured vectors (or `x`): dedup's self-join (k=10, `index.self_knn`, what
+    `dedup` runs past --exact-below) with its recall@10 on 1,000 sampled rows against exact
+    search, then the saved index `index`/`index add` build (vectors/s) and one query's time."""
+    import faiss
+
+    from imgsim_client.index import Vectors, self_knn
 
     t = time.perf_counter()
     x = structured(base, n) if x is None else x
     gen_s = time.perf_counter() - t
     before = rss_mib()
     t = time.perf_counter()
-    vectors = Vectors([str(i) for i in range(n)], x, "m", "cosine")
-    index = VectorIndex.build(vectors, exact_below=1, **build)
+    _, ids = self_knn(x, 10)
+    join_s = time.perf_counter() - t
+    join_rss = rss_mib() - before
+    rows = np.random.default_rng(1).choice(n, min(1000, n), replace=False)
+    exact = faiss.IndexFlatIP(x.shape[1])
+    exact.add(x)
+    _, truth = exact.search(x[rows], 10)
+    del exact
+    hits = zip(truth, ids[rows], strict=True)
+    join_recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in hits]))
+    del ids
+    before = rss_mib()
+    t = time.perf_counter()
+    index = VectorIndex.build(Vectors([str(i) for i in range(n)], x, "m", "cosine"),
+                              exact_below=1, **build)  # fmt: skip
     build_s = time.perf_counter() - t
     t = time.perf_counter()
-    for start in range(0, n, 8192):  # the self-join: every vector's 10 nearest
-        index.search(x[start : start + 8192], 10)
-    join_s = time.perf_counter() - t
-    t = time.perf_counter()
-    index.search(x[:1000], 10)
-    query_1k = time.perf_counter() - t
+    for i in range(100):
+        index.search(x[i : i + 1], 10)
+    one_query_ms = 1000 * (time.perf_counter() - t) / 100
     result = {
         "vectors": n,
         "factory": index.params.factory,
         "nprobe": index.params.nprobe,
         "k_factor": index.params.k_factor,
         "generate_s": gen_s,
-        "build_s": build_s,
         "self_join_k10_s": join_s,
-        "build_plus_join_s": build_s + join_s,
-        "query_1k_s": query_1k,
+        "self_join_recall_at_10": join_recall,
+        "self_join_rss_mib": join_rss,
+        "build_s": build_s,
+        "build_vectors_per_s": n / build_s,
+        "one_query_ms": one_query_ms,
         "index_rss_mib": rss_mib() - before,
         "vectors_mib": x.nbytes / 2**20,
         "recall_at_10": recall_at_10(index, x),
@@ -334,6 +350,19 @@ def plot_pr(curves: dict[str, list[dict]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _goal(scale: list[dict]) -> str:
+    """The issue's goal, read off the largest run: 1M self-deduplicated (k=10) in under 3
+    minutes at recall@10 >= 0.95 on this CPU."""
+    big = max(scale, key=lambda row: row["vectors"], default=None)
+    if big is None or big["vectors"] < 1_000_000:
+        return "The 1M goal was not measured in this run (--sizes)."
+    held = big["self_join_k10_s"] < 180 and big["self_join_recall_at_10"] >= 0.95
+    return (
+        f"Goal (1M in under 3 minutes at recall@10 >= 0.95): **{'met' if held else 'not met'}**"
+        f", {big['self_join_k10_s']:.0f} s at recall@10 {big['self_join_recall_at_10']:.3f}."
+    )
 
 
 def render(r: dict) -> str:
@@ -407,16 +436,24 @@ def render(r: dict) -> str:
         "",
         "## Scale: self-dedup (k=10) of structured vectors (1280-d)",
         "",
-        "| vectors | index | build s | self-join s | build + join s | 1k queries s | "
-        "index RSS MiB | recall@10 |",
+        "`dedup` past --exact-below runs the self-join `index.self_knn`: each vector's 10 "
+        "nearest by exact inner products inside the 4 inverted lists it falls nearest to "
+        "(lists chosen on a 256-d PCA, spherical k-means, nlist 4 sqrt(N) capped at 4096), "
+        "scanned with FAISS's big_batch_search (vectors grouped by list, so the scan is matrix "
+        "products); it builds no index. `index`/`index add` build the saved index for search "
+        "(PCA + IVF + exact re-ranking); its build rate and one query's time are beside.",
+        "",
+        "| vectors | dedup self-join s | its recall@10 | its RSS MiB | saved index | build s "
+        "(vectors/s) | one query ms | index recall@10 |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in r["scale"]:
         lines.append(
-            f"| {row['vectors']:,} | {row['factory']} nprobe {row['nprobe']} | "
-            f"{row['build_s']:.1f} | {row['self_join_k10_s']:.1f} | "
-            f"**{row['build_plus_join_s']:.1f}** | {row['query_1k_s']:.2f} | "
-            f"{row['index_rss_mib']:.0f} | {row['recall_at_10']:.3f} |"
+            f"| {row['vectors']:,} | **{row['self_join_k10_s']:.1f}** | "
+            f"{row['self_join_recall_at_10']:.3f} | {row['self_join_rss_mib']:.0f} | "
+            f"{row['factory']} nprobe {row['nprobe']} | {row['build_s']:.1f} "
+            f"({row['build_vectors_per_s']:,.0f}) | {row['one_query_ms']:.1f} | "
+            f"{row['recall_at_10']:.3f} |"
         )
     lines += [
         "",
@@ -424,12 +461,10 @@ def render(r: dict) -> str:
         "ukbench_sample and caltech101_subset), two thirds near-duplicate copies of those "
         "(cosine about 0.99 to their original), normalised and shuffled. Recall@10 is "
         "measured against exact inner-product search in the full 1280-d space on 1,000 "
-        "queries. The self-join grows faster than N (with nlist capped at 2048, each list "
-        "grows with N) but far below N²: an exact self-join of 1M vectors at the exact index's "
-        "rate (about 0.8 s per 1,000 queries over 50,000 vectors) would take about 4.5 hours. "
-        "The goal of 1M in under 3 minutes at recall@10 >= 0.95 is not reached on this "
-        "2-core CPU: the Flat codes give the recall in 4.7 minutes, 4-bit PQ codes the time "
-        "at lower recall.",
+        "queries. An exact self-join of 1M vectors at the exact index's rate (about 0.8 s "
+        "per 1,000 queries over 50,000 vectors) would take about 4.5 hours.",
+        "",
+        _goal(r["scale"]),
         "",
     ]
     return "\n".join(lines)
@@ -472,10 +507,6 @@ def main(argv: list[str] | None = None) -> int:
         x = structured(base, n)
         result["scale"].append(scale_run(base, n, x))
         print(f"scale: {result['scale'][-1]}", flush=True)
-        if n == max(int(s) for s in args.sizes.split(",")):
-            # The speed/recall trade-off at the largest size: 4-bit fast-scan PQ codes.
-            result["scale"].append(scale_run(base, n, x, codes="PQ96x4fs"))
-            print(f"scale: {result['scale'][-1]}", flush=True)
         del x
     args.out.mkdir(parents=True, exist_ok=True)
     curves = {m["model"]: m["curve"] for m in result["near_dup"]["imgsim"][:1]}

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from imgsim_lab._paths import SHARED, lab_parser
 from imgsim_lab.collections_bench import prf, truth_pairs
+from imgsim_verify import RANSAC_PX, VERIFY_SIDE
 
 COPIES = 4
 
@@ -250,10 +251,11 @@ def phash(folder: Path, names: list[str], true: set[frozenset], ignored) -> dict
 
 
 # The rule of dedup's verification, written before the results: for each model, the
-# (candidate floor, sure score, inliers) with the best F1 on this set; among the rules within
-# RULE_F1_SLACK of that F1, the one with the fewest candidate pairs to verify (cost).
+# (candidate floor, sure score, coverage, inliers) with the best F1 on this set; among the rules
+# within RULE_F1_SLACK of that F1, the one with the fewest candidate pairs to verify (cost).
 FLOORS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
-SURES = (0.9, 0.95, 0.98, 1.01)  # 1.01: every candidate is verified
+SURES = (0.95, 0.98, 1.01)  # 1.01: every candidate is verified
+COVERAGES = (0.0, 0.1, 0.2)  # the least share of an image the inliers must span
 RULE_F1_SLACK = 0.005
 
 
@@ -276,25 +278,32 @@ def verified(names: list[str], true, ignored, model: str, pairs, feats, ms_image
     cand = np.flatnonzero(scores >= min(FLOORS))
     started = time.perf_counter()
     inliers = np.full(len(scores), -1.0)
+    coverage = np.zeros(len(scores))
     for k in cand:
-        inliers[k] = verify.match(feats[iu[0][k]], feats[iu[1][k]]).inliers
+        v = verify.match(feats[iu[0][k]], feats[iu[1][k]])
+        inliers[k], coverage[k] = v.inliers, v.coverage
     ms_pair = 1000 * (time.perf_counter() - started) / max(1, len(cand))
+
+    def key_of(floor: float, sure: float, cover: float) -> np.ndarray:
+        """A pair's key: accepted from `sure`; a candidate spanning `cover` by its inliers."""
+        ok = (scores >= floor) & (coverage >= cover)
+        return np.where(scores >= sure, 1e9, np.where(ok, inliers, -1.0))
+
     grid = []
     for floor in FLOORS:
         for sure in SURES:
-            # a pair's key: accepted from `sure`; a candidate by its inliers; else never
-            key = np.where(scores >= sure, 1e9, np.where(scores >= floor, inliers, -1.0))
-            r = sweep(key, iu, names, true, None, ignored)
-            checked = int(((scores >= floor) & (scores < sure)).sum())
-            grid.append({"floor": floor, "sure": sure, "min_inliers": int(r["best_threshold"]),
-                         "checked": checked, **r["best"]})  # fmt: skip
+            for cover in COVERAGES:
+                r = sweep(key_of(floor, sure, cover), iu, names, true, None, ignored)
+                checked = int(((scores >= floor) & (scores < sure)).sum())
+                grid.append({"floor": floor, "sure": sure, "min_coverage": cover,
+                             "min_inliers": int(r["best_threshold"]), "checked": checked,
+                             **r["best"]})  # fmt: skip
     top = max(g["f1"] for g in grid)
     rule = min((g for g in grid if g["f1"] >= top - RULE_F1_SLACK), key=lambda g: g["checked"])
-    key = np.where(scores >= rule["sure"], 1e9,
-                   np.where(scores >= rule["floor"], inliers, -1.0))  # fmt: skip
+    key = key_of(rule["floor"], rule["sure"], rule["min_coverage"])
     r = sweep(key, iu, names, true, float(rule["min_inliers"]), ignored)
     return {
-        "rule": {k: rule[k] for k in ("floor", "sure", "min_inliers")},
+        "rule": {k: rule[k] for k in ("floor", "sure", "min_inliers", "min_coverage")},
         "default": r["default"],
         "checked": rule["checked"],
         "grid": grid,
@@ -335,10 +344,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import tempfile
 
+    with tempfile.TemporaryDirectory(prefix="imgsim-neardup-") as tmp:
+        result = run(Path(tmp), args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(result, args.out / "neardup_pr.png")
+    (args.out / "neardup.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "neardup.md").write_text(render(result))
+    return 0
+
+
+def run(folder: Path, args) -> dict:
+    """Build the set in `folder` and measure every method on it."""
     from imgsim_client.collection import DEDUP_THRESHOLDS
     from imgsim_client.defaults import DEDUP_VERIFY
 
-    folder = Path(tempfile.mkdtemp(prefix="imgsim-neardup-"))
     group = build(folder, args.shared)
     names = sorted(group)
     true, ignored = truth(group)
@@ -368,11 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             v["shipped_rule"] = DEDUP_VERIFY.get(model)
             result["verified"][model] = v
             print(model, "verified", json.dumps(v["rule"]), json.dumps(v["default"]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot(result, args.out / "neardup_pr.png")
-    (args.out / "neardup.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "neardup.md").write_text(render(result))
-    return 0
+    return result
 
 
 def plot(r: dict, path: Path) -> None:
@@ -444,21 +459,23 @@ def render(r: dict) -> str:
             "## Candidates verified geometrically (`dedup`'s default)",
             "",
             "The rule, written before the results: for each model the (candidate floor, sure "
-            "score, inliers) with the best F1 here; among rules within "
+            "score, coverage, inliers) with the best F1 here; among rules within "
             f"{RULE_F1_SLACK} F1 of it, the one with the fewest candidates to verify. "
             f"Floors {', '.join(f'{f:g}' for f in FLOORS)}; sure scores "
-            f"{', '.join(f'{x:g}' for x in SURES)} (1.01: verify every candidate); inliers "
-            "swept.",
+            f"{', '.join(f'{x:g}' for x in SURES)} (1.01: verify every candidate); coverage "
+            f"(the share of an image the inliers span) {', '.join(f'{c:g}' for c in COVERAGES)}; "
+            f"inliers swept; RANSAC tolerance {RANSAC_PX:g} px at {VERIFY_SIDE} px.",
             "",
-            "| candidates from | floor | sure | inliers | P / R / F1 | pairs verified | "
+            "| candidates from | floor | sure | coverage | inliers | P / R / F1 | pairs verified | "
             "features ms/img | ms/verified pair | s (one core) | shipped rule |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, v in r["verified"].items():
             rule, d = v["rule"], v["default"]
             shipped = v.get("shipped_rule")
             lines.append(
-                f"| {name} | {rule['floor']:g} | {rule['sure']:g} | {rule['min_inliers']} | "
+                f"| {name} | {rule['floor']:g} | {rule['sure']:g} | {rule['min_coverage']:g} | "
+                f"{rule['min_inliers']} | "
                 f"{d['precision']:.3f} / {d['recall']:.3f} / **{d['f1']:.3f}** | "
                 f"{v['checked']} | {v['ms_per_image']:.0f} | {v['ms_per_candidate']:.1f} | "
                 f"{v['seconds']:.0f} | {tuple(shipped) if shipped else '-'} |"
@@ -470,8 +487,8 @@ def render(r: dict) -> str:
                 if g["f1"] > best.get(g["floor"], {"f1": -1})["f1"]:
                     best[g["floor"]] = g
             cells = ", ".join(
-                f"{f:g}: F1 {g['f1']:.3f} (sure {g['sure']:g}, {g['min_inliers']} inliers, "
-                f"{g['checked']} pairs)"
+                f"{f:g}: F1 {g['f1']:.3f} (sure {g['sure']:g}, coverage {g['min_coverage']:g}, "
+                f"{g['min_inliers']} inliers, {g['checked']} pairs)"
                 for f, g in sorted(best.items())
             )
             lines.append(f"- {name}: {cells}")

@@ -20,7 +20,7 @@ from PIL import Image
 
 VERIFY_SIDE = 512  # longer side the images are reduced to before features are found
 RATIO = 0.75  # Lowe's ratio test
-RANSAC_PX = 8.0  # reprojection error of an inlier, in pixels at VERIFY_SIDE
+RANSAC_PX = 2.0  # reprojection error of an inlier, in pixels at VERIFY_SIDE (results/neardup.md)
 MIN_INLIERS = 15
 
 
@@ -29,6 +29,10 @@ class Verification:
     inliers: int  # matches consistent with one similarity transform (best of plain, mirrored)
     matches: int  # matches that passed the ratio test
     verified: bool
+    # The share of an image that the inliers span (convex hull area over image area), the
+    # larger of the two images': a logo or emoji shared by two unrelated photos matches in a
+    # small patch of both, a copy over most of at least one of them.
+    coverage: float = 0.0
 
 
 def _cv2():
@@ -62,6 +66,7 @@ class Features:
     descriptors: np.ndarray | None
     mirror_points: np.ndarray | None = None
     mirror_descriptors: np.ndarray | None = None
+    area: float = 1.0  # pixels of the grey image the points are in
 
 
 def _detect(cv2, sift, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -75,33 +80,43 @@ def features(img: Image.Image, mirror: bool = True) -> Features:
     cv2.setNumThreads(1)  # callers run it on their own pools (the server's decode pool)
     sift = cv2.SIFT_create(nfeatures=1000)
     grey = _grey(img)
-    mirrored = _detect(cv2, sift, np.ascontiguousarray(grey[:, ::-1])) if mirror else ()
-    return Features(*_detect(cv2, sift, grey), *mirrored)
+    mirrored = _detect(cv2, sift, np.ascontiguousarray(grey[:, ::-1])) if mirror else (None, None)
+    return Features(*_detect(cv2, sift, grey), *mirrored, area=float(grey.size))
 
 
-def _inliers(cv2, pa, da, pb, db) -> tuple[int, int]:
+def _hull(cv2, points: np.ndarray) -> float:
+    return float(cv2.contourArea(cv2.convexHull(points))) if len(points) >= 3 else 0.0
+
+
+def _inliers(cv2, pa, da, pb, db, area_a, area_b) -> tuple[int, int, float]:
     if da is None or db is None or len(pa) < 2 or len(pb) < 2:
-        return 0, 0
+        return 0, 0, 0.0
     pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
     good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < RATIO * n.distance]
     if len(good) < 3:
-        return 0, len(good)
+        return 0, len(good), 0.0
     src = pa[[m.queryIdx for m in good]]
     dst = pb[[m.trainIdx for m in good]]
     _, mask = cv2.estimateAffinePartial2D(
         src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX, maxIters=2000
     )
-    return (int(mask.sum()) if mask is not None else 0), len(good)
+    if mask is None:
+        return 0, len(good), 0.0
+    keep = mask.ravel().astype(bool)
+    coverage = max(_hull(cv2, src[keep]) / area_a, _hull(cv2, dst[keep]) / area_b)
+    return int(keep.sum()), len(good), coverage
 
 
 def match(a: Features, b: Features) -> Verification:
     """Inliers of the best similarity transform from image `a` to image `b` or its mirror
     (`b` needs its mirror's features)."""
     cv2 = _cv2()
-    plain = _inliers(cv2, a.points, a.descriptors, b.points, b.descriptors)
-    mirrored = _inliers(cv2, a.points, a.descriptors, b.mirror_points, b.mirror_descriptors)
-    inliers, matches = max(plain, mirrored)
-    return Verification(inliers, matches, inliers >= MIN_INLIERS)
+    plain = _inliers(cv2, a.points, a.descriptors, b.points, b.descriptors, a.area, b.area)
+    mirrored = _inliers(
+        cv2, a.points, a.descriptors, b.mirror_points, b.mirror_descriptors, a.area, b.area
+    )
+    inliers, matches, coverage = max(plain, mirrored)
+    return Verification(inliers, matches, inliers >= MIN_INLIERS, coverage)
 
 
 def verify(img_a: Image.Image, img_b: Image.Image) -> Verification:

@@ -132,6 +132,30 @@ def test_index_approximate_above_the_exact_size(folder, address, tmp_path):
     assert VectorIndex.load(tmp_path / "approx").params == index.params
 
 
+def test_self_join_past_the_exact_size_finds_the_exact_pairs():
+    """Past --exact-below, find_duplicates self-joins with index.self_knn (exact scores
+    inside the probed lists, no index built): 2,000 originals with 2 noisy copies each give
+    the same pairs and scores as the exact range search."""
+    from imgsim_client.collection import find_duplicates
+    from imgsim_client.index import Vectors
+
+    rng = np.random.default_rng(0)
+    originals = _unit(rng.normal(size=(2000, 256)).astype(np.float32))
+    copies = [_unit(originals + rng.normal(0, 0.01, originals.shape).astype(np.float32))
+              for _ in range(2)]  # fmt: skip
+    x = np.vstack([originals, *copies])
+    vectors = Vectors([f"v{i}" for i in range(len(x))], x, "m", "cosine")
+    approx = find_duplicates(vectors, 0.9, k=10, exact_below=1000)
+    exact = find_duplicates(vectors, 0.9, k=10, exact_below=10_000)
+    assert not approx.exact and exact.exact and approx.capped == 0
+    got = {(p.image_a, p.image_b): p.score for p in approx.pairs}
+    want = {(p.image_a, p.image_b): p.score for p in exact.pairs}
+    assert len(want) == 3 * 2000  # each original's family: 3 pairs
+    assert set(got) == set(want)
+    assert max(abs(got[p] - want[p]) for p in got) < 1e-4
+    assert approx.groups == exact.groups == 2000
+
+
 def _embedded(folder: Path, address: str, tmp_path: Path):
     vectors = tmp_path / "vectors.parquet"
     main(["embed", str(folder), "-o", str(vectors), "--server", address, "--no-progress"])

@@ -31,6 +31,9 @@ COMMANDS = {
     "perf": calls.run_perf,
     "embed": vectors.run_embed,
     "index": vectors.run_index,
+    "index-add": vectors.run_index_add,
+    "index-info": vectors.run_index_info,
+    "undo-move": vectors.run_undo_move,
     "search": vectors.run_search,
     "dedup": vectors.run_dedup,
     "models": calls.run_models,
@@ -62,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:
-    """`imgsim-client pairs.csv ...` means `imgsim-client score pairs.csv ...`."""
+    """`imgsim-client pairs.csv ...` means `imgsim-client score pairs.csv ...`; `index add`
+    and `index info` are the commands `index-add` and `index-info`."""
+    if len(argv) >= 2 and argv[0] == "index" and argv[1] in ("add", "info"):
+        return [f"index-{argv[1]}", *argv[2:]]
     first = next((a for a in argv if not a.startswith("-")), None)
     if first is not None and first not in COMMANDS and not {"-h", "--help"} & set(argv[:1]):
         return ["score", *argv]

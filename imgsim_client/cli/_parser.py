@@ -200,6 +200,40 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
     ix.add_argument("--exact-below", type=int, default=50_000, help="vectors for an exact index")
     add_retrieval(ix)
 
+    ia = sub.add_parser(
+        "index-add",
+        help="(index add) embed the images not in an index yet and add them",
+        description="imgsim-client index add INDEX PATH...: embeds only the images that are "
+        "not in the index (by path) or whose file changed (by sha256), with the index's "
+        "model, then rebuilds the index from its stored vectors with the parameters it "
+        "recorded (exact or approximate by size, DBA, QE). The new vectors are checkpointed "
+        "into INDEX/vectors.parquet, so an interrupted add loses nothing: run it again.",
+        formatter_class=Formatter,
+    )
+    ia.add_argument("index", type=Path, help="an index folder written by 'imgsim-client index'")
+    ia.add_argument("paths", type=Path, nargs="+", help="image files, folders, .csv or .txt lists")
+    add_checkpoint(ia)
+    ia.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_connection(ia)
+
+    ii = sub.add_parser(
+        "index-info",
+        help="(index info) an index's model, size, kind and parameters",
+        description="imgsim-client index info INDEX: prints index.json and the stored count.",
+        formatter_class=Formatter,
+    )
+    ii.add_argument("index", type=Path, help="an index folder")
+    ii.add_argument("--json", action="store_true", help="print JSON instead of lines")
+
+    um = sub.add_parser(
+        "undo-move",
+        help="put back the files 'dedup --move-to DIR' moved",
+        description="Reads DIR/imgsim-moved.json and moves each file back where it was, "
+        "never overwriting; what cannot go back stays in the manifest.",
+        formatter_class=Formatter,
+    )
+    um.add_argument("folder", type=Path, help="the --move-to folder")
+
     se = sub.add_parser(
         "search",
         help="the k nearest indexed images of each query image",
@@ -260,6 +294,33 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
         help="inliers that verify a candidate (default: the model's measured rule)",
     )
     de.add_argument("--workers", type=int, help="threads for verification (default: one per core)")
+    de.add_argument(
+        "--against",
+        type=Path,
+        help="a reference: an index folder, a vectors .parquet, or images (a folder, a list); "
+        "then each new image's matches in it are written (image,match,score,inliers), and "
+        "the reference is never compared with itself",
+    )
+    de.add_argument(
+        "--html", type=Path, help="also write a gallery of the groups for review: DIR/index.html"
+    )
+    de.add_argument(
+        "--keep",
+        choices=("largest", "oldest", "first", "shortest-path"),
+        default="largest",
+        help="which image of a group is kept (largest: most pixels, then bytes; oldest: file "
+        "time; first: sorted path); against a reference, the reference image",
+    )
+    de.add_argument(
+        "--to-remove", type=Path, help="write the paths of every image not kept, one per line"
+    )
+    de.add_argument(
+        "--move-to",
+        type=Path,
+        help="move every image not kept under this folder (relative paths kept, nothing "
+        "overwritten; DIR/imgsim-moved.json undoes it: imgsim-client undo-move DIR). "
+        "Nothing is ever deleted",
+    )
     de.add_argument(
         "-k", "--k", type=int, default=50, help="neighbours per image, with an approximate index"
     )

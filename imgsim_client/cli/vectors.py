@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from imgsim_client.cli import _common as common
@@ -15,6 +16,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from imgsim_client._csv import refuse_other_model
     from imgsim_client.client import ImgsimError
     from imgsim_client.index import read_parquet, write_parquet
+    from imgsim_client.library import Digests
 
     paths = collection.list_images(args.paths)
     with common.connect(args) as client:
@@ -28,13 +30,22 @@ def run_embed(args: argparse.Namespace) -> int:
             by_key = {collection.display_path(p): p for p in paths}
             done = {by_key[k]: v for k, v in collection.from_vectors(kept).items() if k in by_key}
 
+        reader = Digests()
+        if args.resume and args.output.exists():
+            reader.of.update(kept.digests)
+
+        def vectors_of(results):
+            v = collection.to_vectors(results, paths)
+            keyed = {collection.display_path(p): d for p, d in reader.of.items()}
+            return replace(v, digests={k: keyed[k] for k in v.keys if k in keyed})
+
         def checkpoint(results) -> None:
-            write_parquet(collection.to_vectors(results, paths), args.output)
+            write_parquet(vectors_of(results), args.output)
 
         try:
             results = collection.embed_paths(
                 client, paths, args.model, not args.no_progress, done=done,
-                checkpoint=checkpoint, checkpoint_s=args.checkpoint_every,
+                checkpoint=checkpoint, checkpoint_s=args.checkpoint_every, read=reader,
             )  # fmt: skip
         except (ImgsimError, KeyboardInterrupt):
             print(
@@ -43,7 +54,7 @@ def run_embed(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             raise
-    vectors = collection.to_vectors(results, paths)
+    vectors = vectors_of(results)
     write_parquet(vectors, args.output)
     return common.finish(
         f"embedded {len(vectors.keys)}/{len(paths)} images ({len(vectors.errors)} failed, "
@@ -64,7 +75,7 @@ def run_index(args: argparse.Namespace) -> int:
         qe_k=args.qe_k,
         qe_alpha=args.qe_alpha,
     )
-    index.save(args.output)
+    index.save(args.output, replace(vectors, errors={}))  # the vectors too, for `index add`
     p = index.params
     print(
         f"{p.kind} index ({p.factory}) of {p.count} vectors, {p.dimension}-d, DBA k={p.dba_k}, "
@@ -72,6 +83,71 @@ def run_index(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return common.OK
+
+
+def run_index_add(args: argparse.Namespace) -> int:
+    from imgsim_client import collection, library
+    from imgsim_client.client import ImgsimError
+
+    paths = collection.list_images(args.paths)
+    try:
+        with common.connect(args) as client:
+            added = library.add_to_index(
+                client, args.index, paths, args.model or "", not args.no_progress,
+                args.checkpoint_every,
+            )  # fmt: skip
+    except (library.ModelMismatchError, FileNotFoundError) as exc:
+        print(f"imgsim-client: error: {exc}", file=sys.stderr)
+        return common.USAGE
+    except (ImgsimError, KeyboardInterrupt):
+        print(
+            f"imgsim-client: the vectors embedded so far are in {args.index}/vectors.parquet; "
+            "run the same add again to finish",
+            file=sys.stderr,
+        )
+        raise
+    for path, error in added.failed.items():
+        print(f"imgsim-client: {path}: {error}", file=sys.stderr)
+    return common.finish(
+        f"added {added.new} new and {added.changed} changed image(s) ({added.unchanged} "
+        f"unchanged, {len(added.failed)} failed) in {added.embed_s:.1f}s; {added.kind} index "
+        f"of {added.count} vectors rebuilt in {added.build_s:.1f}s -> {args.index}",
+        len(added.failed),
+    )
+
+
+def run_index_info(args: argparse.Namespace) -> int:
+    import json
+
+    from imgsim_client.index import RAW_VECTORS
+
+    meta = args.index / "index.json"
+    if not meta.is_file():
+        print(f"imgsim-client: error: no index in {args.index} (index.json)", file=sys.stderr)
+        return common.USAGE
+    info = json.loads(meta.read_text())
+    info["stored_vectors"] = (args.index / RAW_VECTORS).is_file()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return common.OK
+
+
+def run_undo_move(args: argparse.Namespace) -> int:
+    from imgsim_client import library
+
+    if not (args.folder / library.MANIFEST).is_file():
+        print(f"imgsim-client: error: no {library.MANIFEST} in {args.folder}", file=sys.stderr)
+        return common.USAGE
+    restored = library.undo_move(args.folder)
+    left = len(library.json.loads((args.folder / library.MANIFEST).read_text())["moves"])
+    return common.finish(
+        f"restored {restored} file(s); {left} could not go back (their place is taken or "
+        "they are gone)",
+        left,
+    )
 
 
 def _load_index(path: Path):
@@ -124,6 +200,28 @@ def run_search(args: argparse.Namespace) -> int:
     return common.SOME_PAIRS_FAILED if len(ok) < len(queries) else common.OK
 
 
+def _reference(client, against: Path, model: str, progress: bool):
+    """(vectors, key -> file) of a dedup reference: an index folder's stored vectors, a
+    vectors .parquet, or images embedded now with `model`."""
+    from imgsim_client import collection
+    from imgsim_client.index import RAW_VECTORS, read_parquet
+
+    if against.is_dir() and (against / "index.json").is_file():
+        if not (against / RAW_VECTORS).is_file():
+            raise FileNotFoundError(
+                f"{against} has no {RAW_VECTORS} (built before `index add` existed); build "
+                "it again with `imgsim-client index VECTORS -o DIR`"
+            )
+        ref = read_parquet(against / RAW_VECTORS)
+    elif against.suffix == ".parquet":
+        ref = read_parquet(against)
+    else:
+        paths = collection.list_images([against])
+        ref = collection.to_vectors(collection.embed_paths(client, paths, model, progress), paths)
+        return ref, {collection.display_path(p): p for p in paths}
+    return ref, {k: k for k in ref.keys}
+
+
 def run_dedup(args: argparse.Namespace) -> int:
     from imgsim_client import collection
     from imgsim_client._csv import write_csv_atomic
@@ -137,11 +235,20 @@ def run_dedup(args: argparse.Namespace) -> int:
         return common.USAGE
     paths = collection.list_images(args.paths)
     started = time.perf_counter()
+    progress = not args.no_progress
+    reference, ref_files = None, {}
     with common.connect(args) as client:
         listing = client.list_models()
         # Like embed: collections default to the server's retrieval descriptor.
         args.model = args.model or listing.collection_model or ""
-        results = collection.embed_paths(client, paths, args.model, not args.no_progress)
+        if args.against is not None:
+            try:
+                reference, ref_files = _reference(client, args.against, args.model, progress)
+            except FileNotFoundError as exc:
+                print(f"imgsim-client: error: {exc}", file=sys.stderr)
+                return common.USAGE
+            args.model = reference.model or args.model  # the new images as the reference
+        results = collection.embed_paths(client, paths, args.model, progress)
         vectors = collection.to_vectors(results, paths)
     measured = None if args.no_verify else collection.verify_rule(vectors.model)
     threshold = args.threshold
@@ -158,26 +265,41 @@ def run_dedup(args: argparse.Namespace) -> int:
         )
         return common.USAGE
     rule = None if args.no_verify else collection.rule_at(measured, threshold, args.min_inliers)
-    found = collection.find_duplicates(vectors, threshold, args.k, args.exact_below)
+    if reference is not None:
+        found = collection.match_against(vectors, reference, threshold, args.k, args.exact_below)
+    else:
+        found = collection.find_duplicates(vectors, threshold, args.k, args.exact_below)
     if rule is not None:
-        files = {collection.display_path(p): p for p in paths}
-        found = collection.verify_duplicates(found, files, rule, args.workers, not args.no_progress)
-    rows = [
-        {"image_a": p.image_a, "image_b": p.image_b, "score": f"{p.score:.6f}",
-         "inliers": "" if p.inliers is None else p.inliers, "group": p.group}
-        for p in found.pairs
-    ]  # fmt: skip
-    write_csv_atomic(["image_a", "image_b", "score", "inliers", "group"], rows, args.output)
+        files = {**ref_files, **{collection.display_path(p): p for p in paths}}
+        found = collection.verify_duplicates(found, files, rule, args.workers, progress)
+    if reference is not None:
+        header = ["image", "match", "score", "inliers"]
+        rows = [
+            {"image": p.image_a, "match": p.image_b, "score": f"{p.score:.6f}",
+             "inliers": "" if p.inliers is None else p.inliers}
+            for p in found.pairs
+        ]  # fmt: skip
+    else:
+        header = ["image_a", "image_b", "score", "inliers", "group"]
+        rows = [
+            {"image_a": p.image_a, "image_b": p.image_b, "score": f"{p.score:.6f}",
+             "inliers": "" if p.inliers is None else p.inliers, "group": p.group}
+            for p in found.pairs
+        ]  # fmt: skip
+    write_csv_atomic(header, rows, args.output)
     how = "exact range search: every pair" if found.exact else (
         f"approximate k-NN, k={found.k}: {found.capped} image(s) reached k, so pairs in groups "
         "larger than k can be missed; raise -k"
     )  # fmt: skip
+    if reference is not None:
+        how = f"against {len(reference.keys)} reference images, up to k={found.k} each"
     v = found.verification
     checked = (
         "not verified"
         if v is None
         else f"verified {v.checked} candidate(s) below {v.rule.sure:g} on {v.images} image(s) "
-        f"in {v.seconds:.1f}s, kept those with >= {v.rule.min_inliers} inliers"
+        f"in {v.seconds:.1f}s, kept those with >= {v.rule.min_inliers} inliers spanning >= "
+        f"{v.rule.min_coverage:g} of an image"
     )
     print(
         f"{len(found.pairs)} duplicate pairs in {found.groups} groups among "
@@ -188,4 +310,48 @@ def run_dedup(args: argparse.Namespace) -> int:
     )
     for path, error in vectors.errors.items():
         print(f"imgsim-client: {path}: {error}", file=sys.stderr)
+    if args.html or args.to_remove or args.move_to:
+        files = {**ref_files, **{collection.display_path(p): p for p in paths}}
+        try:
+            _act(args, found, files, reference is not None)
+        except FileExistsError as exc:
+            print(f"imgsim-client: error: {exc}", file=sys.stderr)
+            return common.FAILED
     return common.SOME_PAIRS_FAILED if vectors.errors else common.OK
+
+
+def _act(args: argparse.Namespace, found, files: dict[str, str], against: bool) -> None:
+    """--html, --to-remove, --move-to over the groups found. Against a reference, the
+    reference image is the one kept and the new images that match it are the others."""
+    from imgsim_client import gallery, library
+
+    members: dict[int, list[str]] = {}
+    best: dict[str, float] = {}
+    for p in found.pairs:
+        members.setdefault(p.group, []).extend((files[p.image_a], files[p.image_b]))
+        for k in (p.image_a, p.image_b):
+            best[files[k]] = max(best.get(files[k], -1.0), p.score)
+    if against:
+        plan = {}
+        for p in found.pairs:
+            keep, others = plan.get(p.group, (files[p.image_b], []))
+            plan[p.group] = (keep, sorted({*others, files[p.image_a]}))
+    else:
+        plan = library.to_remove(members, args.keep)
+    others = sorted({o for _, rest in plan.values() for o in rest})
+    if args.html:
+        out = gallery.write(plan, best, args.html, f"imgsim dedup: {args.output.name}")
+        print(f"gallery of {len(plan)} groups -> {out}", file=sys.stderr)
+    if args.to_remove:
+        args.to_remove.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.to_remove.with_name(f".{args.to_remove.name}.tmp")
+        tmp.write_text("".join(f"{p}\n" for p in others))
+        tmp.replace(args.to_remove)
+        print(f"{len(others)} path(s) not kept -> {args.to_remove}", file=sys.stderr)
+    if args.move_to:
+        manifest = library.move_to(others, args.move_to)
+        print(
+            f"moved {len(others)} file(s) under {args.move_to}; undo: imgsim-client undo-move "
+            f"{args.move_to} ({manifest.name})",
+            file=sys.stderr,
+        )
