@@ -42,13 +42,16 @@ def _pillow():
     return Image
 
 
-# Default dedup thresholds (cosine or hamming similarity), per model: the F1-maximising
-# threshold on near-duplicate edits of real photos, as `make bench-collections` measured it
-# (results/collections.md has its precision, recall and F1). Other models use the server's
-# calibrated near-duplicate threshold at 0.1% FPR (ListModels).
+# dedup thresholds without verification (`--no-verify`), cosine or hamming similarity, per
+# model: for the CNNs the F1-best threshold on the strong near-duplicate set (make
+# bench-quality, results/neardup.md), for the classical ones on the mild edits of make
+# bench-collections. Other models use the server's calibrated near-duplicate threshold at 0.1%
+# FPR (ListModels). With verification, the rules in defaults.DEDUP_VERIFY apply.
 DEDUP_THRESHOLDS = {
-    "efficientnet-lite0": 0.80,
-    "efficientnet-lite0-gem": 0.80,
+    "efficientnet-lite2-260": 0.72,
+    "efficientnet-lite0": 0.71,
+    "efficientnet-lite0-gem": 0.73,
+    "efficientnet-lite0-rmac-full384-ms": 0.78,
     "phash": 0.76,
     "color-hist": 0.96,
     "pixels": 0.71,
@@ -192,9 +195,9 @@ def rule_at(measured: VerifyRule | None, floor: float, min_inliers: int | None) 
     without one) every candidate verified with the collection model's inlier count."""
     from dataclasses import replace
 
-    from imgsim_client.defaults import DEDUP_MIN_INLIERS
+    from imgsim_client.defaults import DEDUP_MIN_COVERAGE, DEDUP_MIN_INLIERS
 
-    base = measured or VerifyRule(floor, VERIFY_ALL, DEDUP_MIN_INLIERS)
+    base = measured or VerifyRule(floor, VERIFY_ALL, DEDUP_MIN_INLIERS, DEDUP_MIN_COVERAGE)
     return replace(base, floor=floor, min_inliers=min_inliers or base.min_inliers)
 
 

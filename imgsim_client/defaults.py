@@ -15,6 +15,11 @@ SEARCH_ROTATIONS = 4
 # least the floor; from the sure score they are kept at once, below it only with that many
 # geometric inliers (SIFT + RANSAC) spanning that share of one image. Chosen on the strong
 # near-duplicate set by the rule in results/neardup.md.
-DEDUP_VERIFY: dict[str, tuple[float, float, int, float]] = {}
-# Inliers that verify a candidate of a model without a measured rule: the collection model's.
-DEDUP_MIN_INLIERS = 15
+DEDUP_VERIFY: dict[str, tuple[float, float, int, float]] = {
+    "efficientnet-lite0-rmac-full384-ms": (0.65, 0.95, 25, 0.2),
+    "efficientnet-lite0-gem": (0.55, 0.95, 25, 0.1),
+}
+# How a candidate of a model without a measured rule is verified: the collection model's
+# inliers and coverage.
+DEDUP_MIN_INLIERS = 25
+DEDUP_MIN_COVERAGE = 0.2

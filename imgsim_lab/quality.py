@@ -319,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         "rotation": {"gain_rot": rot_gain, "change_upright": rot_loss, "on": use_rot},
         "augmentation": {"best": best_aug, "check": aug_check, "on": use_aug},
         "default_lever": default_lever,
+        "transfer": {
+            n: transfer(n, emb[(n, "Holidays")]["db"], sets["Holidays"])
+            for n in names
+            if "Holidays" in sets
+        },
         "cli": None if args.skip_cli else cli_run(chosen, levers[default_lever]["lever"], sets),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -326,6 +331,27 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "quality.md").write_text(render(result, sets))
     print(f"wrote {args.out / 'quality.md'}")
     return 0
+
+
+def transfer(model: str, db: np.ndarray, s: RetrievalSet) -> list[dict]:
+    """How `model`'s calibrated verdict thresholds (measured on the sets thresholds.json
+    names) transfer to `s`: TPR over the pairs of one scene (a query and its relevant images,
+    every pair among them) and FPR over every other pair, at each threshold."""
+    from imgsim_server.embedders._calibration import thresholds
+
+    group = np.full(len(s.paths), -1)
+    for g, (q, rel) in enumerate(zip(s.queries, s.relevant, strict=True)):
+        group[[q, *rel]] = g
+    iu = np.triu_indices(len(s.paths), 1)
+    sims = (db @ db.T)[iu]
+    same = (group[iu[0]] == group[iu[1]]) & (group[iu[0]] >= 0)
+    out = []
+    for t in thresholds(model):
+        above = sims >= t.score
+        out.append({"task": t.task, "dataset": t.dataset, "fpr_measured": t.fpr,
+                    "tpr_measured": t.tpr, "score": t.score, "tpr": float(above[same].mean()),
+                    "fpr": float(above[~same].mean())})  # fmt: skip
+    return out
 
 
 def cli_run(model: str, lever: dict, sets: dict[str, RetrievalSet]) -> dict | None:
@@ -476,6 +502,24 @@ def render(r: dict, sets: dict[str, RetrievalSet]) -> str:
         ]
     lines += ["| published (full Holidays, 1,491 images at full resolution) | mAP |", "|---|---|"]
     lines += [f"| {n} | {m:.3f} |" for n, m in PUBLISHED]
+    rows = [(n, t) for n, ts in r.get("transfer", {}).items() for t in ts]
+    if rows:
+        lines += [
+            "",
+            "## Calibrated verdict thresholds on Holidays",
+            "",
+            "Each model's verdict thresholds (thresholds.json: the task, the set they were "
+            "measured on and their FPR there) applied to Holidays pairs: TPR over pairs of one "
+            "scene, FPR over every other pair. Nothing here was fitted on Holidays.",
+            "",
+            "| model | task | measured on | score | FPR / TPR there | FPR / TPR on Holidays |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {t['task']} | {t['dataset']} | {t['score']:.3f} | "
+            f"{t['fpr_measured']:g} / {t['tpr_measured']:.3f} | {t['fpr']:.4f} / {t['tpr']:.3f} |"
+            for n, t in rows
+        ]
     return "\n".join(lines) + "\n"
 
 

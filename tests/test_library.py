@@ -259,7 +259,7 @@ def test_gallery_in_a_browser(address, photos, tmp_path):
         assert sorted(Path(t.split()[1]).name for t in kept) == [
             "chelsea_big.jpg", "coffee_big.jpg"]  # fmt: skip
         text = page.inner_text("body")
-        assert "640x" in text and "score" in text and "kB" in text
+        assert "451x300" in text and "score 0." in text and " kB" in text  # chelsea_big
         browser.close()
     assert not errors, errors
     assert all(p.is_file() for files in fam.values() for p in files)  # review moves nothing

@@ -167,3 +167,28 @@ def test_collection_defaults_are_what_bench_quality_chose():
     assert lever.get("dba_k", 0) == defaults.DBA_K and lever.get("qe_k", 0) == defaults.QE_K
     if lever.get("dba_k") or lever.get("qe_k"):
         assert lever["alpha"] == defaults.DBA_ALPHA
+
+
+def test_dedup_rules_are_what_bench_quality_chose():
+    """dedup's shipped verification rules and thresholds (without verification) are the ones
+    results/neardup.md measured on the strong near-duplicate set (rerun make bench-quality
+    after changing either), and the collection descriptor has a rule."""
+    import json
+    from pathlib import Path
+
+    from imgsim_client import defaults
+    from imgsim_client.collection import DEDUP_THRESHOLDS
+    from imgsim_server.config import COLLECTION_MODEL
+
+    measured = Path(__file__).resolve().parents[1] / "results" / "neardup.json"
+    if not measured.is_file():
+        pytest.skip("results/neardup.json not written yet")
+    r = json.loads(measured.read_text())
+    assert COLLECTION_MODEL in defaults.DEDUP_VERIFY
+    for model, v in r["verified"].items():
+        rule = v["rule"]
+        want = (rule["floor"], rule["sure"], rule["min_inliers"], rule["min_coverage"])
+        assert defaults.DEDUP_VERIFY.get(model) == want, model
+    for model, m in r["methods"].items():
+        if model in DEDUP_THRESHOLDS and "images_per_s" in m:  # the CNNs, each alone
+            assert DEDUP_THRESHOLDS[model] == round(m["best_threshold"], 2), model

@@ -79,7 +79,7 @@ def test_dedup_verifies_its_candidates(address, photos, tmp_path, capsys):
     out = tmp_path / "dups.csv"
     argv = ["dedup", str(folder), "-o", str(out), "--server", address, "--no-progress"]
     # A low floor makes every pair here a candidate: verification alone decides.
-    assert main([*argv, "--threshold", "0.3"]) == 0
+    assert main([*argv, "--threshold", "0"]) == 0
     rows = {(Path(r["image_a"]).name, Path(r["image_b"]).name): r for r in _rows(out)}
     assert set(rows) == {("chelsea.png", "chelsea_copy.jpg")}, rows
     model = client_model(address)
