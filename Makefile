@@ -49,7 +49,7 @@ test: $(STAMP) ## Run the test suite (real server on loopback, real model, real 
 
 check: $(STAMP) ## Lint with ruff
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check imgsim_server imgsim_client imgsim_lab tests datasets
+	$(VENV)/bin/ruff format --check imgsim_server imgsim_client imgsim_lab imgsim_verify tests datasets
 
 check-installs: $(STAMP) ## Base and [server] installs in throwaway venvs: no torch, sizes, real scores
 	bash scripts/check_installs.sh

@@ -5,6 +5,10 @@
     with ImgsimClient("127.0.0.1:50051") as client:
         score = client.compare(open("a.jpg", "rb").read(), open("b.jpg", "rb").read())
 
+Collections ([index] extra): `find_duplicates(vectors, min_similarity=...)`, `search(index,
+queries, matrix, k)`, `match_against`, `verify_duplicates`, returning typed records
+(`DuplicatePair`, `Match`), with `read_parquet`/`VectorIndex` for the vectors and the index.
+
 The names load lazily (PEP 562), so `imgsim-client --help` does not import grpc.
 """
 
@@ -20,6 +24,20 @@ __all__ = [
     "PairRequest",
     "PairResult",
 ]
+# Collections: FAISS and numpy load only when one of these is used.
+_COLLECTION = {
+    "find_duplicates": "imgsim_client.collection",
+    "match_against": "imgsim_client.collection",
+    "search": "imgsim_client.collection",
+    "verify_duplicates": "imgsim_client.collection",
+    "DuplicatePair": "imgsim_client.collection",
+    "Duplicates": "imgsim_client.collection",
+    "Match": "imgsim_client.collection",
+    "VectorIndex": "imgsim_client.index",
+    "Vectors": "imgsim_client.index",
+    "read_parquet": "imgsim_client.index",
+}
+__all__ += list(_COLLECTION)
 
 if TYPE_CHECKING:
     from imgsim_client.client import (
@@ -33,6 +51,10 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
+    if name in _COLLECTION:
+        import importlib
+
+        return getattr(importlib.import_module(_COLLECTION[name]), name)
     if name in __all__:
         from imgsim_client import client
 

@@ -180,6 +180,7 @@ class Verification:
     kept: int
     images: int
     seconds: float
+    unreadable: tuple[str, ...] = ()  # images whose files could not be read: their pairs fail
 
 
 def verify_rule(model: str) -> VerifyRule | None:
@@ -246,6 +247,7 @@ def verify_duplicates(
         by_group.setdefault(p.group, []).append(p)
     inliers: dict[tuple[str, str], int] = {}
     coverage: dict[tuple[str, str], float] = {}
+    unreadable: list[str] = []
     images = 0
     bar = tqdm(total=len(todo), unit="pair", desc="verifying", disable=not progress)
 
@@ -267,6 +269,7 @@ def verify_duplicates(
             keys = sorted({k for p in pairs for k in (p.image_a, p.image_b)})
             images += len(keys)
             feats = dict(zip(keys, pool.map(read, keys), strict=True))
+            unreadable += [k for k in keys if feats[k] is None]
             for p, (n, c) in zip(pairs, pool.map(partial(match, feats), pairs), strict=True):
                 inliers[p.image_a, p.image_b], coverage[p.image_a, p.image_b] = n, c
             bar.update(len(pairs))
@@ -289,7 +292,8 @@ def verify_duplicates(
         )
         for p in kept
     ]
-    done = Verification(rule, len(todo), len(kept), images, time.perf_counter() - started)
+    done = Verification(rule, len(todo), len(kept), images, time.perf_counter() - started,
+                        tuple(unreadable))  # fmt: skip
     return Duplicates(pairs, found.threshold, found.exact, found.k, found.capped, done)
 
 

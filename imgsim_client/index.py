@@ -361,7 +361,7 @@ def knn_pairs(
 
 
 def self_knn(
-    x: np.ndarray, k: int, nprobe: int = 4, pca: int = 256, seed: int = 0
+    x: np.ndarray, k: int, nprobe: int = 6, pca: int = 256, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, ids) of every row of `x`'s k nearest rows by inner product, itself
     included: exact products inside the `nprobe` inverted lists of each row, the lists chosen

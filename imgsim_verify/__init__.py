@@ -5,7 +5,9 @@ global descriptor cannot always decide (a crop, an overlay, a photo of the same 
 
 SIFT (scale- and rotation-invariant) on grey images whose longer side is at most
 `VERIFY_SIDE`, Lowe's ratio test, `cv2.estimateAffinePartial2D` (rotation, scale, shift);
-mirrored copies are tried too. A pair is verified from `MIN_INLIERS` inliers.
+mirrored copies are tried too. A pair is verified from `MIN_INLIERS` inliers spanning
+`MIN_COVERAGE` of one of the images: the rule `dedup` applies to the collection descriptor's
+candidates, chosen on the strong near-duplicate set (results/neardup.md).
 
 A room of its own, importing nothing of imgsim: the server runs it for `compare --verify`, the
 client's `dedup` on the files it has (features once per image, matched per candidate pair).
@@ -21,7 +23,8 @@ from PIL import Image
 VERIFY_SIDE = 512  # longer side the images are reduced to before features are found
 RATIO = 0.75  # Lowe's ratio test
 RANSAC_PX = 2.0  # reprojection error of an inlier, in pixels at VERIFY_SIDE (results/neardup.md)
-MIN_INLIERS = 15
+MIN_INLIERS = 25
+MIN_COVERAGE = 0.2
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ def match(a: Features, b: Features) -> Verification:
         cv2, a.points, a.descriptors, b.mirror_points, b.mirror_descriptors, a.area, b.area
     )
     inliers, matches, coverage = max(plain, mirrored)
-    return Verification(inliers, matches, inliers >= MIN_INLIERS, coverage)
+    verified = inliers >= MIN_INLIERS and coverage >= MIN_COVERAGE
+    return Verification(inliers, matches, verified, coverage)
 
 
 def verify(img_a: Image.Image, img_b: Image.Image) -> Verification:

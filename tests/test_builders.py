@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from imgsim_datasets import pairs as imgsim_pairs
@@ -110,3 +111,27 @@ def test_report_builds_from_a_small_fixture(tmp_path):
     assert 1 <= data.count(b"/Type /Page\n") + data.count(b"/Type /Page ") <= 4
     # A font with accents is embedded (the sources cite Radenović; Helvetica has no "ć").
     assert b"DejaVuSans" in data
+
+
+def test_report_has_the_real_photo_section_from_the_results():
+    """The report's quality section reads results/quality.json and neardup.json (Holidays
+    table, the strong near-duplicate table and its precision/recall figure)."""
+    from reportlab.lib.styles import getSampleStyleSheet
+    from reportlab.platypus import Image, Table
+
+    from imgsim_lab.report import _quality_section
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    if not (results / "quality.json").is_file() or not (results / "neardup.json").is_file():
+        pytest.skip("results/quality.json or neardup.json not written yet")
+    styles = getSampleStyleSheet()
+    parts = _quality_section(
+        json.loads((results / "quality.json").read_text()),
+        json.loads((results / "neardup.json").read_text()),
+        results,
+        styles["Heading2"],
+        styles["BodyText"],
+    )
+    assert sum(isinstance(p, Table) for p in parts) == 2
+    assert any(isinstance(p, Image) for p in parts) == (results / "neardup_pr.png").is_file()
+    assert _quality_section(None, None, results, styles["Heading2"], styles["BodyText"]) == []

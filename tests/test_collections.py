@@ -247,3 +247,15 @@ def test_phone_formats_score_as_the_same_picture(client, photos, tmp_path, fmt, 
     assert client.compare(png.getvalue(), phone.getvalue()) >= 0.99
     (tmp_path / f"chelsea{ext}").write_bytes(phone.getvalue())
     assert list_images([tmp_path]) == [str(tmp_path / f"chelsea{ext}")]
+
+
+def test_library_api_returns_typed_records_and_checks_bounds():
+    import imgsim_client
+    from imgsim_client import DuplicatePair, Vectors, find_duplicates
+
+    x = _unit(np.array([[1, 0, 0], [0.99, 0.1, 0], [0, 1, 0]], np.float32))
+    found = find_duplicates(Vectors(["a", "b", "c"], x, "m", "cosine"), min_similarity=0.9)
+    assert found.pairs == [DuplicatePair("a", "b", pytest.approx(float(x[0] @ x[1])), 0)]
+    with pytest.raises(ValueError, match="outside"):
+        find_duplicates(Vectors(["a"], x[:1], "m", "cosine"), min_similarity=1.5)
+    assert {"search", "match_against", "verify_duplicates"} <= set(imgsim_client.__all__)

@@ -164,6 +164,12 @@ def test_dedup_against_a_reference(address, photos, tmp_path, capsys):
     argv = ["dedup", str(new), "--against", str(index), "-o", str(out), "--to-remove", str(rm)]
     assert main([*argv, *run]) == 0
     assert rm.read_text() == f"{new / 'chelsea_edit.jpg'}\n"
+    # A reference file gone since it was indexed: its pair cannot be verified, and it says so.
+    (ref / "chelsea.jpg").unlink()
+    capsys.readouterr()
+    assert main(["dedup", str(new), "--against", str(index), "-o", str(out), *run]) == 0
+    assert list(csv.DictReader(out.open())) == []
+    assert f"{ref / 'chelsea.jpg'}: cannot be read for verification" in capsys.readouterr().err
 
 
 def _family_library(photos, root: Path) -> dict[str, list[Path]]:

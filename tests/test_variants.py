@@ -192,3 +192,9 @@ def test_dedup_rules_are_what_bench_quality_chose():
     for model, m in r["methods"].items():
         if model in DEDUP_THRESHOLDS and "images_per_s" in m:  # the CNNs, each alone
             assert DEDUP_THRESHOLDS[model] == round(m["best_threshold"], 2), model
+    # compare --verify's verdict, and dedup's rule for other models, are the collection one's
+    import imgsim_verify
+
+    _, _, inliers, coverage = defaults.DEDUP_VERIFY[COLLECTION_MODEL]
+    assert (inliers, coverage) == (imgsim_verify.MIN_INLIERS, imgsim_verify.MIN_COVERAGE)
+    assert (inliers, coverage) == (defaults.DEDUP_MIN_INLIERS, defaults.DEDUP_MIN_COVERAGE)

@@ -310,6 +310,9 @@ def run_dedup(args: argparse.Namespace) -> int:
     )
     for path, error in vectors.errors.items():
         print(f"imgsim-client: {path}: {error}", file=sys.stderr)
+    for path in v.unreadable if v is not None else ():
+        print(f"imgsim-client: {path}: cannot be read for verification; its candidate pairs "
+              "were not kept", file=sys.stderr)  # fmt: skip
     if args.html or args.to_remove or args.move_to:
         files = {**ref_files, **{collection.display_path(p): p for p in paths}}
         try:
