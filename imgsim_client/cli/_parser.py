@@ -212,7 +212,14 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
     )
     ia.add_argument("index", type=Path, help="an index folder written by 'imgsim-client index'")
     ia.add_argument("paths", type=Path, nargs="+", help="image files, folders, .csv or .txt lists")
-    add_checkpoint(ia)
+    ia.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="write the vectors embedded so far into INDEX/vectors.parquet (atomically) this "
+        "often, and on Ctrl-C or failure; running the same add again embeds only the rest",
+    )
     ia.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_connection(ia)
 
