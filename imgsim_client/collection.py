@@ -49,7 +49,7 @@ def _pillow():
 # FPR (ListModels). With verification, the rules in defaults.DEDUP_VERIFY apply.
 DEDUP_THRESHOLDS = {
     "efficientnet-lite2-260": 0.72,
-    "efficientnet-lite0": 0.71,
+    "efficientnet-lite0": 0.7,
     "efficientnet-lite0-gem": 0.73,
     "efficientnet-lite0-rmac-full384-ms": 0.78,
     "phash": 0.76,

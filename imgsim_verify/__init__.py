@@ -23,7 +23,7 @@ from PIL import Image
 VERIFY_SIDE = 512  # longer side the images are reduced to before features are found
 RATIO = 0.75  # Lowe's ratio test
 RANSAC_PX = 2.0  # reprojection error of an inlier, in pixels at VERIFY_SIDE (results/neardup.md)
-MIN_INLIERS = 25
+MIN_INLIERS = 22
 MIN_COVERAGE = 0.2
 
 

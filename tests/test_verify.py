@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+import imgsim_verify as verify
 from imgsim_client.cli import main
 from imgsim_lab._paths import SHARED
 
@@ -29,7 +30,7 @@ def _edited(path: Path) -> bytes:
 def test_an_edited_copy_is_verified(client, photos):
     original = photos["chelsea"]
     result = client.compare_verified(original.read_bytes(), _edited(original))
-    assert result.verified and result.inliers >= 25, result
+    assert result.verified and result.inliers >= verify.MIN_INLIERS, result
     unrelated = client.compare_verified(original.read_bytes(), photos["rocket"].read_bytes())
     assert not unrelated.verified and unrelated.inliers < 15, unrelated
 
@@ -51,7 +52,7 @@ def test_verify_over_http_and_the_cli(extra_servers, photos, tmp_path, capsys):
     files = {"image_a": original.read_bytes(), "image_b": _edited(original)}
     url = f"http://127.0.0.1:{running.http_port}/v1/compare"
     body = httpx.post(url + "?verify=true", files=files, timeout=60).json()
-    assert body["verified"] is True and body["inliers"] >= 25, body
+    assert body["verified"] is True and body["inliers"] >= verify.MIN_INLIERS, body
     assert "inliers" not in httpx.post(url, files=files, timeout=60).json()
     (tmp_path / "copy.jpg").write_bytes(_edited(original))
     argv = ["compare", str(original), str(tmp_path / "copy.jpg"), "--verify"]
