@@ -139,14 +139,16 @@ def match_against(
     image); the reference is never compared with itself. A group is one new image's matches."""
     from imgsim_client.index import EXACT_BELOW, VectorIndex
 
+    low = -1.0 if vectors.similarity == "cosine" else 0.0
+    if not low <= min_similarity <= 1.0:
+        raise ValueError(f"min_similarity {min_similarity} is outside [{low:g}, 1]")
+    if not reference.keys or not vectors.keys:  # nothing to match (an empty reference)
+        return Duplicates([], min_similarity, True, k, 0)
     if reference.model != vectors.model:
         raise ValueError(
             f"the reference holds vectors of {reference.model}, the images were embedded "
             f"with {vectors.model}"
         )
-    low = -1.0 if vectors.similarity == "cosine" else 0.0
-    if not low <= min_similarity <= 1.0:
-        raise ValueError(f"min_similarity {min_similarity} is outside [{low:g}, 1]")
     index = VectorIndex.build(reference, exact_below=exact_below or EXACT_BELOW)
     pairs, capped = [], 0
     if len(index) and len(vectors.keys):
