@@ -1,12 +1,16 @@
-"""CSV tables with the standard library's csv module: read with clear errors, write atomically."""
+"""CSV tables with the standard library's csv module: read with clear errors, write atomically
+(and any other text output the client writes: `atomic_text`)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 
 class PairsFileError(ValueError):
@@ -61,17 +65,31 @@ def refuse_other_model(path: Path, found: set[str], wanted: str, what: str) -> N
         )
 
 
-def write_csv_atomic(columns: list[str], rows: list[dict], out_path: Path) -> None:
-    """Write to a temporary file beside `out_path`, then rename: never a half-written file."""
+@contextlib.contextmanager
+def atomic_text(out_path: Path) -> Iterator[TextIO]:
+    """A text file handle on a temporary file beside `out_path`, renamed over it when the block
+    ends without error (else removed): never a half-written file. Text is UTF-8, and a file
+    name that is not valid UTF-8 (surrogate escapes) is written back as its bytes."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
     try:
-        # surrogateescape: a file name that is not valid UTF-8 is written back as its bytes.
         with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+            yield fh
         os.replace(tmp, out_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(out_path: Path, text: str) -> None:
+    """`text` into `out_path`, whole or not at all (`atomic_text`)."""
+    with atomic_text(out_path) as fh:
+        fh.write(text)
+
+
+def write_csv_atomic(columns: list[str], rows: list[dict], out_path: Path) -> None:
+    """Write to a temporary file beside `out_path`, then rename: never a half-written file."""
+    with atomic_text(out_path) as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)

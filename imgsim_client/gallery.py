@@ -8,6 +8,8 @@ import html
 import os
 from pathlib import Path
 
+from imgsim_client._csv import write_text_atomic
+
 THUMB = 180  # longer side of a thumbnail, in pixels
 
 
@@ -93,7 +95,5 @@ def write(
         + "</body></html>\n"
     )
     out = folder / "index.html"
-    tmp = folder / ".index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, page)
     return out

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from imgsim_client._csv import write_text_atomic
 from imgsim_client._extras import missing_extra
 
 try:
@@ -324,13 +325,8 @@ class VectorIndex:
         tmp = folder / ".index.faiss.tmp"
         faiss.write_index(self.index, str(tmp))
         tmp.replace(folder / "index.faiss")
-        for name, text in (
-            ("keys.json", json.dumps(self.keys)),
-            ("index.json", json.dumps(asdict(self.params), indent=2) + "\n"),
-        ):
-            tmp = folder / f".{name}.tmp"
-            tmp.write_text(text)
-            tmp.replace(folder / name)  # fmt: skip
+        write_text_atomic(folder / "keys.json", json.dumps(self.keys))
+        write_text_atomic(folder / "index.json", json.dumps(asdict(self.params), indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: Path) -> VectorIndex:

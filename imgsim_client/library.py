@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from imgsim_client._csv import write_text_atomic
 from imgsim_client.client import ImageResult, ImgsimClient
 
 
@@ -227,6 +228,4 @@ def undo_move(dest: Path) -> int:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")

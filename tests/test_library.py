@@ -269,3 +269,16 @@ def test_gallery_in_a_browser(address, photos, tmp_path):
         browser.close()
     assert not errors, errors
     assert all(p.is_file() for files in fam.values() for p in files)  # review moves nothing
+
+
+def test_to_remove_keeps_a_name_that_is_not_utf8(address, photos, tmp_path):
+    """--to-remove lists each path as its bytes, a file name that is not valid UTF-8 too
+    (written through the same atomic writer as the CSVs)."""
+    lib = tmp_path / "lib"
+    _jpeg(photos["chelsea"], lib / "big.jpg", side=640)
+    odd = os.fsdecode(b"caf\xe9.jpg")
+    _jpeg(photos["chelsea"], lib / odd, side=200)
+    rm = tmp_path / "rm.txt"
+    argv = ["dedup", str(lib), "-o", str(tmp_path / "d.csv"), "--to-remove", str(rm)]
+    assert main([*argv, "--server", address, "--no-progress"]) == 0
+    assert rm.read_bytes() == os.fsencode(str(lib / odd)) + b"\n"

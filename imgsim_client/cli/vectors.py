@@ -327,6 +327,7 @@ def _act(args: argparse.Namespace, found, files: dict[str, str], against: bool) 
     """--html, --to-remove, --move-to over the groups found. Against a reference, the
     reference image is the one kept and the new images that match it are the others."""
     from imgsim_client import gallery, library
+    from imgsim_client._csv import write_text_atomic
 
     members: dict[int, list[str]] = {}
     best: dict[str, float] = {}
@@ -346,10 +347,7 @@ def _act(args: argparse.Namespace, found, files: dict[str, str], against: bool) 
         out = gallery.write(plan, best, args.html, f"imgsim dedup: {args.output.name}")
         print(f"gallery of {len(plan)} groups -> {out}", file=sys.stderr)
     if args.to_remove:
-        args.to_remove.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.to_remove.with_name(f".{args.to_remove.name}.tmp")
-        tmp.write_text("".join(f"{p}\n" for p in others))
-        tmp.replace(args.to_remove)
+        write_text_atomic(args.to_remove, "".join(f"{p}\n" for p in others))
         print(f"{len(others)} path(s) not kept -> {args.to_remove}", file=sys.stderr)
     if args.move_to:
         manifest = library.move_to(others, args.move_to)
