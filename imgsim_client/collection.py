@@ -105,6 +105,12 @@ def default_threshold(model: str, listing=None) -> float | None:
     return info.threshold("near-duplicate", 0.001) if info is not None else None
 
 
+def _check_similarity(vectors, min_similarity: float) -> None:
+    low = -1.0 if vectors.similarity == "cosine" else 0.0
+    if not low <= min_similarity <= 1.0:
+        raise ValueError(f"min_similarity {min_similarity} is outside [{low:g}, 1]")
+
+
 def find_duplicates(
     vectors, min_similarity: float, k: int = 50, exact_below: int | None = None
 ) -> Duplicates:
@@ -113,9 +119,7 @@ def find_duplicates(
     (`index.self_knn`: exact scores within the probed lists, no index to build)."""
     from imgsim_client.index import EXACT_BELOW, VectorIndex, groups, knn_pairs, self_knn
 
-    low = -1.0 if vectors.similarity == "cosine" else 0.0
-    if not low <= min_similarity <= 1.0:
-        raise ValueError(f"min_similarity {min_similarity} is outside [{low:g}, 1]")
+    _check_similarity(vectors, min_similarity)
     n = len(vectors.keys)
     exact = n < (exact_below or EXACT_BELOW) or vectors.similarity == "hamming"
     if exact:
@@ -139,9 +143,7 @@ def match_against(
     image); the reference is never compared with itself. A group is one new image's matches."""
     from imgsim_client.index import EXACT_BELOW, VectorIndex
 
-    low = -1.0 if vectors.similarity == "cosine" else 0.0
-    if not low <= min_similarity <= 1.0:
-        raise ValueError(f"min_similarity {min_similarity} is outside [{low:g}, 1]")
+    _check_similarity(vectors, min_similarity)
     if not reference.keys or not vectors.keys:  # nothing to match (an empty reference)
         return Duplicates([], min_similarity, True, k, 0)
     if reference.model != vectors.model:
@@ -151,13 +153,12 @@ def match_against(
         )
     index = VectorIndex.build(reference, exact_below=exact_below or EXACT_BELOW)
     pairs, capped = [], 0
-    if len(index) and len(vectors.keys):
-        sims, ids = index.search(vectors.matrix, k)
-        for i, (srow, irow) in enumerate(zip(sims, ids, strict=True)):
-            hit = (srow >= min_similarity) & (irow >= 0)
-            capped += bool(hit.all() and k < len(index))
-            pairs += [DuplicatePair(vectors.keys[i], index.keys[j], float(sc), i)
-                      for sc, j in zip(srow[hit], irow[hit], strict=True)]  # fmt: skip
+    sims, ids = index.search(vectors.matrix, k)
+    for i, (srow, irow) in enumerate(zip(sims, ids, strict=True)):
+        hit = (srow >= min_similarity) & (irow >= 0)
+        capped += bool(hit.all() and k < len(index))
+        pairs += [DuplicatePair(vectors.keys[i], index.keys[j], float(sc), i)
+                  for sc, j in zip(srow[hit], irow[hit], strict=True)]  # fmt: skip
     return Duplicates(pairs, min_similarity, index.params.kind == "exact", k, capped)
 
 
@@ -215,11 +216,11 @@ def verification_available() -> bool:
 
 
 def _features(path: str):
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     import imgsim_verify
 
-    with Image.open(path) as img:
+    with _pillow().open(path) as img:
         return imgsim_verify.features(ImageOps.exif_transpose(img).convert("RGB"))
 
 

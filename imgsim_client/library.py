@@ -59,10 +59,19 @@ class ModelMismatchError(ValueError):
     """The index was made with another model than the one asked for."""
 
 
-def index_model(folder: Path) -> str:
-    from imgsim_client.index import IndexParams
+def stored_vectors(folder: Path) -> Path:
+    """The vectors an index folder keeps as embedded (`vectors.parquet`), which `index add`
+    grows and `dedup --against` reads; FileNotFoundError, saying what to do, where an index
+    was built before it kept them."""
+    from imgsim_client.index import RAW_VECTORS
 
-    return IndexParams(**json.loads((folder / "index.json").read_text())).model
+    path = folder / RAW_VECTORS
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no {RAW_VECTORS} (an index built before `index add` existed): build "
+            "it again with `imgsim-client index VECTORS -o DIR`"
+        )
+    return path
 
 
 def add_to_index(
@@ -81,7 +90,7 @@ def add_to_index(
     import numpy as np
 
     from imgsim_client import collection
-    from imgsim_client.index import RAW_VECTORS, IndexParams, VectorIndex, Vectors, read_parquet
+    from imgsim_client.index import IndexParams, VectorIndex, Vectors, read_parquet
 
     params = IndexParams(**json.loads((folder / "index.json").read_text()))
     if model and client.resolve_model(model) != params.model:
@@ -89,12 +98,7 @@ def add_to_index(
             f"{folder} holds vectors of {params.model}, not {client.resolve_model(model)}; "
             "an index holds one model's vectors (build another index for that model)"
         )
-    raw_path = folder / RAW_VECTORS
-    if not raw_path.is_file():
-        raise FileNotFoundError(
-            f"{folder} has no {RAW_VECTORS} (an index built before `index add` existed): build "
-            "it again with `imgsim-client index VECTORS -o DIR`"
-        )
+    raw_path = stored_vectors(folder)
     old = read_parquet(raw_path)
     stored = dict(zip(old.keys, old.matrix, strict=True))
     digests = dict(old.digests)
@@ -148,8 +152,6 @@ def add_to_index(
 
 # --- acting on duplicate groups -------------------------------------------------------------
 
-KEEP_POLICIES = ("largest", "oldest", "first", "shortest-path")
-
 
 def keeper(paths: list[str], policy: str) -> str:
     """The one image of a group to keep: `largest` (pixels, then bytes), `oldest` (file
@@ -162,6 +164,8 @@ def keeper(paths: list[str], policy: str) -> str:
         return min(paths, key=lambda p: (len(p), p))
     if policy == "first":
         return min(paths)
+    from imgsim_client.defaults import KEEP_POLICIES
+
     raise ValueError(f"--keep must be one of {', '.join(KEEP_POLICIES)}, not {policy!r}")
 
 
@@ -175,12 +179,25 @@ def _pixels(path: str) -> int:
         return -1
 
 
-def to_remove(groups: dict[int, list[str]], policy: str) -> dict[int, tuple[str, list[str]]]:
-    """Per group: (the keeper, the others), by `policy`."""
+def plan(
+    found, files: dict[str, str], policy: str, against: bool = False
+) -> dict[int, tuple[str, list[str]]]:
+    """Per group of `found` (collection.Duplicates): (the file kept, the others' files), by
+    `policy`; against a reference (pairs of new image, reference image), the reference image
+    is kept and the new images that match it are the others. `files`: each key's file."""
+    members: dict[int, set[str]] = {}  # against a reference: the new images only
+    reference: dict[int, str] = {}  # against a reference: its first match, the one kept
+    for p in found.pairs:
+        a, b = files[p.image_a], files[p.image_b]
+        if against:
+            reference.setdefault(p.group, b)
+            members.setdefault(p.group, set()).add(a)
+        else:
+            members.setdefault(p.group, set()).update((a, b))
     out = {}
-    for g, members in groups.items():
-        keep = keeper(sorted(set(members)), policy)
-        out[g] = (keep, sorted(m for m in set(members) if m != keep))
+    for g, group in members.items():
+        keep = reference[g] if against else keeper(sorted(group), policy)
+        out[g] = (keep, sorted(group - {keep}))
     return out
 
 
@@ -210,9 +227,9 @@ def move_to(paths: list[str], dest: Path, root: Path | None = None) -> Path:
     return manifest
 
 
-def undo_move(dest: Path) -> int:
-    """Put back every file the manifest in `dest` records, never overwriting; returns how many
-    were restored (the manifest keeps those that could not be)."""
+def undo_move(dest: Path) -> tuple[int, int]:
+    """Put back every file the manifest in `dest` records, never overwriting; returns (how many
+    were restored, how many could not be: the manifest keeps those)."""
     manifest = dest / MANIFEST
     moves = json.loads(manifest.read_text())["moves"]
     left = []
@@ -224,7 +241,7 @@ def undo_move(dest: Path) -> int:
         src.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(target), str(src))
     _write_json(manifest, {"moves": list(reversed(left))})
-    return len(moves) - len(left)
+    return len(moves) - len(left), len(left)
 
 
 def _write_json(path: Path, obj) -> None:

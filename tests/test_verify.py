@@ -121,3 +121,30 @@ def client_model(address: str) -> str:
 
     with ImgsimClient(address, timeout=30) as client:
         return client.list_models().collection_model
+
+
+def test_dedup_verifies_a_heic_copy(address, photos, tmp_path):
+    """The client reads HEIC files for verification too: an edited copy stored as HEIC is
+    verified against its original, not dropped as unreadable. The client runs in its own
+    process: here the in-process server has registered HEIC with Pillow already."""
+    import subprocess
+    import sys
+
+    pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif is not installed")
+    pillow_heif.register_heif_opener()
+    folder = tmp_path / "library"
+    folder.mkdir()
+    (folder / "chelsea.png").write_bytes(photos["chelsea"].read_bytes())
+    Image.open(io.BytesIO(_edited(photos["chelsea"]))).save(folder / "copy.heic", "HEIF")
+    out = tmp_path / "dups.csv"
+    argv = ["dedup", str(folder), "-o", str(out), "--server", address, "--no-progress"]
+    run = subprocess.run(
+        [sys.executable, "-m", "imgsim_client.cli", *argv],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = _rows(out)
+    assert [(Path(r["image_a"]).name, Path(r["image_b"]).name) for r in rows] == [
+        ("chelsea.png", "copy.heic")], run.stderr  # fmt: skip
+    assert int(rows[0]["inliers"]) >= verify.MIN_INLIERS
+    assert "cannot be read" not in run.stderr

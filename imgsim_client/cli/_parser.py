@@ -313,7 +313,7 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
     )
     de.add_argument(
         "--keep",
-        choices=("largest", "oldest", "first", "shortest-path"),
+        choices=defaults.KEEP_POLICIES,
         default="largest",
         help="which image of a group is kept (largest: most pixels, then bytes; oldest: file "
         "time; first: sorted path); against a reference, the reference image",

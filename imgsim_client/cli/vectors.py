@@ -141,8 +141,7 @@ def run_undo_move(args: argparse.Namespace) -> int:
     if not (args.folder / library.MANIFEST).is_file():
         print(f"imgsim-client: error: no {library.MANIFEST} in {args.folder}", file=sys.stderr)
         return common.USAGE
-    restored = library.undo_move(args.folder)
-    left = len(library.json.loads((args.folder / library.MANIFEST).read_text())["moves"])
+    restored, left = library.undo_move(args.folder)
     return common.finish(
         f"restored {restored} file(s); {left} could not go back (their place is taken or "
         "they are gone)",
@@ -203,16 +202,11 @@ def run_search(args: argparse.Namespace) -> int:
 def _reference(client, against: Path, model: str, progress: bool):
     """(vectors, key -> file) of a dedup reference: an index folder's stored vectors, a
     vectors .parquet, or images embedded now with `model`."""
-    from imgsim_client import collection
-    from imgsim_client.index import RAW_VECTORS, read_parquet
+    from imgsim_client import collection, library
+    from imgsim_client.index import read_parquet
 
     if against.is_dir() and (against / "index.json").is_file():
-        if not (against / RAW_VECTORS).is_file():
-            raise FileNotFoundError(
-                f"{against} has no {RAW_VECTORS} (built before `index add` existed); build "
-                "it again with `imgsim-client index VECTORS -o DIR`"
-            )
-        ref = read_parquet(against / RAW_VECTORS)
+        ref = read_parquet(library.stored_vectors(against))
     elif against.suffix == ".parquet":
         ref = read_parquet(against)
     else:
@@ -269,8 +263,8 @@ def run_dedup(args: argparse.Namespace) -> int:
         found = collection.match_against(vectors, reference, threshold, args.k, args.exact_below)
     else:
         found = collection.find_duplicates(vectors, threshold, args.k, args.exact_below)
+    files = {**ref_files, **{collection.display_path(p): p for p in paths}}
     if rule is not None:
-        files = {**ref_files, **{collection.display_path(p): p for p in paths}}
         found = collection.verify_duplicates(found, files, rule, args.workers, progress)
     if reference is not None:
         header = ["image", "match", "score", "inliers"]
@@ -314,7 +308,6 @@ def run_dedup(args: argparse.Namespace) -> int:
         print(f"imgsim-client: {path}: cannot be read for verification; its candidate pairs "
               "were not kept", file=sys.stderr)  # fmt: skip
     if args.html or args.to_remove or args.move_to:
-        files = {**ref_files, **{collection.display_path(p): p for p in paths}}
         try:
             _act(args, found, files, reference is not None)
         except FileExistsError as exc:
@@ -329,19 +322,11 @@ def _act(args: argparse.Namespace, found, files: dict[str, str], against: bool) 
     from imgsim_client import gallery, library
     from imgsim_client._csv import write_text_atomic
 
-    members: dict[int, list[str]] = {}
     best: dict[str, float] = {}
     for p in found.pairs:
-        members.setdefault(p.group, []).extend((files[p.image_a], files[p.image_b]))
         for k in (p.image_a, p.image_b):
             best[files[k]] = max(best.get(files[k], -1.0), p.score)
-    if against:
-        plan = {}
-        for p in found.pairs:
-            keep, others = plan.get(p.group, (files[p.image_b], []))
-            plan[p.group] = (keep, sorted({*others, files[p.image_a]}))
-    else:
-        plan = library.to_remove(members, args.keep)
+    plan = library.plan(found, files, args.keep, against)
     others = sorted({o for _, rest in plan.values() for o in rest})
     if args.html:
         out = gallery.write(plan, best, args.html, f"imgsim dedup: {args.output.name}")
