@@ -245,15 +245,26 @@ def structured(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return out[rng.permutation(n)]
 
 
-def recall_at_10(index: VectorIndex, x: np.ndarray, sample: int = 1000) -> float:
+def exact_top10(x: np.ndarray, sample: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, their exact 10 nearest by inner product): the ground truth of recall@10, on
+    `sample` rows drawn with a fixed seed."""
     import faiss
 
-    q = x[np.random.default_rng(1).choice(len(x), min(sample, len(x)), replace=False)]
+    rows = np.random.default_rng(1).choice(len(x), min(sample, len(x)), replace=False)
     exact = faiss.IndexFlatIP(x.shape[1])
     exact.add(x)
-    _, truth = exact.search(q, 10)
-    _, got = index.search(q, 10)
+    return rows, exact.search(x[rows], 10)[1]
+
+
+def overlap_at_10(truth: np.ndarray, got: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got, strict=True)]))
+
+
+def recall_at_10(index, x: np.ndarray, truth: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+    """`index`'s recall@10 against exact search (`truth`: `exact_top10(x)`, computed here if
+    not given)."""
+    rows, top = truth if truth is not None else exact_top10(x)
+    return overlap_at_10(top, index.search(x[rows], 10)[1])
 
 
 def compare_libraries(x: np.ndarray) -> list[dict]:
@@ -304,7 +315,6 @@ def scale_run(base: np.ndarray, n: int, x: np.ndarray | None = None, **build) ->
     """n structured vectors (or `x`): dedup's self-join (k=10, `index.self_knn`, what
     `dedup` runs past --exact-below) with its recall@10 on 1,000 sampled rows against exact
     search, then the saved index `index`/`index add` build (vectors/s) and one query's time."""
-    import faiss
 
     from imgsim_client.index import Vectors, self_knn
 
@@ -317,13 +327,8 @@ def scale_run(base: np.ndarray, n: int, x: np.ndarray | None = None, **build) ->
         _, ids = self_knn(x, 10)
     join_s = time.perf_counter() - t
     join_rss = peak.peak - before  # above the vectors themselves
-    rows = np.random.default_rng(1).choice(n, min(1000, n), replace=False)
-    exact = faiss.IndexFlatIP(x.shape[1])
-    exact.add(x)
-    _, truth = exact.search(x[rows], 10)
-    del exact
-    hits = zip(truth, ids[rows], strict=True)
-    join_recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in hits]))
+    truth = exact_top10(x)  # one exact search for both recalls below
+    join_recall = overlap_at_10(truth[1], ids[truth[0]])
     del ids
     before = rss_mib()
     t = time.perf_counter()
@@ -348,7 +353,7 @@ def scale_run(base: np.ndarray, n: int, x: np.ndarray | None = None, **build) ->
         "one_query_ms": one_query_ms,
         "index_rss_mib": rss_mib() - before,
         "vectors_mib": x.nbytes / 2**20,
-        "recall_at_10": recall_at_10(index, x),
+        "recall_at_10": recall_at_10(index, x, truth),
     }
     del index
     return result
