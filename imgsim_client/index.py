@@ -285,23 +285,16 @@ class VectorIndex:
         return self.search(expanded, k)
 
     def self_pairs(
-        self, x: np.ndarray, threshold: float, k: int | None = None, batch: int = 4096
+        self, x: np.ndarray, threshold: float, batch: int = 4096
     ) -> tuple[list[tuple[int, int, float]], int]:
-        """Every pair (i < j) of the indexed vectors `x` scoring at or above `threshold`, and
-        how many vectors hit the k cap (their groups may be larger than found). With k None (an
-        exact index only), FAISS's range search finds every pair, however many copies; with k,
-        each vector's k nearest (`self_knn` for an approximate inner-product index)."""
-        if k is None and self.params.kind != "exact":
-            raise ValueError("range search needs an exact index; give k for an approximate one")
+        """Every pair (i < j) of the indexed vectors `x` scoring at or above `threshold` (and 0:
+        no vector is capped), by FAISS's range search on an exact index, however many copies.
+        Past the exact size, `dedup` self-joins with `self_knn` and `knn_pairs` instead."""
+        if self.params.kind != "exact":
+            raise ValueError(
+                "range search needs an exact index; use self_knn for an approximate one"
+            )
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if k is not None:
-            if self.params.kind == "approximate" and self.params.metric == "inner_product":
-                sims, ids = self_knn(x, k)
-            else:
-                hits = [self.search(x[i : i + batch], k) for i in range(0, len(x), batch)]
-                sims = np.concatenate([h[0] for h in hits]) if hits else np.zeros((0, k))
-                ids = np.concatenate([h[1] for h in hits]) if hits else np.zeros((0, k), int)
-            return knn_pairs(sims, ids, threshold, k < len(self))
         pairs: list[tuple[int, int, float]] = []
         raw_t = self._threshold_to_raw(threshold)
         for start in range(0, len(self), batch):
