@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 
 SERVICE = "imgsim.v1.ImageSimilarity"
@@ -21,6 +22,14 @@ UNARY_RETRY = {
     "backoffMultiplier": 2,
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
+
+
+# Long enough for a cold start on 2 cores: the server exports its default model's graph first
+# (results/startup.md has the measured times).
+READY_TIMEOUT = 600.0
+READY_POLL_S = 0.5
+HEALTH_REQUEST = health_pb2.HealthCheckRequest(service=SERVICE)
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 class ImgsimError(Exception):
@@ -94,15 +103,18 @@ class ClientBase:
         tls_key: Path | None = None,
         connect_timeout: float = 10.0,
         retry: dict | None = None,
+        ready_timeout: float = READY_TIMEOUT,
     ) -> None:
         """`timeout` bounds each unary call and is the default idle timeout of streams;
-        `connect_timeout` bounds the first connection (`wait_ready`). `tls_ca` turns on TLS
+        `connect_timeout` bounds the first connection and `ready_timeout` the wait after it
+        until the server is ready (`wait_ready`). `tls_ca` turns on TLS
         (the CA that signed the server); `tls_cert`/`tls_key` add a client certificate for
         mTLS. `auth_token` is sent as `authorization: Bearer ...`. `retry` replaces the unary
         retry policy (UNARY_RETRY)."""
         self.target = target
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.ready_timeout = ready_timeout
         self.server_answered = False  # a server has answered on this channel at least once
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
         options = channel_options(max_message_mb, retry)
@@ -114,6 +126,44 @@ class ClientBase:
             self._channel = insecure(target, options=options)
         self._secure = creds is not None
         self._stub = pb_grpc.ImageSimilarityStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def _ready_bounds(self, timeout: float | None) -> tuple[float, float]:
+        """(connect wait, ready wait) of `wait_ready`: `timeout` bounds both together when
+        given, else `connect_timeout` and `ready_timeout`."""
+        if timeout is None:
+            return self.connect_timeout, self.ready_timeout
+        return timeout, timeout
+
+
+def is_serving(resp: health_pb2.HealthCheckResponse | None) -> bool:
+    """Whether a health answer says ready (None: no health service; see health_answer)."""
+    return resp is None or resp.status == SERVING
+
+
+def health_answer(err: grpc.RpcError) -> None:
+    """The health answer of a server without gRPC Health for imgsim (UNIMPLEMENTED, e.g. a
+    proxy that routes only the imgsim service; NOT_FOUND, a service name it does not know):
+    None, taken as ready, since nothing better can be known. Other errors are raised."""
+    if err.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND):
+        return None
+    raise ImgsimError.from_rpc(err) from None
+
+
+def still_not_ready(target: str, waited: float, reason: str) -> ImgsimError:
+    """The error of a server that answers but did not become ready within `waited`."""
+    return ImgsimError(
+        grpc.StatusCode.UNAVAILABLE,
+        f"the imgsim server at {target} answers but was not ready after {waited:g}s "
+        f"(--ready-timeout): {reason}",
+    )
+
+
+def failed_to_prepare(target: str, reason: str) -> ImgsimError:
+    return ImgsimError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"the imgsim server at {target} cannot serve: {reason}",
+    )
 
 
 def not_ready(target: str, timeout: float, secure: bool) -> ImgsimError:

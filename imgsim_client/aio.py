@@ -13,13 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 
 import grpc
 from imgsim.v1 import similarity_pb2 as pb
 
 from imgsim_client import _convert, types
-from imgsim_client._channel import ClientBase, ImgsimError, idle_error, not_ready
+from imgsim_client._channel import (
+    HEALTH_REQUEST,
+    READY_POLL_S,
+    ClientBase,
+    ImgsimError,
+    failed_to_prepare,
+    health_answer,
+    idle_error,
+    is_serving,
+    not_ready,
+    still_not_ready,
+)
 from imgsim_client._channel import target_addresses as backends
 
 __all__ = ["AsyncImgsimClient", "ImgsimError"]
@@ -40,14 +51,42 @@ class AsyncImgsimClient(ClientBase):
     async def close(self) -> None:
         await self._channel.close()
 
-    async def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until the channel connects; ImgsimError(UNAVAILABLE) after `timeout`."""
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the channel connects, ready or not (see ImgsimClient.wait_connected)."""
         timeout = timeout or self.connect_timeout
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout)
         except asyncio.TimeoutError:
             raise not_ready(self.target, timeout, self._secure) from None
         self.server_answered = True
+
+    async def wait_ready(
+        self, timeout: float | None = None, on_status: Callable[[str], None] | None = None
+    ) -> None:
+        """Wait until the server is ready: connected, then gRPC Health SERVING (see
+        ImgsimClient.wait_ready, same bounds and errors)."""
+        connect_s, ready_s = self._ready_bounds(timeout)
+        started = time.monotonic()
+        await self.wait_connected(connect_s)
+        said = ""
+        while True:
+            try:
+                resp = await self._health.Check(
+                    HEALTH_REQUEST, timeout=self.timeout, metadata=self._metadata
+                )
+            except grpc.RpcError as err:
+                resp = health_answer(err)
+            if is_serving(resp):
+                return
+            reason, final = (await self.list_models()).not_ready_reason()
+            if final:
+                raise failed_to_prepare(self.target, reason)
+            if time.monotonic() - started >= ready_s:
+                raise still_not_ready(self.target, ready_s, reason)
+            if on_status is not None and reason != said:
+                on_status(reason)
+                said = reason
+            await asyncio.sleep(READY_POLL_S)
 
     async def warm_up(self, timeout: float | None = None) -> None:
         """Connect, then one cheap call per backend (see ImgsimClient.warm_up)."""

@@ -23,10 +23,17 @@ from imgsim.v1 import similarity_pb2 as pb
 
 from imgsim_client import _convert
 from imgsim_client._channel import (
+    HEALTH_REQUEST,
+    READY_POLL_S,
+    READY_TIMEOUT,
     ClientBase,
     ImgsimError,
+    failed_to_prepare,
+    health_answer,
     idle_error,
+    is_serving,
     not_ready,
+    still_not_ready,
     target_addresses,
 )
 from imgsim_client.types import (
@@ -117,15 +124,49 @@ class ImgsimClient(ClientBase):
     def close(self) -> None:
         self._channel.close()
 
-    def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until the channel connects; ImgsimError(UNAVAILABLE) after `timeout`
-        (default: `connect_timeout`), naming the address and what was tried."""
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Block until the channel connects, ready or not; ImgsimError(UNAVAILABLE) after
+        `timeout` (default: `connect_timeout`), naming the address and what was tried."""
         timeout = timeout or self.connect_timeout
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
             raise not_ready(self.target, timeout, self._secure) from None
         self.server_answered = True
+
+    def wait_ready(
+        self, timeout: float | None = None, on_status: Callable[[str], None] | None = None
+    ) -> None:
+        """Block until the server is ready to answer: the channel connects (within
+        `connect_timeout`), then gRPC Health says SERVING (within `ready_timeout`); `timeout`
+        bounds both together instead. Meanwhile `on_status` gets each new reason ("preparing
+        efficientnet-lite2-260: exporting its ONNX graph").
+
+        ImgsimError: UNAVAILABLE when nothing answers or the server never gets ready (the
+        message gives its reason), FAILED_PRECONDITION when its default model failed.
+        """
+        connect_s, ready_s = self._ready_bounds(timeout)
+        started = time.monotonic()
+        self.wait_connected(connect_s)
+        said = ""
+        while True:
+            try:
+                resp = self._health.Check(
+                    HEALTH_REQUEST, timeout=self.timeout, metadata=self._metadata
+                )
+            except grpc.RpcError as err:
+                resp = health_answer(err)
+            if is_serving(resp):
+                return
+            reason, final = self.list_models().not_ready_reason()
+            if final:
+                raise failed_to_prepare(self.target, reason)
+            if time.monotonic() - started >= ready_s:
+                raise still_not_ready(self.target, ready_s, reason)
+            if on_status is not None and reason != said:
+                on_status(reason)
+                said = reason
+            time.sleep(READY_POLL_S)
 
     def warm_up(self, timeout: float | None = None) -> None:
         """Connect before streams open, so that round_robin can place them on every backend
@@ -258,17 +299,25 @@ class ClientConfig:
     target: str = "127.0.0.1:50051"
     timeout: float = 60.0
     connect_timeout: float = 10.0
+    ready_timeout: float = READY_TIMEOUT
     auth_token: str = ""
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
 
-    def connect(self) -> ImgsimClient:
-        """A client whose channel is ready; ImgsimError(UNAVAILABLE) when no server answers
-        within `connect_timeout` (the channel is closed then)."""
+    def connect(
+        self, on_status: Callable[[str], None] | None = None, ready: bool = True
+    ) -> ImgsimClient:
+        """A client of a ready server (see ImgsimClient.wait_ready, which tells `on_status`
+        what it waits for), or with `ready` False of a connected one; ImgsimError when none
+        answers within `connect_timeout` or it is not ready within `ready_timeout` (the
+        channel is closed then)."""
         client = ImgsimClient(**asdict(self))  # the fields are ImgsimClient's arguments
         try:
-            client.wait_ready()
+            if ready:
+                client.wait_ready(on_status=on_status)
+            else:
+                client.wait_connected()
         except BaseException:
             client.close()
             raise

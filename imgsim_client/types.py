@@ -118,6 +118,10 @@ class ModelInfo:
     similarity: str
     description: str
     thresholds: tuple[Threshold, ...] = ()
+    # "ready", "preparing" (state_detail: what it does), "failed" (state_detail: why), or
+    # "idle" (prepared on its first request); "" from a server older than the field
+    state: str = ""
+    state_detail: str = ""
 
     def threshold(self, task: str, fpr: float) -> float | None:
         """The calibrated threshold for `task` at `fpr`, if measured."""
@@ -135,6 +139,16 @@ class ModelList:
 
     def get(self, name: str) -> ModelInfo | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def not_ready_reason(self) -> tuple[str, bool]:
+        """Why a server whose health is NOT_SERVING is not ready, from its default model's
+        state, and whether that is final (its preparation failed)."""
+        info = self.get(self.default_model)
+        if info is None or info.state in ("", "ready"):
+            return "not serving (starting or shutting down)", False
+        if info.state == "failed":
+            return f"{info.name} failed: {info.state_detail}", True
+        return f"preparing {info.name}: {info.state_detail or info.state}", False
 
 
 @dataclass(frozen=True)

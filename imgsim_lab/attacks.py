@@ -7,7 +7,7 @@ with the default `--models`, while a client scores a CSV over gRPC:
   --max-pixels), twice, and 30 parallel HTTP compares of 62 MB bodies;
 - the model-loading loop: a compare with every registered model name (alone first, for its
   RSS, then again during the burst).
-Measured: every pair of the CSV scored, gRPC Health latency (p50/p99), /healthz answers, server
+Measured: every pair of the CSV scored, gRPC Health latency (p50/p99), /livez answers, server
 RSS (warm idle, peak, 30 s and 60 s after the burst), what was refused and how. Bounded in count
 and time; loopback only.
 """
@@ -59,7 +59,7 @@ class RssSampler(threading.Thread):
 
 
 def probe(grpc_port: int, http_port: int, stop, out) -> None:
-    """gRPC Health every 0.1 s and /healthz every 0.5 s until `stop` is set; puts the
+    """gRPC Health every 0.1 s and /livez every 0.5 s until `stop` is set; puts the
     latencies and failures on `out`. Runs in a process of its own, so that the attackers'
     threads (and their GIL) never delay a probe: the latency is the server's."""
     import httpx
@@ -82,7 +82,7 @@ def probe(grpc_port: int, http_port: int, stop, out) -> None:
                 continue
             started = time.perf_counter()
             try:
-                http.get(f"http://127.0.0.1:{http_port}/healthz").raise_for_status()
+                http.get(f"http://127.0.0.1:{http_port}/livez").raise_for_status()
                 got["healthz_ms"].append(1000 * (time.perf_counter() - started))
             except Exception as exc:  # the figure is how often it fails, and how
                 got["healthz_failed"][type(exc).__name__] += 1
@@ -113,7 +113,7 @@ def slow_http(port: int, count: int, seconds: float) -> dict:
     the server closes, for `seconds`. Returns how the server treated them."""
     out = Counter()
     socks: list[socket.socket | None] = [None] * count
-    header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
+    header = b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Slow: "
     end = time.monotonic() + seconds
     last_trickle = 0.0
     while time.monotonic() < end:
@@ -339,7 +339,7 @@ def run(work: Path, budget_mb: int = 1024, pairs: int = 2000, slow: int = 5000) 
         "gRPC Health p99 < 100 ms": bool(h)
         and report["health"]["p99_ms"] < 100
         and not probed["health_failed"],
-        "/healthz answers": bool(healthz) and not probed["healthz_failed"],
+        "/livez answers": bool(healthz) and not probed["healthz_failed"],
         "peak RSS < budget + warm idle": peak < budget_mb + idle,
         "RSS within 300 MB of idle 30 s after": after[30] - idle < 300,
         "RSS after the model loop < 1 GB": report["rss_after_model_loop_mb"] < 1024,
@@ -374,7 +374,7 @@ def render(r: dict) -> str:
         f"failed, {r['csv']['seconds']} s |",
         f"| gRPC Health | {h['checks']} checks, p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms, "
         f"failed {h['failed'] or 0} |",
-        f"| /healthz | {hz['answered']} answered (max {hz['max_ms']} ms), failed "
+        f"| /livez | {hz['answered']} answered (max {hz['max_ms']} ms), failed "
         f"{hz['failed'] or 0} |",
         f"| slow HTTP connections | {r['slow_http']} |",
         f"| gRPC memory streams (per run) | {r['grpc_memory_runs']} |",

@@ -1,8 +1,8 @@
 """`imgsim-server` / `python -m imgsim_server`; `imgsim-server export ...` writes ONNX graphs.
 
-The one serving module that imports `imgsim_server.export`: at start-up, where torch is
-installed, it exports the graphs missing for the default model and those `--models` names, so
-that no request ever needs to.
+The one serving module that imports `imgsim_server.export`: it hands the dataplane a preparer
+that exports a served model's missing graph where torch is installed (the default's before the
+server is ready, the others' in the background or on first use), so that no user has to.
 """
 
 from __future__ import annotations
@@ -15,22 +15,21 @@ from imgsim_server.config import CoreConfig
 log = logging.getLogger("imgsim_server")
 
 
-def export_missing_graphs(cfg: CoreConfig) -> None:
-    """Export the graphs missing for the default model, the collection descriptor and those
-    `--models` names (where torch is installed; elsewhere loading a model says what to
-    export)."""
+def graph_preparer(cfg: CoreConfig):
+    """The server's preparer (see core.engines.Preparer): exports a served model's missing
+    graph where torch is installed; elsewhere loading the model says what to export."""
     from imgsim_server.core.engines import embedder_options
     from imgsim_server.embedders import get_cfg
-    from imgsim_server.errors import CoreError
     from imgsim_server.export import ensure_graph
 
-    for name in dict.fromkeys((cfg.default_model, cfg.collection_model, *cfg.models)):
-        if name == "all":
-            continue
-        try:
-            ensure_graph(get_cfg(name), embedder_options(cfg, name))
-        except CoreError as exc:  # served all the same: loading it says what is missing
-            log.warning("model %s cannot load: %s", name, exc)
+    def prepare(name: str, note) -> None:
+        ensure_graph(
+            get_cfg(name),
+            embedder_options(cfg, name),
+            on_export=lambda: note("exporting its ONNX graph"),
+        )
+
+    return prepare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from imgsim_server.server import serve
 
     cfg = config_from_args(args)
-    return serve(cfg, prepare=lambda: export_missing_graphs(cfg.core))
+    return serve(cfg, graph_preparer(cfg.core))
 
 
 if __name__ == "__main__":

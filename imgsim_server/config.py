@@ -43,6 +43,8 @@ class CoreConfig:
     # Served models: the default, the classical ones and these; ("all",) serves every one.
     models: tuple[str, ...] = ()
     max_loaded_models: int = 4  # least recently used models beyond this are unloaded
+    # A request without a deadline waits this long at most for its model's preparation.
+    prepare_wait_s: float = 300.0
     memory_budget_mb: int = field(default_factory=default_budget_mb)
 
 
@@ -153,8 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[,NAME...]|all",
         help="models this server serves, besides --model and the classical ones (phash, "
         "color-hist, pixels); 'all' serves every registered model. A request for another "
-        "model gets NOT_FOUND. Where torch is installed, graphs missing for the models named "
-        "here are exported at start-up; a request never exports (default: $IMGSIM_MODELS)",
+        "model gets NOT_FOUND. Where torch is installed, a served model's missing graph is "
+        "exported without a manual step: the default's before the server is ready, those "
+        "named here (and the collection model) in the background after it, one at a time, "
+        "and with 'all' each on its first request (default: $IMGSIM_MODELS)",
     )
     p.add_argument(
         "--max-loaded-models",
@@ -162,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="models loaded at once; loading one more unloads the least recently used "
         "(never --model)",
+    )
+    p.add_argument(
+        "--prepare-wait",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a request for a served model that is still being prepared (its graph exported, "
+        "loaded) waits for it, until its own deadline or at most this long; then UNAVAILABLE "
+        "(HTTP 503). A model whose preparation failed is an error at once, with the reason",
     )
     p.add_argument(
         "--memory-budget-mb",
@@ -203,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(env("IMGSIM_ONNX_DIR")) if env("IMGSIM_ONNX_DIR") else None,
         help="folder of graphs written by 'imgsim-server export'; a server without torch "
         "serves CNNs only from such graphs (default: $IMGSIM_ONNX_DIR, else the cache "
-        "$IMGSIM_CACHE_DIR/onnx, where a server with torch exports at start-up the graphs of "
-        "the models it serves)",
+        "$IMGSIM_CACHE_DIR/onnx, where a server with torch exports the graphs of the models "
+        "it serves)",
     )
     p.add_argument(
         "--max-batch-size",
@@ -321,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-port",
         type=int,
         default=env_int("IMGSIM_HTTP_PORT"),
-        help="also serve HTTP/JSON (/v1/compare, /v1/embed, /v1/models, /healthz, /readyz, "
+        help="also serve HTTP/JSON (/v1/compare, /v1/embed, /v1/models, /livez, /readyz, "
         "/metrics, docs at /docs) and the two-photo web page at / on --host, from the same "
         "process, core, cache, limits, auth and TLS; needs the [http] extra "
         "(default: $IMGSIM_HTTP_PORT; unset = off; 0 = a free port)",
@@ -374,6 +387,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         limits=DecodeLimits(max_pixels=args.max_pixels),
         models=parse_models(args.models),
         max_loaded_models=args.max_loaded_models,
+        prepare_wait_s=args.prepare_wait,
         memory_budget_mb=args.memory_budget_mb or default_budget_mb(),
     )
     return ServerConfig(

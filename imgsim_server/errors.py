@@ -16,6 +16,7 @@ KINDS = (
     "not_found",
     "failed_precondition",
     "resource_exhausted",
+    "unavailable",
     "deadline_exceeded",
     "cancelled",
     "unauthenticated",
@@ -65,6 +66,14 @@ class ConfigurationError(CoreError, kind="failed_precondition"):
 
 class OverloadedError(CoreError, kind="resource_exhausted"):
     """A bounded queue or limit is full; retry later."""
+
+
+class ModelFailedError(ConfigurationError):
+    """The preparation of a served model failed (its export or load); the message says why."""
+
+
+class UnavailableError(CoreError, kind="unavailable"):
+    """Not now, but later: a served model still being prepared past the server's wait bound."""
 
 
 class CancelledError(CoreError, kind="cancelled"):

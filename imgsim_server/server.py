@@ -13,12 +13,13 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from imgsim_server.config import ServerConfig
 from imgsim_server.core.dataplane import Dataplane
+from imgsim_server.core.engines import Preparer
 from imgsim_server.errors import CoreError
 from imgsim_server.transport.grpc_server import GrpcServer, start_grpc
 from imgsim_server.transport.grpc_servicer import ImageSimilarityServicer
@@ -40,7 +41,8 @@ class AsyncServer:
     metrics: ServerMetrics | None = None
     metrics_port: int | None = None
     http: HttpServer | None = None
-    serving: bool = False  # the health state, also /readyz
+    serving: bool = False  # the gRPC health state; /readyz reads it through `readiness`
+    stopping: bool = False
 
     @property
     def port(self) -> int:
@@ -58,10 +60,18 @@ class AsyncServer:
         self.serving = serving
         await self.grpc.set_serving(serving)
 
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why): gRPC Health's state, with the dataplane's reason when not serving."""
+        if self.stopping:
+            return False, "shutting down"
+        if self.serving:
+            return True, "serving"
+        return False, self.core.readiness()[1]
+
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING first, new calls refused, in-flight calls (streams included)
         given `grace` seconds to drain; then HTTP, metrics and the core close."""
-        self.serving = False
+        self.serving, self.stopping = False, True
         await self.grpc.stop(grace)
         if self.http is not None:
             await self.http.stop()
@@ -105,7 +115,7 @@ async def _start_http(cfg: ServerConfig, running: AsyncServer) -> HttpServer:
     settings = http_server.HttpSettings(
         max_body_bytes=cfg.max_message_mb * 1024 * 1024,
         auth_token=cfg.auth_token,
-        ready=lambda: running.serving,
+        ready=running.readiness,
         on_call=running.metrics.on_call if running.metrics else None,
         metrics_text=running.metrics.text if running.metrics else None,
     )
@@ -158,9 +168,10 @@ def start_server(
     return RunningServer(aio, loop, thread)
 
 
-async def _serve(cfg: ServerConfig, core: Dataplane, prepare: Callable[[], None] | None) -> int:
+async def _serve(cfg: ServerConfig, core: Dataplane) -> int:
     # Listen at once (so that liveness probes pass), but NOT_SERVING until the default model is
-    # loaded and has run once: readiness means the first call will be quick.
+    # prepared (graph exported, loaded, run once): readiness means the first call will be quick.
+    # Requests that arrive meanwhile wait for it (Engines.get_async).
     running = await build_server(cfg, core, owns_core=True, serving=False)
     host = cfg.host
     print(
@@ -180,30 +191,42 @@ async def _serve(cfg: ServerConfig, core: Dataplane, prepare: Callable[[], None]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    started = time.perf_counter()
+    default = asyncio.wrap_future(core.engines.preparation(cfg.core.default_model))
+    stopped = asyncio.ensure_future(stop.wait())
     try:
-        if prepare is not None:
-            await loop.run_in_executor(None, prepare)
-        await loop.run_in_executor(None, core.warm_up, cfg.core.default_model)
+        await asyncio.wait([default, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if not default.done():  # stopped while preparing
+            await running.stop(0)
+            return 0
+        default.result()
     except CoreError as exc:
         # A server that cannot serve its default model fails at start, not on every call.
         print(f"imgsim-server: error: default model not loaded: {exc}", file=sys.stderr)
         await running.stop(0)
         return 1
     await running.set_serving(True)
-    log.info("ready: default model %s loaded and warmed", cfg.core.default_model)
-    await stop.wait()
+    log.info(
+        "ready in %.1fs: default model %s loaded and run once",
+        time.perf_counter() - started,
+        cfg.core.default_model,
+    )
+    core.engines.prepare_in_background(
+        [m for m in (cfg.core.collection_model, *cfg.core.models) if m != "all"]
+    )
+    await stopped
     log.info("shutting down (grace %.1fs)", cfg.grace_s)
     await running.stop(cfg.grace_s)
     log.info("stopped")
     return 0
 
 
-def serve(cfg: ServerConfig, prepare: Callable[[], None] | None = None) -> int:
+def serve(cfg: ServerConfig, preparer: Preparer | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then shut down gracefully: health NOT_SERVING first, then
-    in-flight calls (streams included) get `--grace` seconds to drain. `prepare` runs once the
-    server listens and before the default model loads (the CLI exports missing graphs there).
+    in-flight calls (streams included) get `--grace` seconds to drain. `preparer` makes each
+    served model loadable before it loads (the CLI's exports missing graphs; see Engines).
 
     Returns the exit status: 1 when the default model cannot load (the message says why and
     what to do), else 0.
     """
-    return asyncio.run(_serve(cfg, Dataplane(cfg.core), prepare))
+    return asyncio.run(_serve(cfg, Dataplane(cfg.core, preparer)))

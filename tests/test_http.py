@@ -12,7 +12,7 @@ from imgsim.v1 import similarity_pb2 as pb
 
 from imgsim_client import ImageRequest
 from imgsim_server import errors
-from tests.conftest import distinct_jpegs
+from tests.conftest import TEST_MODEL, distinct_jpegs
 
 httpx = pytest.importorskip("httpx")
 http_app = pytest.importorskip(
@@ -153,7 +153,7 @@ def test_bearer_token_and_open_probes(extra_servers, photos):
     right = {"authorization": "Bearer s3cret"}
     r = httpx.post(url(running, "/v1/compare"), files=files, headers=right, timeout=60)
     assert r.status_code == 200 and r.json()["score"] > 0.999
-    for path in ("/healthz", "/readyz", "/"):
+    for path in ("/livez", "/healthz", "/readyz", "/"):
         assert httpx.get(url(running, path)).status_code == 200
 
 
@@ -177,11 +177,13 @@ def test_tls_and_mtls(extra_servers, tls_files):
 
 def test_readyz_follows_the_health_state(extra_servers):
     running = extra_servers(http_port=0)
-    assert httpx.get(url(running, "/readyz")).json() == {"status": "SERVING"}
+    assert httpx.get(url(running, "/readyz")).json()["status"] == "SERVING"
     asyncio.run_coroutine_threadsafe(running.aio.set_serving(False), running.loop).result()
-    r = httpx.get(url(running, "/readyz"))
-    assert r.status_code == 503 and r.json() == {"status": "NOT_SERVING"}
-    assert httpx.get(url(running, "/healthz")).status_code == 200
+    for path in ("/readyz", "/healthz"):  # /healthz is readiness too, kept for old probes
+        r = httpx.get(url(running, path))
+        assert r.status_code == 503 and r.json()["status"] == "NOT_SERVING"
+        assert TEST_MODEL in r.json()["reason"]  # the dataplane's reason: the default model
+    assert httpx.get(url(running, "/livez")).status_code == 200
 
 
 def test_models_docs_and_metrics(extra_servers, photos):

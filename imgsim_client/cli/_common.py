@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+READY_TIMEOUT = 600.0  # _channel.READY_TIMEOUT, without importing grpc for --help
 
 # Exit codes, documented in --help and the README.
 OK, FAILED, USAGE, SOME_PAIRS_FAILED, INTERRUPTED = 0, 1, 2, 3, 130
@@ -77,6 +78,15 @@ def add_connection(p: argparse.ArgumentParser, model: bool = True) -> None:
         "error after this long",
     )
     p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=READY_TIMEOUT,
+        metavar="SECONDS",
+        help="once connected, longest wait for the server to be ready (gRPC Health SERVING): "
+        "a server on a new machine first prepares its default model (exports its graph); "
+        "a status line names it meanwhile",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=60.0,
@@ -114,9 +124,16 @@ def client_config(args: argparse.Namespace):
     return ClientConfig(args.server, **{name: getattr(args, name) for name in fields})
 
 
-def connect(args: argparse.Namespace):
-    """A connected client (ImgsimError(UNAVAILABLE) when no server answers in time)."""
-    return client_config(args).connect()
+def connect(args: argparse.Namespace, ready: bool = True):
+    """A client of a ready server, with one status line on stderr per reason it waits for
+    (ImgsimError when none answers in time, or it does not get ready); with `ready` False,
+    of a connected one (for commands that report the server's state)."""
+    import sys
+
+    def status(reason: str) -> None:
+        print(f"waiting for the server at {args.server} to be ready: {reason}", file=sys.stderr)
+
+    return client_config(args).connect(on_status=status, ready=ready)
 
 
 def finish(summary: str, failed: int) -> int:

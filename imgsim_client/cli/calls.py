@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from imgsim_client.cli import _common as common
 
@@ -65,30 +66,69 @@ def run_perf(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    resp = _fetch(args, "list_models")
+    with common.connect(args, ready=False) as client:  # a table of states, ready or not
+        resp = client.list_models()
     if args.json:
         return _print_json(resp)
-    tasks = ("near-duplicate", "same object", "same category")
-    print(
-        f"{'name':<34}{'kind':<10}{'dim':>5}{'input':>6}  {'similarity':<10} {'weights':<8}"
-        f"{'dup/object/category @1% FPR':<28}"
-    )
-    for m in resp.models:
-        default = " (default)" if m.name == resp.default_model else ""
-        weights = "n/a" if not m.weights_source else ("ok" if m.weights_available else "MISSING")
-        at_1pct = {t.task: t.score for t in m.thresholds if abs(t.fpr - 0.01) < 1e-9}
-        thr = "/".join(f"{at_1pct[t]:.3f}" if t in at_1pct else "-" for t in tasks)
-        print(
-            f"{m.name:<34}{m.kind:<10}{m.embedding_dim:>5}{m.input_size:>6}  "
-            f"{m.similarity:<10} {weights:<8}{thr:<28}{default}"
-        )
-        if m.weights_source and not m.weights_available:
-            print(f"    looked for {m.weights_source}")
+    print(models_table(resp))
     return common.OK
 
 
+TASKS = ("near-duplicate", "same object", "same category")
+
+
+def models_table(resp) -> str:
+    """The `models` table, each column as wide as its longest entry; below a model, why it
+    is not ready or where its missing weights were looked for; then what the marks mean."""
+    rows = [("name", "kind", "dim", "input", "similarity", "weights", "state", "verdicts @1% FPR")]
+    notes: dict[int, str] = {}
+    for m in resp.models:
+        mark = (
+            " *"
+            if m.name == resp.default_model
+            else " +"
+            if m.name == resp.collection_model
+            else ""
+        )
+        weights = "n/a" if not m.weights_source else ("ok" if m.weights_available else "MISSING")
+        at_1pct = {t.task: t.score for t in m.thresholds if abs(t.fpr - 0.01) < 1e-9}
+        thr = "/".join(f"{at_1pct[t]:.3f}" if t in at_1pct else "-" for t in TASKS)
+        if not at_1pct:
+            thr = "none (dedup rule)" if m.name == resp.collection_model else "none"
+        rows.append(
+            (m.name + mark, m.kind, str(m.embedding_dim), str(m.input_size), m.similarity,
+             weights, m.state or "?", thr)
+        )  # fmt: skip
+        if m.state in ("preparing", "failed") and m.state_detail:
+            notes[len(rows) - 1] = f"    {m.state}: {m.state_detail}"
+        elif m.weights_source and not m.weights_available:
+            notes[len(rows) - 1] = f"    looked for {m.weights_source}"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {2, 3}  # numbers
+    lines = []
+    for i, row in enumerate(rows):
+        cells = [
+            c.rjust(w) if j in right else c.ljust(w)
+            for j, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if i in notes:
+            lines.append(notes[i])
+    legend = (
+        "verdicts: the near-duplicate/same object/same category thresholds a compare's verdict "
+        "uses (make study). The collection model has none: its decisions are dedup's rule "
+        "(candidate floor, geometric verification), measured in results/neardup.md"
+    )
+    lines += [
+        "",
+        "* default model (pair scoring); + collection model (embed, index, search, dedup)",
+        textwrap.fill(legend, 100),
+    ]
+    return "\n".join(lines)
+
+
 def _fetch(args: argparse.Namespace, call: str):
-    """One unary call's typed result (`list_models` or `stats`)."""
+    """One unary call's typed result (`stats`)."""
     with common.connect(args) as client:
         return getattr(client, call)()
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from imgsim_server.config import CoreConfig
 from imgsim_server.core.cache import EmbeddingCache
-from imgsim_server.core.engines import Engine, Engines
+from imgsim_server.core.engines import READY, Engine, Engines, Preparer
 from imgsim_server.core.images import decode_image
 from imgsim_server.core.types import CacheCounts, Embedding, ModelList, PairScore, Stats
 from imgsim_server.embedders import _calibration as calibration
@@ -154,10 +154,12 @@ class Dataplane:
     transports. The async verbs (`compare`, `embed`, `admit_pair`, `admit_image`,
     `list_models`, `stats`) may be awaited on any event loop."""
 
-    def __init__(self, cfg: CoreConfig) -> None:
+    def __init__(self, cfg: CoreConfig, preparer: Preparer | None = None) -> None:
+        """`preparer` makes a served model loadable before it loads (the CLI's exports its
+        graph; see Engines)."""
         self.cfg = cfg
         self.batch_listeners: list = []
-        self.engines = Engines(cfg, self._on_batch)
+        self.engines = Engines(cfg, self._on_batch, preparer)
         self.budget = MemoryBudget(cfg.memory_budget_mb * MiB)
         self._trimmer = Trimmer(self.budget)
         self.cache = EmbeddingCache(int(cfg.cache_mb * 1024 * 1024))
@@ -238,14 +240,14 @@ class Dataplane:
         """Hand a pair to the pipeline and return the future of its PairScore, once admitted:
         with `wait`, after waiting (off the loop) for room in a full queue, which is how a
         stream is slowed down; else OverloadedError at once."""
-        eng = await self.engines.get_async(model)
+        eng = await self.engines.get_async(model, token.remaining() if token else None)
         return await self._admit(self._pair_future, eng, a, b, token=token, wait=wait)
 
     async def admit_image(
         self, data: bytes, model: str = "", token: CallToken | None = None, wait: bool = True
     ) -> Future:
         """`admit_pair` for one image: the future of its Embedding."""
-        eng = await self.engines.get_async(model)
+        eng = await self.engines.get_async(model, token.remaining() if token else None)
         return await self._admit(self._vector_future, eng, data, token=token, wait=wait)
 
     @staticmethod
@@ -288,6 +290,17 @@ class Dataplane:
     def warm_up(self, name: str) -> Engine:
         """Load a model and run one image through it (see Engines.warm_up)."""
         return self.engines.warm_up(name)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the default model is ready (loaded and run once), and if not, why: the one
+        readiness truth that gRPC Health, /readyz and the web page show."""
+        model = self.cfg.default_model
+        state, detail = self.engines.state(model)
+        if state == READY:
+            return True, f"{model} ready"
+        if state == "failed":
+            return False, f"{model} failed: {detail}"
+        return False, f"preparing {model}: {detail or 'not started'}"
 
     async def _admit(self, fn, eng: Engine, *images: bytes, token, wait: bool) -> Future:
         """The one admission path: large images are hashed off the loop; a full queue waits

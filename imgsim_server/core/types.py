@@ -52,6 +52,10 @@ class ModelInfo:
     similarity: str
     description: str
     thresholds: tuple[Threshold, ...] = ()
+    # ready (loaded and run once), preparing (state_detail: what it is doing), failed
+    # (state_detail: why), idle (served; prepared on its first request)
+    state: str = ""
+    state_detail: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self) | {"thresholds": [asdict(t) for t in self.thresholds]}

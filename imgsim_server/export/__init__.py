@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from imgsim_server.config import CoreConfig
@@ -51,10 +52,12 @@ def export_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path:
     return out
 
 
-def ensure_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path | None:
+def ensure_graph(
+    cfg: ModelCfg, opts: EmbedderOptions, on_export: Callable[[], None] | None = None
+) -> Path | None:
     """Export `cfg`'s graph if it will be served from one under `opts` and none is usable yet,
-    where torch is installed. Returns the graph (None when the model needs none or this
-    install cannot export: loading it then says what is missing)."""
+    where torch is installed (`on_export` is told first). Returns the graph (None when the
+    model needs none or this install cannot export: loading it then says what is missing)."""
     if cfg.kind != "cnn" or _graphs.resolved_backend(opts) != "onnx":
         return None
     graph, why = _graphs.find_graph(cfg, opts, opts.precision)
@@ -62,6 +65,8 @@ def ensure_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path | None:
         return graph
     require_weights(cfg, opts)
     log.info("exporting %s (%s) to ONNX: %s", cfg.name, opts.precision, why)
+    if on_export is not None:
+        on_export()
     return export_graph(cfg, opts)
 
 

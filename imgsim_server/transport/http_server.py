@@ -46,7 +46,7 @@ from imgsim_server.transport.http_limits import HttpLimits, protocol_class
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+OPEN_PATHS = ("/", "/livez", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 REQUEST_TIMEOUT_S = 60.0
 BAD_REQUEST = (400, "INVALID_ARGUMENT")
 UNMATCHED = "unmatched"  # the one metrics label of every path that no route serves
@@ -72,6 +72,7 @@ HTTP_STATUS: dict[str, tuple[int, str]] = {
     "not_found": (404, "NOT_FOUND"),
     "failed_precondition": (400, "FAILED_PRECONDITION"),
     "resource_exhausted": (429, "RESOURCE_EXHAUSTED"),
+    "unavailable": (503, "UNAVAILABLE"),
     "deadline_exceeded": (504, "DEADLINE_EXCEEDED"),
     "cancelled": (499, "CANCELLED"),
     "unauthenticated": (401, "UNAUTHENTICATED"),
@@ -110,7 +111,8 @@ class HttpSettings:
 
     max_body_bytes: int
     auth_token: str = ""
-    ready: Callable[[], bool] = lambda: True
+    # (ready, why): the server's readiness, the same truth as gRPC Health
+    ready: Callable[[], tuple[bool, str]] = lambda: (True, "serving")
     on_call: Callable[[str, str], None] | None = None  # (route, code name), for metrics
     metrics_text: Callable[[], bytes] | None = None  # Prometheus exposition, or None
 
@@ -274,15 +276,17 @@ def build_app(core: Dataplane, settings: HttpSettings) -> FastAPI:
             "collection_model": listing.collection_model,
         }
 
-    @app.get("/healthz", summary="Liveness: the process serves HTTP")
-    async def healthz() -> dict:
-        return {"status": "SERVING"}
+    @app.get("/livez", summary="Liveness: the process serves HTTP (200 from the start)")
+    async def livez() -> dict:
+        return {"status": "LIVE"}
 
-    @app.get("/readyz", summary="Readiness: the gRPC health state (default model loaded)")
+    @app.get("/readyz", summary="Readiness: gRPC Health's state; 503 with the reason until ready")
     async def readyz():
-        if settings.ready():
-            return {"status": "SERVING"}
-        return JSONResponse({"status": "NOT_SERVING"}, status_code=503)
+        ready, reason = settings.ready()
+        body = {"status": "SERVING" if ready else "NOT_SERVING", "reason": reason}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    app.get("/healthz", summary="Readiness, as /readyz (kept for compatibility)")(readyz)
 
     web = _web_dir()
 

@@ -87,7 +87,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "embedding_dim", "input_size", "weights_source", "weights_available", "loaded", "similarity", "description", "thresholds")
+    __slots__ = ("name", "kind", "embedding_dim", "input_size", "weights_source", "weights_available", "loaded", "similarity", "description", "thresholds", "state", "state_detail")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,8 @@ class ModelInfo(_message.Message):
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_DETAIL_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     embedding_dim: int
@@ -108,7 +110,9 @@ class ModelInfo(_message.Message):
     similarity: str
     description: str
     thresholds: _containers.RepeatedCompositeFieldContainer[Threshold]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., input_size: _Optional[int] = ..., weights_source: _Optional[str] = ..., weights_available: _Optional[bool] = ..., loaded: _Optional[bool] = ..., similarity: _Optional[str] = ..., description: _Optional[str] = ..., thresholds: _Optional[_Iterable[_Union[Threshold, _Mapping]]] = ...) -> None: ...
+    state: str
+    state_detail: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., input_size: _Optional[int] = ..., weights_source: _Optional[str] = ..., weights_available: _Optional[bool] = ..., loaded: _Optional[bool] = ..., similarity: _Optional[str] = ..., description: _Optional[str] = ..., thresholds: _Optional[_Iterable[_Union[Threshold, _Mapping]]] = ..., state: _Optional[str] = ..., state_detail: _Optional[str] = ...) -> None: ...
 
 class Threshold(_message.Message):
     __slots__ = ("task", "dataset", "fpr", "score", "low", "high", "tpr")
