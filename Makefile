@@ -12,7 +12,7 @@ GENERATED := protos/imgsim/v1/similarity_pb2.py protos/imgsim/v1/similarity_pb2_
              protos/imgsim/v1/similarity_pb2.pyi
 
 .DEFAULT_GOAL := help
-.PHONY: help install generate-protos demo test check check-installs bench bench-scale bench-collections bench-quality study report export soak screenshots clean
+.PHONY: help install generate-protos demo test check check-installs bench bench-startup bench-scale bench-collections bench-quality study report export soak screenshots clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -59,6 +59,9 @@ clean: ## Remove the venv, generated demo data and caches
 
 bench: $(STAMP) ## Throughput/latency benchmark -> results/bench.md, results/bench.json
 	$(PY) -m imgsim_lab.bench
+
+bench-startup: $(STAMP) ## Start to ready on a cold and a warm model cache, default and --models all -> results/startup.md
+	$(PY) -m imgsim_lab.startup
 
 bench-scale: $(STAMP) ## Replicas, Dask, failover, memory, perf sweep, capacity -> results/scale.md
 	$(PY) -m imgsim_lab.scale

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import grpc
 import pytest
@@ -210,3 +211,29 @@ def test_the_model_list_is_built_once_until_a_model_loads():
         assert again is not first and [m.name for m in again.models if m.loaded] == ["pixels"]
     finally:
         core.close()
+
+
+def test_models_table_sizes_its_columns_and_reports_states(client, address, capsys):
+    from imgsim_client.cli import main
+
+    assert main(["models", "--server", address]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[0], [ln for ln in lines[1:] if ln.startswith("efficientnet-")]
+    longest = max(len(m.name) for m in client.list_models().models)
+    assert header.index("kind") > longest  # the longest name never runs into the next column
+    for row in rows:  # every row's columns start where the header's do
+        name = row.split()[0]
+        assert row[header.index("kind") - 2 : header.index("kind")] == "  ", row
+        state = row[header.index("state") :].split()[0]
+        assert state == client.list_models().get(name).state
+    assert any(r.split()[0] == "efficientnet-lite0" and " ready " in r for r in rows)
+    assert main(["models", "--server", address, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {m["state"] for m in listed["models"]} <= {"ready", "preparing", "failed", "idle"}
+
+
+def test_the_cli_and_the_client_wait_as_long_for_ready():
+    from imgsim_client import _channel
+    from imgsim_client.cli import _common
+
+    assert _common.READY_TIMEOUT == _channel.READY_TIMEOUT

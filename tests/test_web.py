@@ -208,3 +208,30 @@ def test_page_fits_a_phone_and_groups_variants(web, browser, client):
         _screenshot(page, "web_page_phone.png")
     finally:
         context.close()
+
+
+def test_page_says_the_server_is_preparing_until_it_is_ready(server, page, photos, tmp_path):
+    import asyncio
+
+    from imgsim_server.config import ServerConfig
+    from imgsim_server.server import start_server
+
+    running = start_server(ServerConfig(port=0, http_port=0), core=server.core)
+    a, b = distinct_jpegs(photos, 2, salt=9650)
+    (tmp_path / "a.jpg").write_bytes(a)
+    (tmp_path / "b.jpg").write_bytes(b)
+    try:
+        asyncio.run_coroutine_threadsafe(running.aio.set_serving(False), running.loop).result()
+        page.goto(f"http://127.0.0.1:{running.http_port}/")
+        page.wait_for_selector("#preparing", state="visible")
+        assert "still preparing its model" in page.text_content("#preparing")
+        page.set_input_files("#image-a", str(tmp_path / "a.jpg"))
+        page.set_input_files("#image-b", str(tmp_path / "b.jpg"))
+        assert page.is_disabled("#compare")  # no compare that would only wait or fail
+        asyncio.run_coroutine_threadsafe(running.aio.set_serving(True), running.loop).result()
+        page.wait_for_selector("#preparing", state="hidden", timeout=5000)
+        assert page.is_enabled("#compare")
+        _compare(page, tmp_path / "a.jpg", tmp_path / "b.jpg")
+        assert page.text_content("#error") == "" and page.text_content("#score")
+    finally:
+        running.stop(0.5)

@@ -57,7 +57,7 @@ function showPreview(input, img) {
 }
 
 function updateButton() {
-  $("compare").disabled = !($("image-a").files.length && $("image-b").files.length);
+  $("compare").disabled = !(ready && $("image-a").files.length && $("image-b").files.length);
 }
 
 for (const [inputId, previewId] of [["image-a", "preview-a"], ["image-b", "preview-b"]]) {
@@ -76,6 +76,28 @@ for (const [inputId, previewId] of [["image-a", "preview-a"], ["image-b", "previ
   });
 }
 
+// The server's readiness (/readyz, the same truth as gRPC Health): until its default model is
+// prepared, the page says so, with the reason, and polls; Compare is enabled once it is ready.
+let ready = false;
+
+async function watchReadiness() {
+  try {
+    const resp = await fetch("/readyz");
+    const body = await resp.json();
+    ready = resp.ok;
+    $("preparing").hidden = ready;
+    $("preparing").textContent = ready ? "" :
+      `The server is still preparing its model (${body.reason}); Compare is enabled when it is ready.`;
+  } catch (err) {
+    ready = false;
+    $("preparing").hidden = false;
+    $("preparing").textContent = "The server does not answer: " + err.message;
+  }
+  updateButton();
+  if (!ready) setTimeout(watchReadiness, 1000);
+  else loadModels();  // states and weights change while a server prepares
+}
+
 async function loadModels() {
   try {
     $("error").textContent = "";
@@ -85,6 +107,7 @@ async function loadModels() {
     if (!resp.ok) throw new Error(body.error ? body.error.message : resp.statusText);
     $("token-why").textContent = "";
     const select = $("model");
+    select.innerHTML = "";
     const usable = body.models.filter((m) => m.weights_available);
     const names = usable.map((m) => m.name);
     const groups = new Map();  // base model -> its optgroup, in listing order
@@ -143,3 +166,4 @@ $("form").addEventListener("submit", async (e) => {
 });
 
 loadModels();
+watchReadiness();
