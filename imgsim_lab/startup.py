@@ -71,6 +71,8 @@ def one_start(cache: Path, models: str, pair: tuple[bytes, bytes]) -> dict:
                 t = time.monotonic()
                 c.compare(*pair, model=OTHER)
                 out["first_other_answer_s"] = round(time.monotonic() - t, 2)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        out["peak_rss_mb"] = int(status.split("VmHWM:")[1].split()[0]) // 1024
         return out
     finally:
         proc.terminate()
@@ -100,15 +102,20 @@ def main() -> int:
         "`IMGSIM_CACHE_DIR`; the warm start reuses the folder the cold one filled. With "
         f"`--models all`, *first {OTHER}* is the time from ready to the answer of a first "
         f"compare with `--model {OTHER}`: its graph is exported on that first request (cold) or "
-        "only loaded (warm). Requests that arrive before ready wait for the model; none fails.",
+        "only loaded (warm); under `all` it queues behind the collection model's background "
+        "export (one export at a time). Requests that arrive before ready wait for the model; "
+        "none fails. Peak RSS is the server process's high-water mark (VmHWM): graphs are "
+        "exported in a child process, so torch never enters it.",
         "",
-        f"| --models | cache | listening (s) | ready (s) | first {OTHER} after ready (s) |",
-        "|---|---|---:|---:|---:|",
+        f"| --models | cache | listening (s) | ready (s) | first {OTHER} after ready (s) "
+        "| peak RSS (MiB) |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         other = r.get("first_other_answer_s", "")
         lines.append(
-            f"| {r['models']} | {r['cache']} | {r['listening_s']} | {r['ready_s']} | {other} |"
+            f"| {r['models']} | {r['cache']} | {r['listening_s']} | {r['ready_s']} | {other} "
+            f"| {r['peak_rss_mb']} |"
         )
     (RESULTS / "startup.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'startup.md'}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 from imgsim_server.config import CoreConfig
 
@@ -17,17 +18,25 @@ log = logging.getLogger("imgsim_server")
 
 def graph_preparer(cfg: CoreConfig):
     """The server's preparer (see core.engines.Preparer): exports a served model's missing
-    graph where torch is installed; elsewhere loading the model says what to export."""
+    graph where torch is installed, one at a time, in a child process (`imgsim-server export`):
+    torch in the serving process would keep about 1 GB of RSS for good. Elsewhere loading the
+    model says what to export."""
     from imgsim_server.core.engines import embedder_options
     from imgsim_server.embedders import get_cfg
-    from imgsim_server.export import ensure_graph
+    from imgsim_server.export import export_in_child, missing_graph
+
+    one_at_a_time = threading.Lock()
 
     def prepare(name: str, note) -> None:
-        ensure_graph(
-            get_cfg(name),
-            embedder_options(cfg, name),
-            on_export=lambda: note("exporting its ONNX graph"),
-        )
+        mcfg, opts = get_cfg(name), embedder_options(cfg, name)
+        if not missing_graph(mcfg, opts):
+            return
+        with one_at_a_time:
+            why = missing_graph(mcfg, opts)  # another preparation may have made it meanwhile
+            if why:
+                note("exporting its ONNX graph")
+                log.info("exporting %s (%s): %s", name, opts.precision, why)
+                export_in_child(mcfg, opts)
 
     return prepare
 

@@ -108,7 +108,8 @@ class Engine:
 
 Preparer = Callable[[str, Callable[[str], None]], None]
 """Makes a served model loadable (the CLI's: exports its ONNX graph where torch is installed),
-telling what it is doing through the callback ("exporting its ONNX graph")."""
+telling what it is doing through the callback ("exporting its ONNX graph"). Called from two
+threads (a request's preparation, start-up's background exports): it serialises its own work."""
 
 # A model's state, as ListModels and /v1/models report it.
 READY, PREPARING, FAILED, IDLE = "ready", "preparing", "failed", "idle"
@@ -124,9 +125,11 @@ class Engines:
     """The served models and the loaded ones, by the names requests use.
 
     A served model is prepared (its graph exported by the `preparer`, loaded, run once) by one
-    thread, one model at a time: the default at start-up, the others named at start-up in the
-    background (`prepare_in_background`) or on their first request. Callers wait for a
-    preparation in progress; a failed one is reported to every later caller with its reason.
+    thread, one model at a time: the default at start-up, the others on their first request;
+    those named at start-up have their graphs exported in the background meanwhile
+    (`prepare_in_background`, a lane of its own; the preparer exports one at a time). Callers
+    wait for a preparation in progress; a failed one is reported to every later caller with
+    its reason.
     """
 
     def __init__(
@@ -147,6 +150,10 @@ class Engines:
         self._doing: dict[str, str] = {}  # model -> what its preparation is doing now
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prepare")
+        # Start-up's background exports have a lane of their own, so that a request for a model
+        # with nothing to export (a classical one, a graph on disk) never queues behind them;
+        # the preparer runs one export at a time across both lanes.
+        self._exports = ThreadPoolExecutor(1, thread_name_prefix="export")
 
     def infos(self) -> list[ModelInfo]:
         """Every served model: where it loads from, whether it can load, its state."""
@@ -233,7 +240,7 @@ class Engines:
                 if model in self._engines or model in self._preparing:
                     continue
                 self._background.add(model)
-                self._preparing[model] = self._pool.submit(self._export, model)
+                self._preparing[model] = self._exports.submit(self._export, model)
 
     def get(self, name: str) -> Engine:
         """The engine a request's model name ('' = the default) resolves to, prepared on first
@@ -373,5 +380,6 @@ class Engines:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._exports.shutdown(wait=False, cancel_futures=True)
         for eng in self._engines.values():
             eng.batcher.close()

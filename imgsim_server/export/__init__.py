@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from imgsim_server.config import CoreConfig
@@ -28,6 +27,7 @@ from imgsim_server.embedders import (
     weights_available,
 )
 from imgsim_server.embedders._weights import require_weights
+from imgsim_server.errors import ModelFailedError
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,10 @@ def export_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path:
     return out
 
 
-def ensure_graph(
-    cfg: ModelCfg, opts: EmbedderOptions, on_export: Callable[[], None] | None = None
-) -> Path | None:
+def ensure_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path | None:
     """Export `cfg`'s graph if it will be served from one under `opts` and none is usable yet,
-    where torch is installed (`on_export` is told first). Returns the graph (None when the
-    model needs none or this install cannot export: loading it then says what is missing)."""
+    where torch is installed. Returns the graph (None when the model needs none or this
+    install cannot export: loading it then says what is missing)."""
     if cfg.kind != "cnn" or _graphs.resolved_backend(opts) != "onnx":
         return None
     graph, why = _graphs.find_graph(cfg, opts, opts.precision)
@@ -65,9 +63,41 @@ def ensure_graph(
         return graph
     require_weights(cfg, opts)
     log.info("exporting %s (%s) to ONNX: %s", cfg.name, opts.precision, why)
-    if on_export is not None:
-        on_export()
     return export_graph(cfg, opts)
+
+
+def missing_graph(cfg: ModelCfg, opts: EmbedderOptions) -> str:
+    """Why `cfg` must be exported before it can be served under `opts` ("" when it need not,
+    or this install cannot export: loading it then says what is missing). Imports no torch."""
+    if cfg.kind != "cnn" or _graphs.resolved_backend(opts) != "onnx":
+        return ""
+    graph, why = _graphs.find_graph(cfg, opts, opts.precision)
+    if graph is not None or not _graphs.can_export():
+        return ""
+    require_weights(cfg, opts)  # a missing weights file is reported as such, not as a crash
+    return why
+
+
+def export_in_child(cfg: ModelCfg, opts: EmbedderOptions, timeout: float = 1800.0) -> None:
+    """Export `cfg`'s graph for `opts` with `imgsim-server export` in a child process, so that
+    torch and the export's memory never enter the calling (serving) process. ModelFailedError
+    with the child's last output lines when it fails."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "imgsim_server", "export", "--model", cfg.name]
+    cmd += ["--precision", opts.precision]
+    if opts.onnx_dir is not None:
+        cmd += ["--output-dir", str(opts.onnx_dir)]
+    if opts.weights_file is not None:
+        cmd += ["--weights", str(opts.weights_file)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ModelFailedError(f"exporting {cfg.name} took over {timeout:g}s") from None
+    if done.returncode != 0:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise ModelFailedError(f"exporting {cfg.name} failed ({' '.join(cmd[1:])}): {tail}")
 
 
 def load(name: str, opts: EmbedderOptions | None = None) -> Embedder:
