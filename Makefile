@@ -12,7 +12,7 @@ GENERATED := protos/imgsim/v1/similarity_pb2.py protos/imgsim/v1/similarity_pb2_
              protos/imgsim/v1/similarity_pb2.pyi
 
 .DEFAULT_GOAL := help
-.PHONY: help install generate-protos demo test check check-installs bench bench-startup bench-scale bench-collections bench-quality study report export soak screenshots clean
+.PHONY: help install generate-protos demo test check check-installs bench bench-startup bench-faces bench-scale bench-collections bench-quality study report export soak screenshots clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -62,6 +62,9 @@ bench: $(STAMP) ## Throughput/latency benchmark -> results/bench.md, results/ben
 
 bench-startup: $(STAMP) ## Start to ready on a cold and a warm model cache, default and --models all -> results/startup.md
 	$(PY) -m imgsim_lab.startup
+
+bench-faces: $(STAMP) ## face vs the default CNN and the baselines on ORL, the face verdict thresholds -> results/faces.md
+	$(PY) -m imgsim_lab.faces
 
 bench-scale: $(STAMP) ## Replicas, Dask, failover, memory, perf sweep, capacity -> results/scale.md
 	$(PY) -m imgsim_lab.scale

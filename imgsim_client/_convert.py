@@ -9,6 +9,9 @@ from imgsim.v1 import similarity_pb2 as pb
 
 from imgsim_client.types import (
     CompareResult,
+    Face,
+    FaceBox,
+    FaceMatch,
     ImageRequest,
     ImageResult,
     ModelInfo,
@@ -55,6 +58,14 @@ def compare_result(resp: pb.CompareResponse) -> CompareResult:
     return CompareResult(resp.score, resp.model, resp.verdict)
 
 
+def _box(box: pb.FaceBox) -> FaceBox:
+    return FaceBox(box.left, box.top, box.right, box.bottom)
+
+
+def face_match(resp: pb.CompareResponse) -> FaceMatch:
+    return FaceMatch(resp.score, resp.model, resp.verdict, _box(resp.face_a), _box(resp.face_b))
+
+
 def verified(resp: pb.CompareResponse) -> Verified:
     return Verified(resp.score, resp.model, resp.verdict, resp.inliers, resp.verified)
 
@@ -62,13 +73,17 @@ def verified(resp: pb.CompareResponse) -> Verified:
 def pair_result(resp: pb.CompareResponse) -> PairResult:
     if (error := _error(resp)) is not None:
         return PairResult(resp.pair_id, None, resp.model, *error)
-    return PairResult(resp.pair_id, resp.score, resp.model, verdict=resp.verdict)
+    faces = {}
+    if resp.HasField("face_a"):
+        faces = {"face_a": _box(resp.face_a), "face_b": _box(resp.face_b)}
+    return PairResult(resp.pair_id, resp.score, resp.model, verdict=resp.verdict, **faces)
 
 
 def image_result(resp: pb.EmbedResponse) -> ImageResult:
     if (error := _error(resp)) is not None:
         return ImageResult(resp.image_id, None, resp.model, "", *error)
-    return ImageResult(resp.image_id, list(resp.vector), resp.model, resp.similarity)
+    faces = tuple(Face(_box(f.box), list(f.vector)) for f in resp.faces)
+    return ImageResult(resp.image_id, list(resp.vector), resp.model, resp.similarity, faces=faces)
 
 
 def _fields(msg, cls) -> dict:

@@ -115,6 +115,13 @@ class AsyncImgsimClient(ClientBase):
         req = _convert.pair_request(types.PairRequest("", image_a, image_b, model=model))
         return _convert.compare_result(await self._unary(self._stub.Compare, req, timeout))
 
+    async def compare_faces(
+        self, image_a: bytes, image_b: bytes, model: str = "face", timeout: float | None = None
+    ) -> types.FaceMatch:
+        """See ImgsimClient.compare_faces."""
+        req = _convert.pair_request(types.PairRequest("", image_a, image_b, model=model))
+        return _convert.face_match(await self._unary(self._stub.Compare, req, timeout))
+
     async def compare_verified(
         self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None
     ) -> types.Verified:

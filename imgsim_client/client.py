@@ -38,6 +38,7 @@ from imgsim_client._channel import (
 )
 from imgsim_client.types import (
     CompareResult,
+    FaceMatch,
     ImageRequest,
     ImageResult,
     ModelList,
@@ -198,6 +199,14 @@ class ImgsimClient(ClientBase):
         verdict of the model's calibrated thresholds, "" if it has none)."""
         req = _convert.pair_request(PairRequest("", image_a, image_b, model=model))
         return _convert.compare_result(self._unary(self._stub.Compare, req, timeout))
+
+    def compare_faces(
+        self, image_a: bytes, image_b: bytes, model: str = "face", timeout: float | None = None
+    ) -> FaceMatch:
+        """Score one pair with the face model: its best-matching faces' score, the verdict
+        and their boxes. ImgsimError(FAILED_PRECONDITION) names an image without a face."""
+        req = _convert.pair_request(PairRequest("", image_a, image_b, model=model))
+        return _convert.face_match(self._unary(self._stub.Compare, req, timeout))
 
     def compare_verified(
         self, image_a: bytes, image_b: bytes, model: str = "", timeout: float | None = None

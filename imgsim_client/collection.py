@@ -317,6 +317,35 @@ def search(index, queries: list[str], matrix, k: int = 10, qe_k: int | None = No
     return out
 
 
+def search_faces(index, results: dict[str, ImageResult], k: int = 10) -> list[Match]:
+    """The `k` indexed photos nearest to each query photo's faces, for an index of faces (one
+    row per face): each face of a query against every indexed face; a photo scores its best
+    face against the query's best. Queries without a face are left out (their results say
+    why)."""
+    import numpy as np
+
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    queries = [q for q, r in results.items() if r.ok and r.faces]
+    faces = [(q, f) for q in queries for f in results[q].faces]
+    if not faces:
+        return []
+    matrix = np.array([f.vector for _, f in faces], dtype=np.float32)
+    # Enough face hits that k photos remain once the faces of one photo are merged.
+    sims, ids = index.query(matrix[None], min(index.params.count, 4 * k))
+    best: dict[str, dict[str, float]] = {q: {} for q in queries}
+    for (q, _), srow, irow in zip(faces, sims, ids, strict=True):
+        for s, i in zip(srow, irow, strict=True):
+            if i >= 0:
+                path = index.keys[int(i)]
+                best[q][path] = max(best[q].get(path, -1.0), float(s))
+    out = []
+    for q in queries:
+        ranked = sorted(best[q].items(), key=lambda kv: -kv[1])[:k]
+        out += [Match(q, rank, path, s) for rank, (path, s) in enumerate(ranked, 1)]
+    return out
+
+
 def list_images(paths: list[Path]) -> list[str]:
     """Image paths from files, folders (recursive, by extension) and lists (a .csv with a
     `path` column or one path per line in a .txt), each once, in the order given."""
@@ -489,6 +518,16 @@ def to_vectors(results: dict[str, ImageResult], order: list[str]):
             f"the vectors come from several models ({', '.join(sorted(models))}); one file "
             "holds one model's vectors"
         )
+    if first is not None and first.faces:  # the face model: one row per face
+        rows = [(p, f) for p in ok for f in results[p].faces]
+        return Vectors(
+            [display_path(p) for p, _ in rows],
+            np.array([f.vector for _, f in rows], dtype=np.float32),
+            first.model,
+            first.similarity,
+            errors,
+            boxes=[(f.box.left, f.box.top, f.box.right, f.box.bottom) for _, f in rows],
+        )
     matrix = np.array([results[p].vector for p in ok], dtype=np.float32)
     return Vectors(
         [display_path(p) for p in ok],
@@ -501,6 +540,16 @@ def to_vectors(results: dict[str, ImageResult], order: list[str]):
 
 def from_vectors(vectors) -> dict[str, ImageResult]:
     """Results to keep when resuming from an earlier vectors file."""
+    if vectors.boxes:  # the face model: an image's rows are its faces
+        from imgsim_client.types import Face, FaceBox
+
+        faces: dict[str, list[Face]] = {}
+        for key, row, box in zip(vectors.keys, vectors.matrix, vectors.boxes, strict=True):
+            faces.setdefault(key, []).append(Face(FaceBox(*box), row.tolist()))
+        return {
+            key: ImageResult(key, f[0].vector, vectors.model, vectors.similarity, faces=tuple(f))
+            for key, f in faces.items()
+        }
     return {
         key: ImageResult(key, row.tolist(), vectors.model, vectors.similarity)
         for key, row in zip(vectors.keys, vectors.matrix, strict=True)

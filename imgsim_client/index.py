@@ -92,10 +92,14 @@ class Vectors:
     similarity: str
     errors: dict[str, str] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)  # key -> sha256 of its file's bytes
+    # The face model: one row per face, so a key repeats; each row's face box (left, top,
+    # right, bottom in the image's pixels). Empty for one-vector-per-image models.
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
 def write_parquet(vectors: Vectors, path: Path) -> None:
-    """Columns path, model, vector (fixed-size list of float32), error; atomically."""
+    """Columns path, model, vector (fixed-size list of float32), error, sha256, and for the
+    face model box (one row per face); atomically."""
     n_ok, dim = vectors.matrix.shape if vectors.matrix.size else (0, 0)
     keys = vectors.keys + list(vectors.errors)
     flat = np.concatenate(
@@ -115,6 +119,9 @@ def write_parquet(vectors: Vectors, path: Path) -> None:
             "sha256": pa.array([vectors.digests.get(k, "") for k in keys], pa.string()),
         }
     )
+    if vectors.boxes:  # the face model: which face of the image each row is
+        boxes = [list(b) for b in vectors.boxes] + [None] * len(vectors.errors)
+        table = table.append_column("box", pa.array(boxes, pa.list_(pa.int32(), 4)))
     table = table.replace_schema_metadata({"similarity": vectors.similarity})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -144,7 +151,11 @@ def read_parquet(path: Path) -> Vectors:
     digests = {}
     if "sha256" in table.column_names:  # files written before digests have none
         digests = {k: d for k, d in zip(keys, table.column("sha256").to_pylist(), strict=True) if d}
-    return Vectors([keys[i] for i in ok], matrix, model, similarity, errors, digests)
+    boxes = []
+    if "box" in table.column_names:
+        column = table.column("box").to_pylist()
+        boxes = [tuple(column[i]) for i in ok]
+    return Vectors([keys[i] for i in ok], matrix, model, similarity, errors, digests, boxes)
 
 
 @dataclass(frozen=True)

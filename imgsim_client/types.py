@@ -29,6 +29,36 @@ class _Answer:
 
 
 @dataclass(frozen=True)
+class FaceBox:
+    """A face's box in an image's pixels (after EXIF orientation)."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face of an embedded image (the face model): its box and 128-D descriptor."""
+
+    box: FaceBox
+    vector: list[float]
+
+
+@dataclass(frozen=True)
+class FaceMatch:
+    """A pair scored by the face model: the score of its best-matching faces, the verdict
+    ("same person" or "different"), and the two faces' boxes."""
+
+    score: float
+    model: str
+    verdict: str
+    face_a: FaceBox
+    face_b: FaceBox
+
+
+@dataclass(frozen=True)
 class Verified:
     """One pair scored and verified geometrically (`compare_verified`)."""
 
@@ -66,6 +96,8 @@ class PairResult(_Answer):
     error_code: grpc.StatusCode | None = None
     error: str = ""
     verdict: str = ""
+    face_a: FaceBox | None = None  # the face model: the faces that matched
+    face_b: FaceBox | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +121,7 @@ class ImageResult(_Answer):
     similarity: str = ""
     error_code: grpc.StatusCode | None = None
     error: str = ""
+    faces: tuple[Face, ...] = ()  # the face model: every face, largest first
 
 
 @dataclass(frozen=True)

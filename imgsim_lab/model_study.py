@@ -605,7 +605,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "models.json").write_text(json.dumps(report, indent=1))
     plot_choice(report, args.out / "models_auc_vs_speed.png")
     if not notes:  # calibrate only from the complete set of tasks
-        args.thresholds_file.write_text(json.dumps(thresholds_for_server(results), indent=1))
+        # Models this study does not measure (the face model: make bench-faces) keep theirs.
+        table = {}
+        if args.thresholds_file.is_file():
+            table = json.loads(args.thresholds_file.read_text())
+        table.update(thresholds_for_server(results))
+        args.thresholds_file.write_text(json.dumps(table, indent=1))
         print(f"wrote {args.thresholds_file}")
     print(f"wrote {args.out / 'models.json'}; default by the rule: {choice and choice['winner']}")
     return 0

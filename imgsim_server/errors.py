@@ -13,6 +13,7 @@ MAX_MESSAGE = 2000  # characters of an error message sent to a caller
 KINDS = (
     "invalid_argument",
     "too_large",
+    "no_face",
     "not_found",
     "failed_precondition",
     "resource_exhausted",
@@ -46,6 +47,11 @@ class InvalidImageError(CoreError, kind="invalid_argument"):
 
 class ImageTooLargeError(InvalidImageError, kind="too_large"):
     """The image is over a size limit (bytes or pixels); HTTP answers 413."""
+
+
+class NoFaceError(CoreError, kind="no_face"):
+    """The face model found no face in the image: that pair or image fails, nothing is
+    scored (gRPC FAILED_PRECONDITION, HTTP 422)."""
 
 
 class InvalidRequestError(CoreError, kind="invalid_argument"):

@@ -235,3 +235,24 @@ def test_page_says_the_server_is_preparing_until_it_is_ready(server, page, photo
         assert page.text_content("#error") == "" and page.text_content("#score")
     finally:
         running.stop(0.5)
+
+
+def test_page_draws_the_matched_faces_with_the_face_model(web, page):
+    pytest.importorskip("dlib", reason="the [faces] extra is not installed")
+    orl = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl_faces"
+    if not orl.is_dir():
+        pytest.skip(f"no ORL faces at {orl}")
+    page.goto(web + "/")
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    page.select_option("#model", "face")
+    _compare(page, orl / "s6" / "1.png", orl / "s6" / "2.png")
+    assert page.text_content("#error") == ""
+    assert page.text_content("#verdict") == "same person"
+    for side in ("a", "b"):
+        box = page.locator(f"#face-{side}").bounding_box()
+        img = page.locator(f"#preview-{side}").bounding_box()
+        assert box is not None and 0 < box["width"] < img["width"]  # drawn, inside the photo
+        assert img["x"] <= box["x"] and box["x"] + box["width"] <= img["x"] + img["width"] + 1
+    page.set_input_files("#image-a", str(orl / "s7" / "1.png"))  # a new photo: no stale box
+    assert page.locator("#face-a").is_hidden()
+    assert page.console_errors == []

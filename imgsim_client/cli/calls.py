@@ -19,6 +19,9 @@ def run_compare(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise PairsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     with common.connect(args) as client:
+        info = client.list_models().get(args.model) if args.model else None
+        if info is not None and info.kind == "face":
+            return _print_faces(client.compare_faces(data[0], data[1], args.model), args.json)
         if args.verify:
             result = client.compare_verified(data[0], data[1], model=args.model)
         else:
@@ -34,6 +37,23 @@ def run_compare(args: argparse.Namespace) -> int:
     else:
         seen = "verified" if result.verified else "not verified"
         print(f"{result.score:.4f} {result.verdict} {result.inliers} inliers: {seen}".strip())
+    return common.OK
+
+
+def _print_faces(match, as_json: bool) -> int:
+    """A face-model pair: score, verdict and the boxes of the faces that matched."""
+    import dataclasses
+
+    if as_json:
+        import json
+
+        print(json.dumps(dataclasses.asdict(match)))
+        return common.OK
+
+    def box(b) -> str:
+        return f"({b.left},{b.top})-({b.right},{b.bottom})"
+
+    print(f"{match.score:.4f} {match.verdict} faces {box(match.face_a)} {box(match.face_b)}")
     return common.OK
 
 

@@ -56,8 +56,10 @@ def run_embed(args: argparse.Namespace) -> int:
             raise
     vectors = vectors_of(results)
     write_parquet(vectors, args.output)
+    embedded = len(paths) - len(vectors.errors)
+    faces = f" ({len(vectors.keys)} faces, a row each)" if vectors.boxes else ""
     return common.finish(
-        f"embedded {len(vectors.keys)}/{len(paths)} images ({len(vectors.errors)} failed, "
+        f"embedded {embedded}/{len(paths)} images{faces} ({len(vectors.errors)} failed, "
         f"{len(done)} kept) with {vectors.model} -> {args.output}",
         len(vectors.errors),
     )
@@ -173,12 +175,22 @@ def run_search(args: argparse.Namespace) -> int:
     index = _load_index(args.index)
     queries = collection.list_images(args.queries)
     rotations = collection.VERSIONS[args.rotations]
+    faces = index.params.similarity == "face"  # an index of faces: its queries' faces
     with common.connect(args) as client:
         model = args.model or index.params.model
-        per = collection.embed_rotations(client, queries, model, rotations, not args.no_progress)
+        if faces:
+            found = collection.embed_paths(client, queries, model, not args.no_progress)
+            per = {q: [found[q]] for q in queries}
+        else:
+            per = collection.embed_rotations(
+                client, queries, model, rotations, not args.no_progress
+            )
     ok = [q for q in queries if all(r.ok for r in per[q])]
-    versions = np.array([[per[q][i].vector for q in ok] for i in range(len(rotations))])
-    matches = collection.search(index, ok, versions, args.k, args.qe_k)
+    if faces:
+        matches = collection.search_faces(index, {q: per[q][0] for q in ok}, args.k)
+    else:
+        versions = np.array([[per[q][i].vector for q in ok] for i in range(len(rotations))])
+        matches = collection.search(index, ok, versions, args.k, args.qe_k)
     columns = ["query", "rank", "path", "score"]
     rows = [
         {"query": m.query, "rank": m.rank, "path": m.path, "score": f"{m.score:.6f}"}

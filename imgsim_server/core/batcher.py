@@ -133,9 +133,11 @@ class DynamicBatcher:
         policy: BatchPolicy | None = None,
         workers: int = 1,
         on_batch: Callable[[str, int, list[float], float], None] | None = None,
+        collate: Callable[[list], object] = np.stack,
     ) -> None:
         self.name = name
         self.embed_fn = embed_fn
+        self.collate = collate  # the batch embed_fn takes, from the queued inputs
         self.policy = policy or BatchPolicy()
         self.stats = BatchStats()
         self.on_batch = on_batch
@@ -208,7 +210,7 @@ class DynamicBatcher:
                 continue
             started = time.perf_counter()
             try:
-                out = self.embed_fn(np.stack([j.x for j in jobs]))
+                out = self.embed_fn(self.collate([j.x for j in jobs]))
             except Exception as exc:  # the model failed: every item of the batch fails
                 log.exception("model %s failed on a batch of %d", self.name, len(jobs))
                 for j in jobs:

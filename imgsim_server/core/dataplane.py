@@ -28,8 +28,17 @@ from imgsim_server.config import CoreConfig
 from imgsim_server.core.cache import EmbeddingCache
 from imgsim_server.core.engines import READY, Engine, Engines, Preparer
 from imgsim_server.core.images import decode_image
-from imgsim_server.core.types import CacheCounts, Embedding, ModelList, PairScore, Stats
+from imgsim_server.core.types import (
+    CacheCounts,
+    Embedding,
+    Face,
+    FaceBox,
+    ModelList,
+    PairScore,
+    Stats,
+)
 from imgsim_server.embedders import _calibration as calibration
+from imgsim_server.embedders._cfg import MATCHES
 from imgsim_server.errors import (
     CancelledError,
     ConfigurationError,
@@ -370,9 +379,14 @@ class Dataplane:
                 _resolve(out, exc=f.exception())
                 return
             v = np.asarray(f.result(), dtype=np.float32)
-            if eng.cfg.similarity == "cosine":
+            faces: tuple[Face, ...] = ()
+            if v.ndim == 2:  # one row per face: descriptor, then box
+                dim = eng.cfg.embedding_dim
+                faces = tuple(Face(FaceBox.of(row), row[:dim].copy()) for row in v)
+                v = faces[0].vector
+            elif eng.cfg.similarity == "cosine":
                 v = v / max(float(np.linalg.norm(v)), 1e-12)
-            _resolve(out, Embedding(v, eng.cfg.name, eng.cfg.similarity))
+            _resolve(out, Embedding(v, eng.cfg.name, eng.cfg.similarity, faces))
 
         raw.add_done_callback(done)
         return out
@@ -451,6 +465,7 @@ class Dataplane:
         remaining = [2]
         lock = threading.Lock()
         name, similarity = eng.cfg.name, eng.cfg.similarity
+        match = MATCHES.get(similarity)
 
         def one_done(_f: Future) -> None:
             with lock:
@@ -463,8 +478,15 @@ class Dataplane:
                 _resolve(out, exc=exc)
             else:
                 self._count(failed=False)
-                score = clip(eng.similarity(fa.result(), fb.result()), similarity)
-                _resolve(out, PairScore(score, name, calibration.verdict(name, score)))
+                a, b = fa.result(), fb.result()
+                if match is None:
+                    score = clip(eng.similarity(a, b), similarity)
+                    _resolve(out, PairScore(score, name, calibration.verdict(name, score)))
+                    return
+                score, i, j = match(a, b)
+                verdict = calibration.verdict(name, score)
+                faces = {"face_a": FaceBox.of(a[i]), "face_b": FaceBox.of(b[j])}
+                _resolve(out, PairScore(score, name, verdict, **faces))
 
         fa.add_done_callback(one_done)
         fb.add_done_callback(one_done)

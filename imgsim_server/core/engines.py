@@ -36,6 +36,7 @@ from imgsim_server.errors import (
     DeadlineExceededError,
     ModelFailedError,
     ModelNotFoundError,
+    NoFaceError,
     UnavailableError,
 )
 
@@ -55,11 +56,13 @@ def bounded_name(value: str, limit: int = ECHO_LIMIT) -> str:
 
 def served_models(cfg: CoreConfig) -> frozenset[str] | None:
     """The models a server with `cfg` serves (None: every registered one): its default, its
-    collection descriptor, the classical ones and those named."""
+    collection descriptor, the classical ones, the face model where its extra is installed,
+    and those named."""
     if "all" in cfg.models:
         return None
     names = {cfg.default_model, cfg.collection_model, *cfg.models}
     names |= {m.name for m in list_models(kind="classical")}
+    names |= {m.name for m in list_models(kind="face", available=True)}
     for name in names:
         get_cfg(name)  # fail fast on a misspelt name
     return frozenset(names)
@@ -83,8 +86,11 @@ def _run_once(eng: Engine) -> None:
 
     side = eng.cfg.input_size
     ramp = np.linspace(0, 255, side * side * 3, dtype=np.float32).reshape(side, side, 3)
-    x = eng.embedder.preprocess(Image.fromarray(ramp.astype(np.uint8)))
-    eng.embedder.embed(x[None])
+    try:
+        x = eng.embedder.preprocess(Image.fromarray(ramp.astype(np.uint8)))
+    except NoFaceError:
+        return  # a face model: its detector has run on the ramp, which has no face
+    eng.embedder.embed(eng.embedder.collate([x]))
 
 
 class Engine:
@@ -101,7 +107,12 @@ class Engine:
             cfg.max_delay_ms / 1000.0,
         )
         self.batcher = DynamicBatcher(
-            self.cfg.name, embedder.embed, self.policy, embedder.concurrency(), on_batch
+            self.cfg.name,
+            embedder.embed,
+            self.policy,
+            embedder.concurrency(),
+            on_batch,
+            embedder.collate,
         )
         self.last_used = time.monotonic()  # for least-recently-used unloading
 

@@ -12,6 +12,29 @@ from imgsim_server.embedders._calibration import Threshold
 
 
 @dataclass(frozen=True)
+class FaceBox:
+    """A face's box in an image's pixels (as decoded, EXIF orientation applied)."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @classmethod
+    def of(cls, row) -> FaceBox:
+        """From the last four values of a face row (see embedders.face)."""
+        return cls(*(round(float(v)) for v in row[-4:]))
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face of an image: its box and its descriptor (L2-normalised)."""
+
+    box: FaceBox
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
 class PairScore:
     """One scored pair: the score, the model that scored it, and the verdict of that model's
     calibrated thresholds ("" for an uncalibrated model)."""
@@ -23,6 +46,9 @@ class PairScore:
     # best similarity transform between the images, and whether they reach the minimum.
     inliers: int | None = None
     verified: bool | None = None
+    # A model that matches several faces per image (`face`): the pair of faces that scored.
+    face_a: FaceBox | None = None
+    face_b: FaceBox | None = None
 
 
 @dataclass(frozen=True)
@@ -32,6 +58,7 @@ class Embedding:
     vector: np.ndarray
     model: str
     similarity: str
+    faces: tuple[Face, ...] = ()  # `face`: every face found, largest first (vector: the first)
 
     @property
     def dimension(self) -> int:

@@ -1,10 +1,10 @@
 """Embedders: CNN backbones and classical baselines behind one registry.
 
-Importing this package registers every family (cnn, classical) and loads no runtime: torch and
-ONNX Runtime are imported by a builder when a model is created.
+Importing this package registers every family (cnn, classical, face) and loads no runtime:
+torch, ONNX Runtime and dlib are imported by a builder when a model is created.
 """
 
-from imgsim_server.embedders import classical, cnn  # noqa: F401  (registers the families)
+from imgsim_server.embedders import classical, cnn, face  # noqa: F401  (registers the families)
 from imgsim_server.embedders._cfg import (
     SIMILARITIES,
     Embedder,

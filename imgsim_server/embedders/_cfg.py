@@ -47,7 +47,7 @@ class ModelCfg:
     """What a model is: static facts the server can report without loading it (pure data)."""
 
     name: str
-    kind: str  # "cnn" or "classical"
+    kind: str  # "cnn", "classical" or "face"
     embedding_dim: int
     input_size: int
     similarity: str = "cosine"  # a key of SIMILARITIES
@@ -89,6 +89,10 @@ class Embedder(abc.ABC):
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """A stacked batch of preprocessed arrays to an (N, embedding_dim) float32 array."""
 
+    def collate(self, items: list) -> np.ndarray:
+        """The batch `embed` takes, from preprocessed items (a ragged family overrides it)."""
+        return np.stack(items)
+
     def concurrency(self) -> int:
         """How many batches may run at once (one batcher worker each)."""
         return 1
@@ -127,3 +131,8 @@ SIMILARITIES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "cosine": cosine,
     "hamming": hamming_similarity,
 }
+"""How two embeddings become a score, by `ModelCfg.similarity` (families may add theirs)."""
+
+MATCHES: dict[str, Callable[[np.ndarray, np.ndarray], tuple[float, int, int]]] = {}
+"""Similarities over several rows per image (a family's; `face`): (score, row of a, row of b),
+the rows that matched, which a pair's answer reports."""

@@ -33,7 +33,21 @@ def _hub_file(ref: str) -> Path:
     return torch_hub_dir() / "checkpoints" / ref
 
 
-LOCATORS: dict[str, Callable[[str], Path]] = {"package": _package_file, "torch_hub": _hub_file}
+def _function_file(ref: str) -> Path:
+    """The file that a package's function `module:function` returns the path of."""
+    module, _, fn = ref.partition(":")
+    try:
+        where = getattr(importlib.import_module(module), fn)
+    except ImportError:
+        return Path(f"<package {module.replace('_', '-')} not installed>")
+    return Path(where())
+
+
+LOCATORS: dict[str, Callable[[str], Path]] = {
+    "package": _package_file,
+    "torch_hub": _hub_file,
+    "function": _function_file,
+}
 
 
 def weights_path(cfg: ModelCfg, opts: EmbedderOptions) -> Path | None:

@@ -336,6 +336,10 @@ class ImageSimilarityServicer(pb_grpc.ImageSimilarityServicer):
             vector=emb.vector.tolist(),
             dimension=emb.dimension,
             similarity=emb.similarity,
+            faces=[
+                pb.Face(box=pb.FaceBox(**asdict(f.box)), vector=f.vector.tolist())
+                for f in emb.faces
+            ],
         )
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
@@ -373,4 +377,7 @@ def _compare_response(pair_id: str, pair: PairScore) -> pb.CompareResponse:
     )
     if pair.inliers is not None:
         resp.inliers, resp.verified = pair.inliers, bool(pair.verified)
+    if pair.face_a is not None:
+        resp.face_a.CopyFrom(pb.FaceBox(**asdict(pair.face_a)))
+        resp.face_b.CopyFrom(pb.FaceBox(**asdict(pair.face_b)))
     return resp

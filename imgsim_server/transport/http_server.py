@@ -20,7 +20,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 
 try:
@@ -69,6 +69,7 @@ _STATUS_CODES = {
 HTTP_STATUS: dict[str, tuple[int, str]] = {
     "invalid_argument": (400, "INVALID_ARGUMENT"),
     "too_large": (413, "INVALID_ARGUMENT"),
+    "no_face": (422, "FAILED_PRECONDITION"),
     "not_found": (404, "NOT_FOUND"),
     "failed_precondition": (400, "FAILED_PRECONDITION"),
     "resource_exhausted": (429, "RESOURCE_EXHAUSTED"),
@@ -242,7 +243,9 @@ def build_app(core: Dataplane, settings: HttpSettings) -> FastAPI:
     )
     async def compare(request: Request) -> dict:
         """`score`, `model` and `verdict` (calibrated models) as in CompareResponse; with
-        `?verify=true`, also `inliers` and `verified` (geometric verification)."""
+        `?verify=true`, also `inliers` and `verified` (geometric verification); with the face
+        model, `face_a` and `face_b`, the boxes of the faces that matched (422
+        FAILED_PRECONDITION when an image has no face)."""
         images, model = await _read_images(request, ("image_a", "image_b"), settings.max_body_bytes)
         verify = request.query_params.get("verify", "").lower() in ("1", "true", "yes")
         a, b = images["image_a"], images["image_b"]
@@ -250,21 +253,27 @@ def build_app(core: Dataplane, settings: HttpSettings) -> FastAPI:
         out = {"score": pair.score, "model": pair.model, "verdict": pair.verdict}
         if pair.inliers is not None:
             out |= {"inliers": pair.inliers, "verified": pair.verified}
+        if pair.face_a is not None:
+            out |= {"face_a": asdict(pair.face_a), "face_b": asdict(pair.face_b)}
         return out
 
     @app.post(
         "/v1/embed", summary="Embedding of one image", openapi_extra=_compare_body(("image",))
     )
     async def embed(request: Request) -> dict:
-        """`vector`, `dimension`, `similarity` and `model` as in EmbedResponse."""
+        """`vector`, `dimension`, `similarity` and `model` as in EmbedResponse, and with the
+        face model `faces` (each face's `box` and `vector`, largest first)."""
         images, model = await _read_images(request, ("image",), settings.max_body_bytes)
         emb = await core.embed(images["image"], model, REQUEST_TIMEOUT_S)
-        return {
+        out = {
             "model": emb.model,
             "vector": emb.vector.tolist(),
             "dimension": emb.dimension,
             "similarity": emb.similarity,
         }
+        if emb.faces:
+            out["faces"] = [{"box": asdict(f.box), "vector": f.vector.tolist()} for f in emb.faces]
+        return out
 
     @app.get("/v1/models", summary="The server's models, as ListModels")
     async def models() -> dict:

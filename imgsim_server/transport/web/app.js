@@ -9,8 +9,27 @@ const MEANING = {
     "viewpoint or in other light; fewer than 1% of photos of different objects score this high.",
   "same category": "Scores like this come from two things of the same kind (two cups, two " +
     "faces); fewer than 1% of pairs from different categories score this high.",
+  "same person": "Scores like this come from two photos of one person (the boxes show the " +
+    "faces that matched); fewer than 1% of photos of different people score this high.",
   "different": "Below every calibrated threshold: most likely unrelated photos.",
 };
+
+// The face model answers with the box of the face that matched in each image (its pixels):
+// drawn over the preview, in percent of the image's natural size so that it scales with it.
+function showFace(which, box) {
+  const mark = $("face-" + which);
+  const img = $("preview-" + which);
+  if (!box || !img.naturalWidth) {
+    mark.hidden = true;
+    return;
+  }
+  const w = img.naturalWidth, h = img.naturalHeight;
+  mark.style.left = (100 * box.left / w) + "%";
+  mark.style.top = (100 * box.top / h) + "%";
+  mark.style.width = (100 * (box.right - box.left) / w) + "%";
+  mark.style.height = (100 * (box.bottom - box.top) / h) + "%";
+  mark.hidden = false;
+}
 let thresholds = {};
 
 // A bearer token, when the server needs one: sent with every API call, kept for this tab only.
@@ -51,6 +70,7 @@ function authHeaders() {
 
 function showPreview(input, img) {
   const file = input.files[0];
+  showFace(img.id.slice(-1), null);  // a new photo: the old box does not belong to it
   if (!file) { img.hidden = true; return; }
   img.src = URL.createObjectURL(file);
   img.hidden = false;
@@ -139,6 +159,8 @@ $("form").addEventListener("submit", async (e) => {
   $("verdict").textContent = "";
   $("verdict").className = "";
   $("meaning").textContent = "";
+  showFace("a", null);
+  showFace("b", null);
   const data = new FormData();
   data.append("image_a", $("image-a").files[0]);
   data.append("image_b", $("image-b").files[0]);
@@ -153,6 +175,8 @@ $("form").addEventListener("submit", async (e) => {
       throw new Error(`${err.message || resp.statusText} (HTTP ${resp.status} ${err.code || ""})`.trim());
     }
     $("score").textContent = `${body.score.toFixed(4)} (${body.model})`;
+    showFace("a", body.face_a);
+    showFace("b", body.face_b);
     if (body.verdict) {
       $("verdict").textContent = body.verdict;
       $("verdict").className = body.verdict === "different" ? "different" : "";

@@ -39,7 +39,7 @@ class PairError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class CompareResponse(_message.Message):
-    __slots__ = ("pair_id", "score", "model", "error", "verdict", "inliers", "verified")
+    __slots__ = ("pair_id", "score", "model", "error", "verdict", "inliers", "verified", "face_a", "face_b")
     PAIR_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,8 @@ class CompareResponse(_message.Message):
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     INLIERS_FIELD_NUMBER: _ClassVar[int]
     VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    FACE_A_FIELD_NUMBER: _ClassVar[int]
+    FACE_B_FIELD_NUMBER: _ClassVar[int]
     pair_id: str
     score: float
     model: str
@@ -54,7 +56,29 @@ class CompareResponse(_message.Message):
     verdict: str
     inliers: int
     verified: bool
-    def __init__(self, pair_id: _Optional[str] = ..., score: _Optional[float] = ..., model: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ..., verdict: _Optional[str] = ..., inliers: _Optional[int] = ..., verified: _Optional[bool] = ...) -> None: ...
+    face_a: FaceBox
+    face_b: FaceBox
+    def __init__(self, pair_id: _Optional[str] = ..., score: _Optional[float] = ..., model: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ..., verdict: _Optional[str] = ..., inliers: _Optional[int] = ..., verified: _Optional[bool] = ..., face_a: _Optional[_Union[FaceBox, _Mapping]] = ..., face_b: _Optional[_Union[FaceBox, _Mapping]] = ...) -> None: ...
+
+class FaceBox(_message.Message):
+    __slots__ = ("left", "top", "right", "bottom")
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_FIELD_NUMBER: _ClassVar[int]
+    BOTTOM_FIELD_NUMBER: _ClassVar[int]
+    left: int
+    top: int
+    right: int
+    bottom: int
+    def __init__(self, left: _Optional[int] = ..., top: _Optional[int] = ..., right: _Optional[int] = ..., bottom: _Optional[int] = ...) -> None: ...
+
+class Face(_message.Message):
+    __slots__ = ("box", "vector")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    box: FaceBox
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, box: _Optional[_Union[FaceBox, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("image_id", "image", "model")
@@ -67,20 +91,22 @@ class EmbedRequest(_message.Message):
     def __init__(self, image_id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("image_id", "model", "vector", "dimension", "similarity", "error")
+    __slots__ = ("image_id", "model", "vector", "dimension", "similarity", "error", "faces")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     model: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     dimension: int
     similarity: str
     error: PairError
-    def __init__(self, image_id: _Optional[str] = ..., model: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., dimension: _Optional[int] = ..., similarity: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ...) -> None: ...
+    faces: _containers.RepeatedCompositeFieldContainer[Face]
+    def __init__(self, image_id: _Optional[str] = ..., model: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., dimension: _Optional[int] = ..., similarity: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ..., faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
