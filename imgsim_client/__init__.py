@@ -5,8 +5,10 @@
     with ImgsimClient("127.0.0.1:50051") as client:
         score = client.compare(open("a.jpg", "rb").read(), open("b.jpg", "rb").read())
 
-Collections ([index] extra): `find_duplicates(vectors, min_similarity=...)`, `search(index,
-queries, matrix, k)`, `match_against`, `verify_duplicates`, returning typed records
+Collections (`imgsim_client.photos`, the [index] extra): `embed(paths)`, `dedup(paths)`,
+`search_paths(index, queries)` take a client or an address, or with neither start a private
+local server for the call (`local_server()` keeps one up across calls); `find_duplicates`,
+`match_against`, `verify_duplicates` and `search` work on vectors, returning typed records
 (`DuplicatePair`, `Match`), with `read_parquet`/`VectorIndex` for the vectors and the index.
 
 The names load lazily (PEP 562), so `imgsim-client --help` does not import grpc.
@@ -24,18 +26,22 @@ __all__ = [
     "PairRequest",
     "PairResult",
 ]
-# Collections: FAISS and numpy load only when one of these is used.
+# Collections (imgsim_client.photos): FAISS and numpy load only when one of these is used.
 _COLLECTION = {
-    "find_duplicates": "imgsim_client.collection",
-    "match_against": "imgsim_client.collection",
-    "search": "imgsim_client.collection",
-    "verify_duplicates": "imgsim_client.collection",
-    "DuplicatePair": "imgsim_client.collection",
-    "Duplicates": "imgsim_client.collection",
-    "Match": "imgsim_client.collection",
-    "VectorIndex": "imgsim_client.index",
-    "Vectors": "imgsim_client.index",
-    "read_parquet": "imgsim_client.index",
+    "find_duplicates": "imgsim_client.photos.dedup",
+    "match_against": "imgsim_client.photos.dedup",
+    "verify_duplicates": "imgsim_client.photos.dedup",
+    "dedup": "imgsim_client.photos.dedup",
+    "DuplicatePair": "imgsim_client.photos.dedup",
+    "Duplicates": "imgsim_client.photos.dedup",
+    "search": "imgsim_client.photos.search",
+    "search_paths": "imgsim_client.photos.search",
+    "Match": "imgsim_client.photos.search",
+    "embed": "imgsim_client.photos.embed",
+    "VectorIndex": "imgsim_client.photos.index",
+    "Vectors": "imgsim_client.photos.vectors",
+    "read_parquet": "imgsim_client.photos.vectors",
+    "local_server": "imgsim_client.local",
 }
 __all__ += list(_COLLECTION)
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgsim_client import collection
+from imgsim_client import photos
 from imgsim_client.client import ImgsimClient
-from imgsim_client.index import VectorIndex, groups
+from imgsim_client.photos.index import VectorIndex, groups
 from imgsim_datasets.pairs import TRANSFORMS
 from imgsim_datasets.photos import shipped_photos
 from imgsim_lab import machine
@@ -122,12 +122,12 @@ def prf(found: set[frozenset], truth: set[frozenset]) -> dict:
 def imgsim_dedup(address: str, folder: Path, truth: set[frozenset], model: str) -> dict:
     """Embed the folder, then sweep the threshold over the pairs a low-threshold range search
     finds; the F1-best threshold and its precision and recall."""
-    paths = collection.list_images([folder])
+    paths = photos.list_images([folder])
     started = time.perf_counter()
     with ImgsimClient(address, timeout=120) as client:
         client.wait_ready(60)
-        results = collection.embed_paths(client, paths, model, progress=False)
-    vectors = collection.to_vectors(results, paths)
+        results = photos.embed_paths(client, paths, model, progress=False)
+    vectors = photos.to_vectors(results, paths)
     embed_s = time.perf_counter() - started
     index = VectorIndex.build(vectors)
     floor = 0.5 if vectors.similarity == "hamming" else 0.3
@@ -194,10 +194,10 @@ def ukbench_ns(address: str) -> dict | None:
     uk = SHARED / "ukbench_sample"
     if not uk.is_dir():
         return None
-    paths = collection.list_images([uk])
+    paths = photos.list_images([uk])
     with ImgsimClient(address, timeout=120) as client:
         client.wait_ready(60)
-        vectors = collection.to_vectors(collection.embed_paths(client, paths, "", False), paths)
+        vectors = photos.to_vectors(photos.embed_paths(client, paths, "", False), paths)
     index = VectorIndex.build(vectors)
     _, ids = index.search(vectors.matrix, 4)
     group = [int(Path(k).stem[-5:]) // 4 for k in vectors.keys]
@@ -215,11 +215,11 @@ def ukbench_ns(address: str) -> dict | None:
 
 def real_embeddings(address: str) -> np.ndarray:
     folders = [SHARED / "ukbench_sample", SHARED / "caltech101_subset"]
-    paths = collection.list_images([f for f in folders if f.is_dir()] or [Path(".")])
+    paths = photos.list_images([f for f in folders if f.is_dir()] or [Path(".")])
     with ImgsimClient(address, timeout=120) as client:
         client.wait_ready(60)
-        res = collection.embed_paths(client, paths, "", False)
-    return collection.to_vectors(res, paths).matrix
+        res = photos.embed_paths(client, paths, "", False)
+    return photos.to_vectors(res, paths).matrix
 
 
 def structured(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -271,7 +271,7 @@ def compare_libraries(x: np.ndarray) -> list[dict]:
     """FAISS (PCA+IVF+refine, as imgsim builds it) vs usearch (HNSW) on the same vectors."""
     from usearch.index import Index
 
-    from imgsim_client.index import Vectors
+    from imgsim_client.photos.vectors import Vectors
 
     out = []
     q = x[:1000]
@@ -316,7 +316,8 @@ def scale_run(base: np.ndarray, n: int, x: np.ndarray | None = None, **build) ->
     `dedup` runs past --exact-below) with its recall@10 on 1,000 sampled rows against exact
     search, then the saved index `index`/`index add` build (vectors/s) and one query's time."""
 
-    from imgsim_client.index import Vectors, self_knn
+    from imgsim_client.photos.index import self_knn
+    from imgsim_client.photos.vectors import Vectors
 
     t = time.perf_counter()
     x = structured(base, n) if x is None else x
@@ -412,7 +413,7 @@ def render(r: dict) -> str:
         "`--no-verify` threshold (chosen on the strong set): threshold, P / R / F1 |",
         "|---|---|---|---|---|---|---|",
     ]
-    from imgsim_client.collection import DEDUP_THRESHOLDS
+    from imgsim_client.photos.dedup import DEDUP_THRESHOLDS
 
     for m in nd["imgsim"]:
         b = m["best"]

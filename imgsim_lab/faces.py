@@ -88,15 +88,15 @@ def pair_scores(model: str, results: list) -> np.ndarray:
 def search_precision(files: list[Path], people: np.ndarray, results: list) -> float:
     """Mean precision@9 of `search` on an index of every face: each person's first photo as
     the query, its 9 other photos as the relevant ones (the query itself left out)."""
-    from imgsim_client import collection
-    from imgsim_client.index import VectorIndex
+    from imgsim_client import photos
+    from imgsim_client.photos.index import VectorIndex
 
     by_path = {str(p): r for p, r in zip(files, results, strict=True)}
-    index = VectorIndex.build(collection.to_vectors(by_path, list(by_path)))
+    index = VectorIndex.build(photos.to_vectors(by_path, list(by_path)))
     firsts = [i for i in range(len(files)) if i == 0 or people[i] != people[i - 1]]
     queries = {str(files[i]): results[i] for i in firsts}
     hits: dict[str, list[str]] = {}
-    for m in collection.search_faces(index, queries, k=10):
+    for m in photos.search_faces(index, queries, k=10):
         if m.path != m.query:
             hits.setdefault(m.query, []).append(m.path)
     who = dict(zip(map(str, files), people, strict=True))

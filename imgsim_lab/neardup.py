@@ -383,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(folder: Path, args) -> dict:
     """Build the set in `folder` and measure every method on it."""
-    from imgsim_client.collection import DEDUP_THRESHOLDS
-    from imgsim_client.defaults import DEDUP_VERIFY
+    from imgsim_client.photos.dedup import DEDUP_THRESHOLDS
+    from imgsim_client.photos.defaults import DEDUP_VERIFY
 
     group = build(folder, args.shared)
     names = sorted(group)
@@ -431,8 +431,8 @@ def mild(models: list[str], shared: Path = SHARED, strong: dict | None = None) -
     import tempfile
 
     import imgsim_verify as verify
-    from imgsim_client.collection import DEDUP_THRESHOLDS
-    from imgsim_client.defaults import DEDUP_VERIFY
+    from imgsim_client.photos.dedup import DEDUP_THRESHOLDS
+    from imgsim_client.photos.defaults import DEDUP_VERIFY
     from imgsim_lab.collections_bench import build_near_dup
 
     out: dict = {"models": {}}

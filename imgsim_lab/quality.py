@@ -150,7 +150,8 @@ def rankings(db: np.ndarray, versions: np.ndarray, s: RetrievalSet, lever: dict)
     """Each query's ranking of every image through the product's index (`index.py`): the
     levers DBA (`dba_k`, `alpha`) and QE (`qe_k`, `alpha`) as `imgsim-client index` and
     `search` apply them; `versions`: (R, q, d) query vectors (R rotations, or 1)."""
-    from imgsim_client.index import VectorIndex, Vectors
+    from imgsim_client.photos.index import VectorIndex
+    from imgsim_client.photos.vectors import Vectors
 
     vectors = Vectors(list(range(len(db))), db, "", "cosine")
     index = VectorIndex.build(

@@ -69,10 +69,14 @@ class ServerConfig:
     http_request_timeout_s: float = 30.0  # to receive a whole request (headers and body)
     http_min_body_rate: int = 256 * 1024  # bytes/s a body must keep up, on top of that
     http_max_connections: int = 0  # 0: derived from RLIMIT_NOFILE
+    unix_socket: Path | None = None  # gRPC on this unix socket instead of host:port
+    exit_with_stdin: bool = False  # stop when standard input closes (a parent's watchdog pipe)
     core: CoreConfig = field(default_factory=CoreConfig)
 
     @property
     def address(self) -> str:
+        if self.unix_socket is not None:
+            return f"unix:{self.unix_socket}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
@@ -143,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=int(env("IMGSIM_PORT", "50051")),
         help="port to bind; 0 picks a free port (printed at start)",
+    )
+    p.add_argument(
+        "--unix-socket",
+        type=Path,
+        metavar="PATH",
+        help="serve gRPC on this unix socket instead of --host/--port (no TCP port opened); "
+        "clients use the target unix:PATH",
+    )
+    p.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="stop (gracefully) when standard input closes: a parent process that started "
+        "this server holds the other end, so the server never outlives it, even if it is "
+        "killed (imgsim-client's private local server)",
     )
     p.add_argument(
         "--model",
@@ -409,5 +427,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         http_request_timeout_s=args.http_request_timeout,
         http_min_body_rate=args.http_min_body_rate,
         http_max_connections=args.http_max_connections,
+        unix_socket=args.unix_socket,
+        exit_with_stdin=args.exit_with_stdin,
         core=core,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
@@ -174,8 +175,9 @@ async def _serve(cfg: ServerConfig, core: Dataplane) -> int:
     # Requests that arrive meanwhile wait for it (Engines.get_async).
     running = await build_server(cfg, core, owns_core=True, serving=False)
     host = cfg.host
+    where = cfg.address if cfg.unix_socket is not None else f"{host}:{running.port}"
     print(
-        f"imgsim-server listening on {host}:{running.port} "
+        f"imgsim-server listening on {where} "
         f"(default model {cfg.core.default_model}, device {cfg.core.device})"
         + (f"; metrics at http://{host}:{running.metrics_port}/metrics" if running.metrics else ""),
         flush=True,
@@ -191,6 +193,8 @@ async def _serve(cfg: ServerConfig, core: Dataplane) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if cfg.exit_with_stdin:
+        _stop_when_stdin_closes(loop, stop)
     started = time.perf_counter()
     default = asyncio.wrap_future(core.engines.preparation(cfg.core.default_model))
     stopped = asyncio.ensure_future(stop.wait())
@@ -221,6 +225,23 @@ async def _serve(cfg: ServerConfig, core: Dataplane) -> int:
     return 0
 
 
+def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """A thread that reads standard input until it closes, then stops the server: the parent
+    that started it holds the pipe's other end, and the kernel closes it whenever the parent
+    ends, killed (SIGKILL) included."""
+
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        log.info("standard input closed: the parent has gone; stopping")
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch, name="stdin-watchdog", daemon=True).start()
+
+
 def serve(cfg: ServerConfig, preparer: Preparer | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then shut down gracefully: health NOT_SERVING first, then
     in-flight calls (streams included) get `--grace` seconds to drain. `preparer` makes each
@@ -229,4 +250,10 @@ def serve(cfg: ServerConfig, preparer: Preparer | None = None) -> int:
     Returns the exit status: 1 when the default model cannot load (the message says why and
     what to do), else 0.
     """
-    return asyncio.run(_serve(cfg, Dataplane(cfg.core, preparer)))
+    code = asyncio.run(_serve(cfg, Dataplane(cfg.core, preparer)))
+    # Everything is stopped; what is left are threads that may still wait on an export child
+    # (a stop during preparation): end now rather than join them (the child gets SIGTERM).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

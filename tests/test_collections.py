@@ -11,7 +11,8 @@ from PIL import Image
 
 from imgsim_client import ImgsimClient
 from imgsim_client.cli import main
-from imgsim_client.index import VectorIndex, read_parquet
+from imgsim_client.photos.index import VectorIndex
+from imgsim_client.photos.vectors import read_parquet
 
 NAMES = ("chelsea", "coffee", "astronaut", "rocket", "camera", "grace_hopper")
 
@@ -136,8 +137,8 @@ def test_self_join_past_the_exact_size_finds_the_exact_pairs():
     """Past --exact-below, find_duplicates self-joins with index.self_knn (exact scores
     inside the probed lists, no index built): 2,000 originals with 2 noisy copies each give
     the same pairs and scores as the exact range search."""
-    from imgsim_client.collection import find_duplicates
-    from imgsim_client.index import Vectors
+    from imgsim_client.photos.dedup import find_duplicates
+    from imgsim_client.photos.vectors import Vectors
 
     rng = np.random.default_rng(0)
     originals = _unit(rng.normal(size=(2000, 256)).astype(np.float32))
@@ -231,7 +232,7 @@ def test_phone_formats_score_as_the_same_picture(client, photos, tmp_path, fmt, 
 
     from PIL import features
 
-    from imgsim_client.collection import list_images
+    from imgsim_client.photos.files import list_images
 
     if fmt == "HEIF":
         pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif is not installed")

@@ -105,7 +105,7 @@ def test_http_gives_the_boxes_and_422_for_no_face(extra_servers, photos):
 @needs_orl
 def test_cli_embeds_a_row_per_face_and_searches_for_a_person(address, tmp_path):
     from imgsim_client.cli import main
-    from imgsim_client.index import read_parquet
+    from imgsim_client.photos.vectors import read_parquet
 
     files = orl_subset()
     listing = tmp_path / "faces.txt"

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from imgsim_client.cli import main
-from imgsim_client.index import RAW_VECTORS, read_parquet
+from imgsim_client.photos.index import RAW_VECTORS
+from imgsim_client.photos.vectors import read_parquet
 
 
 def _jpeg(src: Path, dest: Path, side: int = 320, quality: int = 90) -> Path:
@@ -93,7 +94,7 @@ def test_index_add_refuses_another_model(address, photos, tmp_path, capsys):
 def test_interrupted_index_add_loses_nothing(address, photos, tmp_path, capsys, monkeypatch):
     """Killed in the middle (a checkpoint after every image, then Ctrl-C): the vectors
     written so far stay, and a second add embeds only the rest, every image once."""
-    from imgsim_client import collection
+    from imgsim_client.photos import embed
 
     lib = tmp_path / "lib"
     _jpeg(photos["chelsea"], lib / "chelsea.jpg")
@@ -101,7 +102,7 @@ def test_interrupted_index_add_loses_nothing(address, photos, tmp_path, capsys, 
     names = ("coffee", "rocket", "astronaut", "camera", "grace_hopper")
     for name in names:
         _jpeg(photos[name], lib / "new" / f"{name}.jpg")
-    real = collection.embed_paths
+    real = embed.embed_paths
 
     def interrupted(client, paths, model, progress, **kw):
         """Ctrl-C right after the second image's checkpoint (one after every image)."""
@@ -116,12 +117,12 @@ def test_interrupted_index_add_loses_nothing(address, photos, tmp_path, capsys, 
         kw.update(checkpoint=checkpoint, checkpoint_s=0)
         return real(client, paths, model, progress, **kw)
 
-    monkeypatch.setattr(collection, "embed_paths", interrupted)
+    monkeypatch.setattr(embed, "embed_paths", interrupted)
     argv = ["index", "add", str(index), str(lib / "new"), "--server", address, "--no-progress"]
     assert main(argv) == 130  # interrupted
     kept = read_parquet(index / RAW_VECTORS)
     assert len(kept.keys) == 3  # chelsea and the two answered before the interrupt
-    monkeypatch.setattr(collection, "embed_paths", real)
+    monkeypatch.setattr(embed, "embed_paths", real)
     capsys.readouterr()
     assert main(argv) == 0
     done = read_parquet(index / RAW_VECTORS)
@@ -211,7 +212,7 @@ def test_keep_largest_and_move_to_with_undo(address, photos, tmp_path, capsys):
 
 
 def test_move_to_never_overwrites(tmp_path):
-    from imgsim_client import library
+    from imgsim_client.photos.act import move_to
 
     (tmp_path / "lib").mkdir()
     a = tmp_path / "lib" / "a.jpg"
@@ -219,22 +220,22 @@ def test_move_to_never_overwrites(tmp_path):
     (tmp_path / "moved").mkdir()
     (tmp_path / "moved" / "a.jpg").write_bytes(b"other")
     with pytest.raises(FileExistsError):
-        library.move_to([str(a)], tmp_path / "moved")
+        move_to([str(a)], tmp_path / "moved")
     assert a.read_bytes() == b"a" and (tmp_path / "moved" / "a.jpg").read_bytes() == b"other"
 
 
 def test_keep_policies(tmp_path):
-    from imgsim_client import library
+    from imgsim_client.photos.act import keeper
 
     small, big = tmp_path / "b_small.png", tmp_path / "a_long_name_big.png"
     Image.new("RGB", (20, 20)).save(small)
     Image.new("RGB", (60, 40)).save(big)
     os.utime(big, (1_000_000, 1_000_000))
     paths = [str(small), str(big)]
-    assert library.keeper(paths, "largest") == str(big)
-    assert library.keeper(paths, "oldest") == str(big)
-    assert library.keeper(paths, "first") == str(big)
-    assert library.keeper(paths, "shortest-path") == str(small)
+    assert keeper(paths, "largest") == str(big)
+    assert keeper(paths, "oldest") == str(big)
+    assert keeper(paths, "first") == str(big)
+    assert keeper(paths, "shortest-path") == str(small)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

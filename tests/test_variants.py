@@ -154,7 +154,7 @@ def test_collection_defaults_are_what_bench_quality_chose():
     import json
     from pathlib import Path
 
-    from imgsim_client import defaults
+    from imgsim_client.photos import defaults
     from imgsim_server.config import COLLECTION_MODEL
 
     measured = Path(__file__).resolve().parents[1] / "results" / "quality.json"
@@ -176,8 +176,8 @@ def test_dedup_rules_are_what_bench_quality_chose():
     import json
     from pathlib import Path
 
-    from imgsim_client import defaults
-    from imgsim_client.collection import DEDUP_THRESHOLDS
+    from imgsim_client.photos import defaults
+    from imgsim_client.photos.dedup import DEDUP_THRESHOLDS
     from imgsim_server.config import COLLECTION_MODEL
 
     measured = Path(__file__).resolve().parents[1] / "results" / "neardup.json"

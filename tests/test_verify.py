@@ -65,7 +65,7 @@ def test_dedup_verifies_its_candidates(address, photos, tmp_path, capsys):
     """dedup's default: candidates above the floor are verified on the client's files. An
     edited copy is kept with its inliers; another view of the same UKBench object is a
     candidate by its score (it is, with --no-verify) but not a copy, so verification drops it."""
-    from imgsim_client.collection import verify_rule
+    from imgsim_client.photos.dedup import verify_rule
 
     a, b = SHARED / "ukbench_sample/ukbench00008.jpg", SHARED / "ukbench_sample/ukbench00010.jpg"
     if not a.is_file():
@@ -97,9 +97,9 @@ def test_dedup_verifies_its_candidates(address, photos, tmp_path, capsys):
 
 
 def test_dedup_without_opencv_names_the_extra(address, photos, tmp_path, capsys, monkeypatch):
-    from imgsim_client import collection
+    from imgsim_client.photos import dedup
 
-    monkeypatch.setattr(collection, "verification_available", lambda: False)
+    monkeypatch.setattr(dedup, "verification_available", lambda: False)
     folder = tmp_path / "library"
     folder.mkdir()
     (folder / "a.png").write_bytes(photos["chelsea"].read_bytes())

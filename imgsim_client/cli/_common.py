@@ -57,13 +57,23 @@ def add_connection(p: argparse.ArgumentParser, model: bool = True) -> None:
     env_server = os.environ.get("IMGSIM_SERVER")
     p.add_argument(
         "--server",
-        default=env_server or DEFAULT_SERVER,
+        default=env_server or None,
         metavar="TARGET",
         help="any gRPC target: HOST:PORT, ipv4:H1:P1,H2:P2 or dns:///NAME:PORT (several "
         "addresses are balanced round robin), unix:PATH (default: "
-        + (f"$IMGSIM_SERVER = {env_server}" if env_server else f"{DEFAULT_SERVER}; or set ")
-        + ("" if env_server else "$IMGSIM_SERVER")
+        + (
+            f"$IMGSIM_SERVER = {env_server}"
+            if env_server
+            else f"{DEFAULT_SERVER}, or set $IMGSIM_SERVER; when neither is given and nothing "
+            "answers there, a private local server is started for the command"
+        )
         + ")",
+    )
+    p.add_argument(
+        "--no-local-server",
+        action="store_true",
+        help="never start a private local server: with no --server and nothing at "
+        f"{DEFAULT_SERVER}, fail instead",
     )
     if model:
         p.add_argument(
@@ -121,7 +131,8 @@ def client_config(args: argparse.Namespace):
     from imgsim_client.client import ClientConfig
 
     fields = {f.name for f in dataclasses.fields(ClientConfig)} - {"target"}
-    return ClientConfig(args.server, **{name: getattr(args, name) for name in fields})
+    target = args.server or DEFAULT_SERVER
+    return ClientConfig(target, **{name: getattr(args, name) for name in fields})
 
 
 def connect(args: argparse.Namespace, ready: bool = True):
@@ -130,10 +141,27 @@ def connect(args: argparse.Namespace, ready: bool = True):
     of a connected one (for commands that report the server's state)."""
     import sys
 
-    def status(reason: str) -> None:
-        print(f"waiting for the server at {args.server} to be ready: {reason}", file=sys.stderr)
+    from imgsim_client import local
 
-    return client_config(args).connect(on_status=status, ready=ready)
+    config = client_config(args)
+
+    def status(reason: str) -> None:
+        print(f"waiting for the server at {config.target} to be ready: {reason}", file=sys.stderr)
+
+    if args.server is None and not args.no_local_server and not local.answers(config.target):
+        print(
+            f"imgsim-client: nothing answers at {config.target}; starting a private local "
+            "imgsim-server for this command (a unix socket; stopped when the command ends). "
+            f"To share one between commands: imgsim-server --port {config.target.split(':')[-1]}"
+            " in another terminal, or pass --server",
+            file=sys.stderr,
+        )
+
+        def local_status(reason: str) -> None:
+            print(f"waiting for the local server to be ready: {reason}", file=sys.stderr)
+
+        return local.start(config, on_status=local_status)
+    return config.connect(on_status=status, ready=ready)
 
 
 def finish(summary: str, failed: int) -> int:

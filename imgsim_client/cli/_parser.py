@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imgsim_client import defaults
 from imgsim_client.cli._common import (
     EXIT_CODES,
     Formatter,
@@ -13,6 +12,7 @@ from imgsim_client.cli._common import (
     add_connection,
     version,
 )
+from imgsim_client.photos import defaults
 
 
 def build_parser(epilog: str) -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ def run_score(args: argparse.Namespace) -> int:
                 retry=RetryPolicy(retries=args.retries),
                 resume=args.resume,
                 checkpoint_s=args.checkpoint_every,
-                streams=args.streams or target_addresses(args.server),
+                streams=args.streams or target_addresses(client.target),
             )
         except (ImgsimError, KeyboardInterrupt):
             if out.exists():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,13 +11,13 @@ from imgsim_client.cli import _common as common
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from imgsim_client import collection
+    from imgsim_client import photos
     from imgsim_client._csv import refuse_other_model
     from imgsim_client.client import ImgsimError
-    from imgsim_client.index import read_parquet, write_parquet
-    from imgsim_client.library import Digests
+    from imgsim_client.photos.files import Digests
+    from imgsim_client.photos.vectors import read_parquet, write_parquet
 
-    paths = collection.list_images(args.paths)
+    paths = photos.list_images(args.paths)
     with common.connect(args) as client:
         # Collections default to the server's retrieval descriptor, not its pair model.
         args.model = args.model or client.list_models().collection_model or ""
@@ -27,23 +26,23 @@ def run_embed(args: argparse.Namespace) -> int:
             kept = read_parquet(args.output)
             found = {kept.model} if kept.keys else set()
             refuse_other_model(args.output, found, client.resolve_model(args.model), "vectors")
-            by_key = {collection.display_path(p): p for p in paths}
-            done = {by_key[k]: v for k, v in collection.from_vectors(kept).items() if k in by_key}
+            by_key = {photos.display_path(p): p for p in paths}
+            done = {by_key[k]: v for k, v in photos.from_vectors(kept).items() if k in by_key}
 
         reader = Digests()
         if args.resume and args.output.exists():
             reader.of.update(kept.digests)
 
         def vectors_of(results):
-            v = collection.to_vectors(results, paths)
-            keyed = {collection.display_path(p): d for p, d in reader.of.items()}
+            v = photos.to_vectors(results, paths)
+            keyed = {photos.display_path(p): d for p, d in reader.of.items()}
             return replace(v, digests={k: keyed[k] for k in v.keys if k in keyed})
 
         def checkpoint(results) -> None:
             write_parquet(vectors_of(results), args.output)
 
         try:
-            results = collection.embed_paths(
+            results = photos.embed_paths(
                 client, paths, args.model, not args.no_progress, done=done,
                 checkpoint=checkpoint, checkpoint_s=args.checkpoint_every, read=reader,
             )  # fmt: skip
@@ -66,7 +65,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from imgsim_client.index import VectorIndex, read_parquet
+    from imgsim_client.photos.index import VectorIndex
+    from imgsim_client.photos.vectors import read_parquet
 
     vectors = read_parquet(args.vectors)
     index = VectorIndex.build(
@@ -88,17 +88,17 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_index_add(args: argparse.Namespace) -> int:
-    from imgsim_client import collection, library
+    from imgsim_client import photos
     from imgsim_client.client import ImgsimError
 
-    paths = collection.list_images(args.paths)
+    paths = photos.list_images(args.paths)
     try:
         with common.connect(args) as client:
-            added = library.add_to_index(
+            added = photos.add_to_index(
                 client, args.index, paths, args.model or "", not args.no_progress,
                 args.checkpoint_every,
             )  # fmt: skip
-    except (library.ModelMismatchError, FileNotFoundError) as exc:
+    except (photos.ModelMismatchError, FileNotFoundError) as exc:
         print(f"imgsim-client: error: {exc}", file=sys.stderr)
         return common.USAGE
     except (ImgsimError, KeyboardInterrupt):
@@ -121,7 +121,7 @@ def run_index_add(args: argparse.Namespace) -> int:
 def run_index_info(args: argparse.Namespace) -> int:
     import json
 
-    from imgsim_client.index import RAW_VECTORS
+    from imgsim_client.photos.index import RAW_VECTORS
 
     meta = args.index / "index.json"
     if not meta.is_file():
@@ -138,12 +138,12 @@ def run_index_info(args: argparse.Namespace) -> int:
 
 
 def run_undo_move(args: argparse.Namespace) -> int:
-    from imgsim_client import library
+    from imgsim_client import photos
 
-    if not (args.folder / library.MANIFEST).is_file():
-        print(f"imgsim-client: error: no {library.MANIFEST} in {args.folder}", file=sys.stderr)
+    if not (args.folder / photos.MANIFEST).is_file():
+        print(f"imgsim-client: error: no {photos.MANIFEST} in {args.folder}", file=sys.stderr)
         return common.USAGE
-    restored, left = library.undo_move(args.folder)
+    restored, left = photos.undo_move(args.folder)
     return common.finish(
         f"restored {restored} file(s); {left} could not go back (their place is taken or "
         "they are gone)",
@@ -152,8 +152,9 @@ def run_undo_move(args: argparse.Namespace) -> int:
 
 
 def _load_index(path: Path):
-    from imgsim_client import defaults
-    from imgsim_client.index import VectorIndex, read_parquet
+    from imgsim_client.photos import defaults
+    from imgsim_client.photos.index import VectorIndex
+    from imgsim_client.photos.vectors import read_parquet
 
     if path.is_dir():
         return VectorIndex.load(path)
@@ -167,30 +168,16 @@ def _load_index(path: Path):
 
 
 def run_search(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from imgsim_client import collection
+    from imgsim_client import photos
     from imgsim_client._csv import write_csv_atomic
 
     index = _load_index(args.index)
-    queries = collection.list_images(args.queries)
-    rotations = collection.VERSIONS[args.rotations]
-    faces = index.params.similarity == "face"  # an index of faces: its queries' faces
     with common.connect(args) as client:
-        model = args.model or index.params.model
-        if faces:
-            found = collection.embed_paths(client, queries, model, not args.no_progress)
-            per = {q: [found[q]] for q in queries}
-        else:
-            per = collection.embed_rotations(
-                client, queries, model, rotations, not args.no_progress
-            )
-    ok = [q for q in queries if all(r.ok for r in per[q])]
-    if faces:
-        matches = collection.search_faces(index, {q: per[q][0] for q in ok}, args.k)
-    else:
-        versions = np.array([[per[q][i].vector for q in ok] for i in range(len(rotations))])
-        matches = collection.search(index, ok, versions, args.k, args.qe_k)
+        matches, failed = photos.search_paths(
+            index, args.queries, client, model=args.model, k=args.k,
+            rotations=photos.VERSIONS[args.rotations], qe_k=args.qe_k,
+            progress=not args.no_progress,
+        )  # fmt: skip
     columns = ["query", "rank", "path", "score"]
     rows = [
         {"query": m.query, "rank": m.rank, "path": m.path, "score": f"{m.score:.6f}"}
@@ -203,81 +190,36 @@ def run_search(args: argparse.Namespace) -> int:
 
         writer = csv.DictWriter(sys.stdout, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({**r, "query": collection.display_path(r["query"])} for r in rows)
-    for q in queries:
-        failed = next((r for r in per[q] if not r.ok), None)
-        if failed is not None:
-            print(f"imgsim-client: {q}: {failed.error}", file=sys.stderr)
-    return common.SOME_PAIRS_FAILED if len(ok) < len(queries) else common.OK
-
-
-def _reference(client, against: Path, model: str, progress: bool):
-    """(vectors, key -> file) of a dedup reference: an index folder's stored vectors, a
-    vectors .parquet, or images embedded now with `model`."""
-    from imgsim_client import collection, library
-    from imgsim_client.index import read_parquet
-
-    if against.is_dir() and (against / "index.json").is_file():
-        ref = read_parquet(library.stored_vectors(against))
-    elif against.suffix == ".parquet":
-        ref = read_parquet(against)
-    else:
-        paths = collection.list_images([against])
-        ref = collection.to_vectors(collection.embed_paths(client, paths, model, progress), paths)
-        return ref, {collection.display_path(p): p for p in paths}
-    return ref, {k: k for k in ref.keys}
+        writer.writerows({**r, "query": photos.display_path(r["query"])} for r in rows)
+    for query, error in failed.items():
+        print(f"imgsim-client: {query}: {error}", file=sys.stderr)
+    return common.SOME_PAIRS_FAILED if failed else common.OK
 
 
 def run_dedup(args: argparse.Namespace) -> int:
-    from imgsim_client import collection
+    from imgsim_client import photos
+    from imgsim_client.photos.dedup import dedup
     from imgsim_client._csv import write_csv_atomic
 
-    if not args.no_verify and not collection.verification_available():
+    if not args.no_verify and not photos.verification_available():
         print(
             "imgsim-client: error: dedup verifies its candidates with OpenCV: "
             'python -m pip install "imgsim[verify]", or pass --no-verify',
             file=sys.stderr,
         )
         return common.USAGE
-    paths = collection.list_images(args.paths)
-    started = time.perf_counter()
-    progress = not args.no_progress
-    reference, ref_files = None, {}
     with common.connect(args) as client:
-        listing = client.list_models()
-        # Like embed: collections default to the server's retrieval descriptor.
-        args.model = args.model or listing.collection_model or ""
-        if args.against is not None:
-            try:
-                reference, ref_files = _reference(client, args.against, args.model, progress)
-            except FileNotFoundError as exc:
-                print(f"imgsim-client: error: {exc}", file=sys.stderr)
-                return common.USAGE
-            args.model = reference.model or args.model  # the new images as the reference
-        results = collection.embed_paths(client, paths, args.model, progress)
-        vectors = collection.to_vectors(results, paths)
-    measured = None if args.no_verify else collection.verify_rule(vectors.model)
-    threshold = args.threshold
-    if threshold is None:
-        threshold = (
-            measured.floor
-            if measured is not None
-            else collection.default_threshold(vectors.model, listing)
-        )
-    if threshold is None:
-        print(
-            f"imgsim-client: error: no default threshold for {vectors.model}; give --threshold",
-            file=sys.stderr,
-        )
-        return common.USAGE
-    rule = None if args.no_verify else collection.rule_at(measured, threshold, args.min_inliers)
-    if reference is not None:
-        found = collection.match_against(vectors, reference, threshold, args.k, args.exact_below)
-    else:
-        found = collection.find_duplicates(vectors, threshold, args.k, args.exact_below)
-    files = {**ref_files, **{collection.display_path(p): p for p in paths}}
-    if rule is not None:
-        found = collection.verify_duplicates(found, files, rule, args.workers, progress)
+        try:
+            result = dedup(
+                args.paths, client, model=args.model, threshold=args.threshold,
+                verify=not args.no_verify, min_inliers=args.min_inliers, against=args.against,
+                k=args.k, exact_below=args.exact_below, workers=args.workers,
+                progress=not args.no_progress,
+            )  # fmt: skip
+        except photos.DedupError as exc:
+            print(f"imgsim-client: error: {exc}", file=sys.stderr)
+            return common.USAGE
+    found, vectors, reference = result.found, result.vectors, result.reference
     if reference is not None:
         header = ["image", "match", "score", "inliers"]
         rows = [
@@ -309,9 +251,8 @@ def run_dedup(args: argparse.Namespace) -> int:
     )
     print(
         f"{len(found.pairs)} duplicate pairs in {found.groups} groups among "
-        f"{len(vectors.keys)} images (threshold {threshold:g}, {vectors.model}; {how}; "
-        f"{checked}; {len(vectors.errors)} failed) in {time.perf_counter() - started:.1f}s "
-        f"-> {args.output}",
+        f"{len(vectors.keys)} images (threshold {result.threshold:g}, {vectors.model}; {how}; "
+        f"{checked}; {len(vectors.errors)} failed) in {result.seconds:.1f}s -> {args.output}",
         file=sys.stderr,
     )
     for path, error in vectors.errors.items():
@@ -321,7 +262,7 @@ def run_dedup(args: argparse.Namespace) -> int:
               "were not kept", file=sys.stderr)  # fmt: skip
     if args.html or args.to_remove or args.move_to:
         try:
-            _act(args, found, files, reference is not None)
+            _act(args, found, result.files, reference is not None)
         except FileExistsError as exc:
             print(f"imgsim-client: error: {exc}", file=sys.stderr)
             return common.FAILED
@@ -331,14 +272,15 @@ def run_dedup(args: argparse.Namespace) -> int:
 def _act(args: argparse.Namespace, found, files: dict[str, str], against: bool) -> None:
     """--html, --to-remove, --move-to over the groups found. Against a reference, the
     reference image is the one kept and the new images that match it are the others."""
-    from imgsim_client import gallery, library
+    from imgsim_client import photos
     from imgsim_client._csv import write_text_atomic
+    from imgsim_client.photos import gallery
 
     best: dict[str, float] = {}
     for p in found.pairs:
         for k in (p.image_a, p.image_b):
             best[files[k]] = max(best.get(files[k], -1.0), p.score)
-    plan = library.plan(found, files, args.keep, against)
+    plan = photos.plan(found, files, args.keep, against)
     others = sorted({o for _, rest in plan.values() for o in rest})
     if args.html:
         out = gallery.write(plan, best, args.html, f"imgsim dedup: {args.output.name}")
@@ -347,7 +289,7 @@ def _act(args: argparse.Namespace, found, files: dict[str, str], against: bool) 
         write_text_atomic(args.to_remove, "".join(f"{p}\n" for p in others))
         print(f"{len(others)} path(s) not kept -> {args.to_remove}", file=sys.stderr)
     if args.move_to:
-        manifest = library.move_to(others, args.move_to)
+        manifest = photos.move_to(others, args.move_to)
         print(
             f"moved {len(others)} file(s) under {args.move_to}; undo: imgsim-client undo-move "
             f"{args.move_to} ({manifest.name})",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -78,12 +79,22 @@ def missing_graph(cfg: ModelCfg, opts: EmbedderOptions) -> str:
     return why
 
 
+def _die_with_parent() -> None:
+    """In the export child, before it runs: on Linux, SIGTERM when the thread that started it
+    ends, so that an export never outlives a server that was stopped meanwhile."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def export_in_child(cfg: ModelCfg, opts: EmbedderOptions, timeout: float = 1800.0) -> None:
     """Export `cfg`'s graph for `opts` with `imgsim-server export` in a child process, so that
     torch and the export's memory never enter the calling (serving) process. ModelFailedError
     with the child's last output lines when it fails."""
     import subprocess
-    import sys
 
     cmd = [sys.executable, "-m", "imgsim_server", "export", "--model", cfg.name]
     cmd += ["--precision", opts.precision]
@@ -92,7 +103,9 @@ def export_in_child(cfg: ModelCfg, opts: EmbedderOptions, timeout: float = 1800.
     if opts.weights_file is not None:
         cmd += ["--weights", str(opts.weights_file)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=_die_with_parent
+        )
     except subprocess.TimeoutExpired:
         raise ModelFailedError(f"exporting {cfg.name} took over {timeout:g}s") from None
     if done.returncode != 0:

@@ -114,7 +114,8 @@ async def start_grpc(
         port = server.add_secure_port(cfg.address, creds)
     else:
         port = server.add_insecure_port(cfg.address)
-    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.tls_cert or cfg.auth_token):
+    local = cfg.unix_socket is not None or cfg.host in ("127.0.0.1", "localhost", "::1")
+    if not local and not (cfg.tls_cert or cfg.auth_token):
         log.warning(
             "listening on %s without TLS or auth: anyone who can reach it can use it "
             "(see --tls-cert/--tls-key and --auth-token)",

@@ -18,10 +18,10 @@ def _thumb(src: str, dest: Path) -> tuple[int, int] | None:
     when it cannot be read."""
     from PIL import ImageOps
 
-    from imgsim_client.collection import _pillow
+    from imgsim_client.photos.files import pillow
 
     try:
-        with _pillow().open(src) as img:
+        with pillow().open(src) as img:
             upright = ImageOps.exif_transpose(img).convert("RGB")
             size = upright.size
             upright.thumbnail((THUMB, THUMB))

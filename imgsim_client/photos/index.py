@@ -1,4 +1,4 @@
-"""Vector index over embeddings (FAISS), and the vectors Parquet format. Needs `[index]`.
+"""The vector index (FAISS) and an index folder that grows (`index add`). Needs `[index]`.
 
 FAISS is the library (chosen by `make bench-collections`, which measures it against usearch):
 it has exact and approximate indexes behind one API, and a range search, which dedup needs to
@@ -12,30 +12,36 @@ find every pair above a threshold however large a group of copies is.
 - Scores are similarities in one place (`_to_similarity`): inner product for cosine models
   (the vectors are L2-normalised), 1 - differing bits / bits for hamming models (phash), whose
   0/1 vectors go in an L2 index (squared L2 = differing bits).
+- An index folder keeps the vectors as embedded (`vectors.parquet`, with each file's sha256)
+  beside the FAISS index; `add_to_index` embeds only what is new or changed, checkpoints those
+  vectors as it goes, and rebuilds the index from them with the parameters it recorded.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-
-from imgsim_client._csv import write_text_atomic
 from imgsim_client._extras import missing_extra
 
 try:
     import faiss
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 except ModuleNotFoundError as e:
-    missing_extra(
-        e, "index", "collections (embed, index, search, dedup)", {"faiss", "numpy", "pyarrow"}
-    )
+    missing_extra(e, "index", "collections (embed, index, search, dedup)", {"faiss", "numpy"})
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from imgsim_client._csv import write_text_atomic
+from imgsim_client._extras import missing_extra
+from imgsim_client.client import ImageResult, ImgsimClient
+from imgsim_client.photos.files import Digests, file_digest
+from imgsim_client.photos.vectors import Vectors, write_parquet
 
 EXACT_BELOW = 50_000
+
+
 RAW_VECTORS = "vectors.parquet"  # in an index folder: the vectors as embedded, with digests
 
 
@@ -79,83 +85,6 @@ def best_over(sims: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np
         keep = np.sort(first[i[row][first] >= 0])[:k]
         out_s[row, : len(keep)], out_i[row, : len(keep)] = s[row][keep], i[row][keep]
     return out_s, out_i
-
-
-@dataclass
-class Vectors:
-    """Embeddings with their keys (paths), model and similarity; rows that failed are kept
-    apart in `errors` (key -> message)."""
-
-    keys: list[str]
-    matrix: np.ndarray  # (n, d) float32
-    model: str
-    similarity: str
-    errors: dict[str, str] = field(default_factory=dict)
-    digests: dict[str, str] = field(default_factory=dict)  # key -> sha256 of its file's bytes
-    # The face model: one row per face, so a key repeats; each row's face box (left, top,
-    # right, bottom in the image's pixels). Empty for one-vector-per-image models.
-    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
-
-
-def write_parquet(vectors: Vectors, path: Path) -> None:
-    """Columns path, model, vector (fixed-size list of float32), error, sha256, and for the
-    face model box (one row per face); atomically."""
-    n_ok, dim = vectors.matrix.shape if vectors.matrix.size else (0, 0)
-    keys = vectors.keys + list(vectors.errors)
-    flat = np.concatenate(
-        [vectors.matrix.reshape(-1), np.zeros(len(vectors.errors) * dim, np.float32)]
-    )
-    vec = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim or 1)
-    if not dim:  # nothing embedded: an all-null column of the right type
-        vec = pa.nulls(len(keys), pa.list_(pa.float32(), 1))
-    mask = pa.array([i >= n_ok for i in range(len(keys))])
-    vec = pa.compute.if_else(mask, pa.scalar(None, vec.type), vec)
-    table = pa.table(
-        {
-            "path": pa.array(keys, pa.string()),
-            "model": pa.array([vectors.model] * len(keys), pa.string()),
-            "vector": vec,
-            "error": pa.array([""] * n_ok + list(vectors.errors.values()), pa.string()),
-            "sha256": pa.array([vectors.digests.get(k, "") for k in keys], pa.string()),
-        }
-    )
-    if vectors.boxes:  # the face model: which face of the image each row is
-        boxes = [list(b) for b in vectors.boxes] + [None] * len(vectors.errors)
-        table = table.append_column("box", pa.array(boxes, pa.list_(pa.int32(), 4)))
-    table = table.replace_schema_metadata({"similarity": vectors.similarity})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-
-
-def read_parquet(path: Path) -> Vectors:
-    """The vectors of a Parquet file written by `imgsim-client embed`."""
-    table = pq.read_table(path)
-    meta = table.schema.metadata or {}
-    similarity = meta.get(b"similarity", b"cosine").decode()
-    keys = table.column("path").to_pylist()
-    errors_col = table.column("error").to_pylist()
-    models = {m for m in table.column("model").to_pylist() if m}
-    ok = [i for i, e in enumerate(errors_col) if not e]
-    vec = table.column("vector").combine_chunks()
-    if ok:
-        dim = vec.type.list_size
-        values = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-        # flatten() drops null rows, so the values are the ok rows in order.
-        matrix = np.ascontiguousarray(values, dtype=np.float32)
-    else:
-        matrix = np.zeros((0, 0), np.float32)
-    errors = {keys[i]: errors_col[i] for i in range(len(keys)) if errors_col[i]}
-    model = models.pop() if models else ""
-    digests = {}
-    if "sha256" in table.column_names:  # files written before digests have none
-        digests = {k: d for k, d in zip(keys, table.column("sha256").to_pylist(), strict=True) if d}
-    boxes = []
-    if "box" in table.column_names:
-        column = table.column("box").to_pylist()
-        boxes = [tuple(column[i]) for i in ok]
-    return Vectors([keys[i] for i in ok], matrix, model, similarity, errors, digests, boxes)
 
 
 @dataclass(frozen=True)
@@ -411,3 +340,111 @@ def groups(n: int, pairs: list[tuple[int, int, float]]) -> list[int]:
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     return [find(i) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Added:
+    """What `add_to_index` did."""
+
+    new: int
+    changed: int
+    unchanged: int
+    failed: dict[str, str]
+    count: int  # vectors in the index now
+    kind: str
+    embed_s: float
+    build_s: float
+
+
+class ModelMismatchError(ValueError):
+    """The index was made with another model than the one asked for."""
+
+
+def stored_vectors(folder: Path) -> Path:
+    """The vectors an index folder keeps as embedded (`vectors.parquet`), which `index add`
+    grows and `dedup --against` reads; FileNotFoundError, saying what to do, where an index
+    was built before it kept them."""
+
+    path = folder / RAW_VECTORS
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no {RAW_VECTORS} (an index built before `index add` existed): build "
+            "it again with `imgsim-client index VECTORS -o DIR`"
+        )
+    return path
+
+
+def add_to_index(
+    client: ImgsimClient,
+    folder: Path,
+    paths: list[str],
+    model: str = "",
+    progress: bool = True,
+    checkpoint_s: float = 30.0,
+) -> Added:
+    """Embed the `paths` not in the index at `folder` (by path and content: a changed file is
+    embedded again), append them, and rebuild the index with its recorded parameters. The
+    new vectors are written to `vectors.parquet` every `checkpoint_s` seconds and when
+    interrupted, so a second run embeds only what is still missing. `model`, if given, must be
+    the index's (ModelMismatchError)."""
+    import numpy as np
+
+    from imgsim_client.photos.embed import embed_paths
+    from imgsim_client.photos.files import display_path
+    from imgsim_client.photos.vectors import read_parquet, to_vectors
+
+    params = IndexParams(**json.loads((folder / "index.json").read_text()))
+    if model and client.resolve_model(model) != params.model:
+        raise ModelMismatchError(
+            f"{folder} holds vectors of {params.model}, not {client.resolve_model(model)}; "
+            "an index holds one model's vectors (build another index for that model)"
+        )
+    raw_path = stored_vectors(folder)
+    old = read_parquet(raw_path)
+    stored = dict(zip(old.keys, old.matrix, strict=True))
+    digests = dict(old.digests)
+    keyed = {display_path(p): p for p in paths}
+    todo, changed, unchanged = [], 0, 0
+    for key, path in keyed.items():
+        if key in stored:
+            now = file_digest(path)
+            if digests.setdefault(key, now) == now:  # no digest recorded: taken as unchanged
+                unchanged += 1
+                continue
+            changed += 1
+        todo.append(path)
+    reader = Digests()
+
+    def merged(results: dict[str, ImageResult]) -> Vectors:
+        """The old vectors, changed ones replaced by the new where embedded."""
+        new = to_vectors(results, todo)
+        rows = dict(stored)
+        rows.update(zip(new.keys, new.matrix, strict=True))
+        for key in new.errors:  # a changed file that no longer embeds leaves the index
+            rows.pop(key, None)
+        digest = {**digests, **{display_path(p): d for p, d in reader.of.items()}}
+        keys = list(rows)
+        dim = old.matrix.shape[1] if old.keys else (new.matrix.shape[1] if new.keys else 0)
+        matrix = np.stack([rows[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+        return Vectors(keys, matrix.astype(np.float32), params.model, params.similarity,
+                       new.errors, {k: digest[k] for k in keys if k in digest})  # fmt: skip
+
+    def checkpoint(results: dict[str, ImageResult]) -> None:
+
+        write_parquet(merged(results), raw_path)
+
+    started = time.perf_counter()
+    results = embed_paths(
+        client, todo, params.model, progress, checkpoint=checkpoint if todo else None,
+        checkpoint_s=checkpoint_s, read=reader,
+    )  # fmt: skip
+    embed_s = time.perf_counter() - started
+    vectors = merged(results)
+    built = VectorIndex.build(
+        vectors, dba_k=params.dba_k, dba_alpha=params.dba_alpha or 3.0, qe_k=params.qe_k,
+        qe_alpha=params.qe_alpha or 3.0,
+    )  # fmt: skip
+    built.save(folder, replace(vectors, errors={}))
+    new_count = len(todo) - changed
+    return Added(new_count, changed, unchanged, vectors.errors, len(built), built.params.kind,
+                 embed_s, built.params.build_s)  # fmt: skip

@@ -23,5 +23,5 @@ DEDUP_VERIFY: dict[str, tuple[float, float, int, float]] = {
 # inliers and coverage.
 DEDUP_MIN_INLIERS = 22
 DEDUP_MIN_COVERAGE = 0.2
-# Which image of a duplicate group `dedup --keep` keeps (imgsim_client.library.keeper).
+# Which image of a duplicate group `dedup --keep` keeps (imgsim_client.photos.keeper).
 KEEP_POLICIES = ("largest", "oldest", "first", "shortest-path")
