@@ -39,9 +39,10 @@ for v in "${variants[@]}"; do
 done
 "$work/base/bin/python" - <<'PY'
 import importlib.util as u
-for m in ("numpy", "pandas", "pyarrow", "matplotlib", "sklearn", "PIL", "onnxruntime", "imgsim_server"):
+for m in ("numpy", "pandas", "pyarrow", "matplotlib", "sklearn", "PIL", "onnxruntime", "dlib",
+          "imgsim_server"):
     assert u.find_spec(m) is None or m == "imgsim_server", f"{m} is in the base install"
-print("base install: no numpy, pandas, pyarrow, matplotlib, scikit-learn, Pillow, onnxruntime")
+print("base install: no numpy, pandas, pyarrow, matplotlib, scikit-learn, Pillow, onnxruntime, dlib")
 import imgsim_client.aio, imgsim_client.client  # both clients work on the base install
 print("base install: imgsim_client.aio and imgsim_client.client import")
 PY
@@ -73,6 +74,9 @@ $FULL_VENV/bin/imgsim-server --port 0 --log-level WARNING > "$work/full.log" 2>&
 pids+=($!)
 light=$(port_of "$work/server.log"); full=$(port_of "$work/full.log")
 echo "[server] server on port $light, full server on port $full"
+if "$work/server/bin/python" -c "import dlib" 2>/dev/null; then
+  echo "FAIL: dlib (the [faces] extra) is in the [server] install" >&2; exit 1
+fi
 if grep -q torch "/proc/$light_pid/maps"; then
   echo "FAIL: the [server] server loaded torch" >&2; exit 1
 fi

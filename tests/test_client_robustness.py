@@ -292,7 +292,8 @@ def test_help_shows_real_defaults_and_exit_codes(monkeypatch):
         assert "(default: )" not in text and "(default: None)" not in text, name
         assert "default: default" not in text and ") (default:" not in text, name
     score = " ".join(sub["score"].format_help().split())
-    assert "unix:PATH (default: 127.0.0.1:50051; or set $IMGSIM_SERVER)" in score
+    assert "unix:PATH (default: 127.0.0.1:50051, or set $IMGSIM_SERVER; when neither" in score
+    assert "a private local server is started for the command)" in score
     assert "each next result (default: 60.0)" in score
     assert "answered pairs are never sent again (default: 5)" in score
     assert "3 finished, but some pairs failed" in score

@@ -198,8 +198,8 @@ def run_search(args: argparse.Namespace) -> int:
 
 def run_dedup(args: argparse.Namespace) -> int:
     from imgsim_client import photos
-    from imgsim_client.photos.dedup import dedup
     from imgsim_client._csv import write_csv_atomic
+    from imgsim_client.photos.dedup import dedup
 
     if not args.no_verify and not photos.verification_available():
         print(
