@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-from pathlib import Path
 
 import pandas as pd
-import pytest
 from PIL import Image
 
 from imgsim_datasets import pairs as imgsim_pairs
@@ -69,69 +66,3 @@ def test_near_dup_catalogue(tmp_path, photos):
     # deterministic
     again = imgsim_pairs.build_near_dup(src, tmp_path / "again", list(imgsim_pairs.TRANSFORMS))
     assert csv.read_text() == again.read_text()
-
-
-def test_report_builds_from_a_small_fixture(tmp_path):
-    from imgsim_client.evaluate import plot_roc
-    from imgsim_lab.report import build_report
-
-    metrics = {
-        "auc": 0.99,
-        "eer": 0.02,
-        "eer_threshold": 0.5,
-        "tpr_at_fpr_1pct": 0.9,
-        "tpr_at_fpr_0_1pct": 0.8,
-        "best_f1": 0.97,
-        "best_f1_threshold": 0.55,
-        "images_per_s": 200.0,
-        "n": 4,
-        "positives": 2,
-        "negatives": 2,
-    }
-    plot_roc({"a": ([1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3])}, tmp_path / "roc_x.png", "x")
-    study = {
-        "notes": ["caltech skipped"],
-        "approaches": [],
-        "datasets": {
-            "x": {
-                "task": "near-duplicate",
-                "pairs": 4,
-                "roc": "roc_x.png",
-                "metrics": {
-                    "efficientnet-lite0": {**metrics, "groups": {"crop": 1.0}},
-                    "phash": {**metrics, "auc": 0.7, "groups": {"crop": 0.6}},
-                },
-            }
-        },
-    }
-    (tmp_path / "study.json").write_text(json.dumps(study))
-    pdf = build_report(tmp_path, tmp_path / "report.pdf")
-    data = Path(pdf).read_bytes()
-    assert data.startswith(b"%PDF")
-    assert 1 <= data.count(b"/Type /Page\n") + data.count(b"/Type /Page ") <= 4
-    # A font with accents is embedded (the sources cite Radenović; Helvetica has no "ć").
-    assert b"DejaVuSans" in data
-
-
-def test_report_has_the_real_photo_section_from_the_results():
-    """The report's quality section reads results/quality.json and neardup.json (Holidays
-    table, the strong near-duplicate table and its precision/recall figure)."""
-    from reportlab.lib.styles import getSampleStyleSheet
-    from reportlab.platypus import Image, Table
-
-    from imgsim_lab.report import _quality_section
-
-    results = Path(__file__).resolve().parents[1] / "results"
-    if not (results / "quality.json").is_file() or not (results / "neardup.json").is_file():
-        pytest.skip("results/quality.json or neardup.json not written yet")
-    styles = getSampleStyleSheet()
-    parts = _quality_section(
-        json.loads((results / "quality.json").read_text()),
-        json.loads((results / "neardup.json").read_text()),
-        results,
-        styles["Heading2"],
-        styles["BodyText"],
-    )
-    assert sum(isinstance(p, Table) for p in parts) == 2
-    assert any(isinstance(p, Image) for p in parts) == (results / "neardup_pr.png").is_file()
-    assert _quality_section(None, None, results, styles["Heading2"], styles["BodyText"]) == []
