@@ -67,7 +67,9 @@ def face_match(resp: pb.CompareResponse) -> FaceMatch:
 
 
 def verified(resp: pb.CompareResponse) -> Verified:
-    return Verified(resp.score, resp.model, resp.verdict, resp.inliers, resp.verified)
+    return Verified(
+        resp.score, resp.model, resp.verdict, resp.inliers, resp.verified, resp.verification
+    )
 
 
 def pair_result(resp: pb.CompareResponse) -> PairResult:

@@ -65,8 +65,10 @@ class Verified:
     score: float
     model: str
     verdict: str
-    inliers: int  # local-feature matches consistent with one similarity transform
+    inliers: int  # local-feature matches consistent with one plausible affine transform
     verified: bool  # enough of them: one image is an edited copy of the other
+    # "yes", "no", or "cannot tell" (too few local features to judge: a logo, a drawing)
+    verification: str = ""
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ def build_sets(root: Path, shared: Path) -> dict[str, dict]:
     true, ignored = neardup.truth(group)
     sets["strong"] = {"folder": root / "strong", "names": sorted(group), "true": true,
                       "ignored": ignored}  # fmt: skip
+    (root / "mild").mkdir(parents=True, exist_ok=True)
     group_of = build_near_dup(root / "mild", shared=shared)
     sets["mild"] = {"folder": root / "mild", "names": sorted(group_of),
                     "true": truth_pairs(group_of), "ignored": set()}  # fmt: skip
@@ -79,9 +80,20 @@ def _version(img: Image.Image, degrees: int, mirror: bool) -> Image.Image:
 
 
 def embed_views(folder: Path, names: list[str]) -> tuple[np.ndarray, list[float]]:
-    """(8, n, d) vectors of every image in each version, and seconds per version."""
-    from imgsim_lab.quality import embed
+    """(8, n, d) vectors of every image in each version, and seconds per version; kept in the
+    lab's cache under a digest of the images, so that a rerun measures only verification."""
+    import hashlib
 
+    from imgsim_lab.quality import embed
+    from imgsim_server.embedders._onnx import cache_dir
+
+    digest = hashlib.sha256(MODEL.encode())
+    for n in names:
+        digest.update(n.encode() + (folder / n).read_bytes())
+    cached = cache_dir().parent / "lab" / f"views-{digest.hexdigest()[:16]}.npz"
+    if cached.is_file():
+        kept = np.load(cached)
+        return kept["views"], kept["seconds"].tolist()
     images = [Image.open(folder / n).convert("RGB") for n in names]
     out, seconds = [], []
     for degrees, mirror in VERSIONS:
@@ -89,6 +101,8 @@ def embed_views(folder: Path, names: list[str]) -> tuple[np.ndarray, list[float]
         vecs, _ = embed(MODEL, [_version(img, degrees, mirror) for img in images])
         seconds.append(time.perf_counter() - started)
         out.append(vecs)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cached, views=np.stack(out), seconds=np.array(seconds))
     return np.stack(out), seconds
 
 

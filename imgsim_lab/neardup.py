@@ -461,7 +461,7 @@ def mild(models: list[str], shared: Path = SHARED, strong: dict | None = None) -
                 r["no_verify"] = {"threshold": t, **prf(found, true)}
             rule = DEDUP_VERIFY.get(model)
             if rule is not None and verify.available():
-                floor, sure, n, cover = rule
+                floor, sure, n, cover = rule[:4]
                 started = time.perf_counter()
                 found = set()
                 for k in np.flatnonzero(scores >= floor):

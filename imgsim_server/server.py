@@ -232,7 +232,7 @@ def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event
 
     def watch() -> None:
         try:
-            while sys.stdin.buffer.read(4096):
+            while os.read(0, 4096):  # the raw fd: no buffer lock held at exit
                 pass
         except (OSError, ValueError):
             pass

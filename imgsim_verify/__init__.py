@@ -4,10 +4,16 @@ that agree with it (inliers) says whether one image is an edited copy of the oth
 global descriptor cannot always decide (a crop, an overlay, a photo of the same place).
 
 SIFT (scale- and rotation-invariant) on grey images whose longer side is at most
-`VERIFY_SIDE`, Lowe's ratio test, `cv2.estimateAffinePartial2D` (rotation, scale, shift);
-mirrored copies are tried too. A pair is verified from `MIN_INLIERS` inliers spanning
-`MIN_COVERAGE` of one of the images: the rule `dedup` applies to the collection descriptor's
-candidates, chosen on the strong near-duplicate set (results/neardup.md).
+`VERIFY_SIDE`, Lowe's ratio test, and an affine transform fitted with RANSAC
+(`cv2.estimateAffine2D`: two scales and a shear, so that a copy squashed to a square fits),
+kept plausible by bounds (each scale within SCALES, the two within MAX_ANISOTROPY of each
+other; else the similarity transform, `estimateAffinePartial2D`); mirrored copies are tried too.
+
+Three answers: yes (`MIN_INLIERS` inliers spanning `MIN_COVERAGE` of one of the images), no, and
+cannot tell, when either image has fewer than `MIN_FEATURES` SIFT features: a logo or a drawing
+can never reach the inliers of a photo, so the pair is left to the global descriptor. The
+numbers are dedup's rule for the collection descriptor, chosen on every development set by the
+worst of them (results/dedup_rules.md).
 
 A room of its own, importing nothing of imgsim: the server runs it for `compare --verify`, the
 client's `dedup` on the files it has (features once per image, matched per candidate pair).
@@ -25,6 +31,10 @@ RATIO = 0.75  # Lowe's ratio test
 RANSAC_PX = 2.0  # reprojection error of an inlier, in pixels at VERIFY_SIDE (results/neardup.md)
 MIN_INLIERS = 22
 MIN_COVERAGE = 0.2
+MIN_FEATURES = 0  # fewer SIFT features in either image: cannot tell
+SCALES = (1 / 16, 16)  # each scale of a plausible affine fit
+MAX_ANISOTROPY = 4.0  # the larger scale over the smaller: a 4:1 image squashed to a square
+YES, NO, CANNOT_TELL = "yes", "no", "cannot tell"
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,8 @@ class Verification:
     # larger of the two images': a logo or emoji shared by two unrelated photos matches in a
     # small patch of both, a copy over most of at least one of them.
     coverage: float = 0.0
+    features: int = 0  # SIFT features of the image that has fewer
+    answer: str = NO  # YES, NO or CANNOT_TELL
 
 
 def _cv2():
@@ -91,7 +103,28 @@ def _hull(cv2, points: np.ndarray) -> float:
     return float(cv2.contourArea(cv2.convexHull(points))) if len(points) >= 3 else 0.0
 
 
-def _inliers(cv2, pa, da, pb, db, area_a, area_b) -> tuple[int, int, float]:
+def plausible(m: np.ndarray) -> bool:
+    """Whether an affine fit's 2x2 part is a copy's: scales within SCALES, not more than
+    MAX_ANISOTROPY apart (a reflection is allowed: mirrored copies)."""
+    if not np.all(np.isfinite(m)):
+        return False
+    s = np.linalg.svd(m[:, :2], compute_uv=False)
+    return bool(
+        s[1] > 0 and SCALES[0] <= s[1] and s[0] <= SCALES[1] and s[0] / s[1] <= MAX_ANISOTROPY
+    )
+
+
+def _fit(cv2, src: np.ndarray, dst: np.ndarray, transform: str):
+    """The RANSAC inlier mask of the `transform` ("affine" or "similarity") fit, or None."""
+    kw = {"method": cv2.RANSAC, "ransacReprojThreshold": RANSAC_PX, "maxIters": 2000}
+    if transform == "affine":
+        m, mask = cv2.estimateAffine2D(src, dst, **kw)
+        if m is not None and plausible(m):
+            return mask
+    return cv2.estimateAffinePartial2D(src, dst, **kw)[1]
+
+
+def _inliers(cv2, pa, da, pb, db, area_a, area_b, transform) -> tuple[int, int, float]:
     if da is None or db is None or len(pa) < 2 or len(pb) < 2:
         return 0, 0, 0.0
     pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
@@ -100,9 +133,7 @@ def _inliers(cv2, pa, da, pb, db, area_a, area_b) -> tuple[int, int, float]:
         return 0, len(good), 0.0
     src = pa[[m.queryIdx for m in good]]
     dst = pb[[m.trainIdx for m in good]]
-    _, mask = cv2.estimateAffinePartial2D(
-        src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX, maxIters=2000
-    )
+    mask = _fit(cv2, src, dst, transform)
     if mask is None:
         return 0, len(good), 0.0
     keep = mask.ravel().astype(bool)
@@ -110,19 +141,36 @@ def _inliers(cv2, pa, da, pb, db, area_a, area_b) -> tuple[int, int, float]:
     return int(keep.sum()), len(good), coverage
 
 
-def match(a: Features, b: Features) -> Verification:
-    """Inliers of the best similarity transform from image `a` to image `b` or its mirror
-    (`b` needs its mirror's features)."""
+def match(
+    a: Features,
+    b: Features,
+    transform: str = "affine",
+    min_inliers: int = MIN_INLIERS,
+    min_coverage: float = MIN_COVERAGE,
+    min_features: int = MIN_FEATURES,
+) -> Verification:
+    """Inliers of the best plausible `transform` ("affine", or "similarity") from image `a` to
+    image `b` or its mirror (`b` needs its mirror's features), and the answer by the rule."""
     cv2 = _cv2()
-    plain = _inliers(cv2, a.points, a.descriptors, b.points, b.descriptors, a.area, b.area)
-    mirrored = _inliers(
-        cv2, a.points, a.descriptors, b.mirror_points, b.mirror_descriptors, a.area, b.area
+    plain = _inliers(
+        cv2, a.points, a.descriptors, b.points, b.descriptors, a.area, b.area, transform
     )
+    mirrored = _inliers(
+        cv2, a.points, a.descriptors, b.mirror_points, b.mirror_descriptors, a.area, b.area,
+        transform,
+    )  # fmt: skip
     inliers, matches, coverage = max(plain, mirrored)
-    verified = inliers >= MIN_INLIERS and coverage >= MIN_COVERAGE
-    return Verification(inliers, matches, verified, coverage)
+    fewest = min(len(a.points), len(b.points))
+    if inliers >= min_inliers and coverage >= min_coverage:
+        answer = YES
+    elif fewest < min_features:
+        answer = CANNOT_TELL
+    else:
+        answer = NO
+    return Verification(inliers, matches, answer == YES, coverage, fewest, answer)
 
 
 def verify(img_a: Image.Image, img_b: Image.Image) -> Verification:
-    """Inliers of the best similarity transform from `img_a` to `img_b` or its mirror."""
+    """Inliers of the best plausible affine transform from `img_a` to `img_b` or its mirror,
+    and the answer: yes, no, or cannot tell (too few features to judge)."""
     return match(features(img_a, mirror=False), features(img_b))

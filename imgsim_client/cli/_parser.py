@@ -296,6 +296,15 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
         help="keep every pair at or above the threshold, without geometric verification",
     )
     de.add_argument(
+        "--rotations",
+        type=int,
+        choices=(1, 4, 8),
+        default=defaults.DEDUP_ROTATIONS,
+        help="versions of each image embedded: upright only (1), its 4 turns (4), and their "
+        "mirrors (8); a pair scores its best, so that a turned copy is found as upright "
+        "(each version costs one more embedding)",
+    )
+    de.add_argument(
         "--min-inliers",
         type=int,
         help="inliers that verify a candidate (default: the model's measured rule)",

@@ -36,6 +36,8 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"{result['score']:.4f} {result['verdict']}".rstrip())
     else:
         seen = "verified" if result.verified else "not verified"
+        if result.verification == "cannot tell":
+            seen = "cannot tell (too few local features to judge)"
         print(f"{result.score:.4f} {result.verdict} {result.inliers} inliers: {seen}".strip())
     return common.OK
 

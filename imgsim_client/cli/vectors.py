@@ -214,24 +214,25 @@ def run_dedup(args: argparse.Namespace) -> int:
                 args.paths, client, model=args.model, threshold=args.threshold,
                 verify=not args.no_verify, min_inliers=args.min_inliers, against=args.against,
                 k=args.k, exact_below=args.exact_below, workers=args.workers,
-                progress=not args.no_progress,
+                progress=not args.no_progress, rotations=args.rotations,
             )  # fmt: skip
         except photos.DedupError as exc:
             print(f"imgsim-client: error: {exc}", file=sys.stderr)
             return common.USAGE
     found, vectors, reference = result.found, result.vectors, result.reference
     if reference is not None:
-        header = ["image", "match", "score", "inliers"]
+        header = ["image", "match", "score", "inliers", "verification"]
         rows = [
             {"image": p.image_a, "match": p.image_b, "score": f"{p.score:.6f}",
-             "inliers": "" if p.inliers is None else p.inliers}
+             "inliers": "" if p.inliers is None else p.inliers, "verification": p.verification}
             for p in found.pairs
         ]  # fmt: skip
     else:
-        header = ["image_a", "image_b", "score", "inliers", "group"]
+        header = ["image_a", "image_b", "score", "inliers", "verification", "group"]
         rows = [
             {"image_a": p.image_a, "image_b": p.image_b, "score": f"{p.score:.6f}",
-             "inliers": "" if p.inliers is None else p.inliers, "group": p.group}
+             "inliers": "" if p.inliers is None else p.inliers, "verification": p.verification,
+             "group": p.group}
             for p in found.pairs
         ]  # fmt: skip
     write_csv_atomic(header, rows, args.output)
@@ -248,6 +249,12 @@ def run_dedup(args: argparse.Namespace) -> int:
         else f"verified {v.checked} candidate(s) below {v.rule.sure:g} on {v.images} image(s) "
         f"in {v.seconds:.1f}s, kept those with >= {v.rule.min_inliers} inliers spanning >= "
         f"{v.rule.min_coverage:g} of an image"
+        + (
+            f", and where an image has under {v.rule.min_features} features (cannot tell) "
+            f"those scoring >= {v.rule.unsure:g}"
+            if v.rule.min_features and v.rule.unsure <= 1
+            else ""
+        )
     )
     print(
         f"{len(found.pairs)} duplicate pairs in {found.groups} groups among "

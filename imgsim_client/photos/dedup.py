@@ -38,6 +38,9 @@ class DuplicatePair:
     score: float
     group: int
     inliers: int | None = None  # geometric verification's, where it ran (`verify_duplicates`)
+    # How it was kept: "sure score" (no check needed), "yes" (verified), "cannot tell" (too few
+    # features to judge: the descriptor decided); "" when not verified (--no-verify)
+    verification: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,11 +76,17 @@ def _check_similarity(vectors, min_similarity: float) -> None:
 
 
 def find_duplicates(
-    vectors, min_similarity: float, k: int = 50, exact_below: int | None = None
+    vectors,
+    min_similarity: float,
+    k: int = 50,
+    exact_below: int | None = None,
+    versions=None,
 ) -> Duplicates:
     """Every pair of `vectors` (index.Vectors) scoring at least `min_similarity`, with groups:
     by exact range search below `exact_below` vectors, else by the k-NN self-join
-    (`index.self_knn`: exact scores within the probed lists, no index to build)."""
+    (`index.self_knn`: exact scores within the probed lists, no index to build). `versions`
+    (R, n, d): each image's turned versions, so that a turned copy scores as upright (a pair
+    scores its best version; past `exact_below`, an approximate index is queried with them)."""
     from imgsim_client.photos.index import EXACT_BELOW, VectorIndex, groups, knn_pairs, self_knn
 
     _check_similarity(vectors, min_similarity)
@@ -85,7 +94,11 @@ def find_duplicates(
     exact = n < (exact_below or EXACT_BELOW) or vectors.similarity == "hamming"
     if exact:
         index = VectorIndex.build(vectors, exact_below=exact_below or EXACT_BELOW)
-        found, capped = index.self_pairs(vectors.matrix, min_similarity)
+        found, capped = index.self_pairs(vectors.matrix, min_similarity, versions=versions)
+    elif versions is not None:
+        index = VectorIndex.build(vectors, exact_below=exact_below or EXACT_BELOW)
+        sims, ids = index.query([vectors.matrix, *versions], k, qe_k=0)
+        found, capped = knn_pairs(sims, ids, min_similarity, k < n)
     else:
         sims, ids = self_knn(vectors.matrix, k)
         found, capped = knn_pairs(sims, ids, min_similarity, k < n)
@@ -97,11 +110,17 @@ def find_duplicates(
 
 
 def match_against(
-    vectors, reference, min_similarity: float, k: int = 50, exact_below: int | None = None
+    vectors,
+    reference,
+    min_similarity: float,
+    k: int = 50,
+    exact_below: int | None = None,
+    versions=None,
 ) -> Duplicates:
     """Each of `vectors`' images with the `reference` images (index.Vectors, same model)
     scoring at least `min_similarity` (up to `k` per image), as pairs (new image, reference
-    image); the reference is never compared with itself. A group is one new image's matches."""
+    image); the reference is never compared with itself. A group is one new image's matches.
+    `versions` (R, n, d): the new images' turned versions (a pair scores its best)."""
     from imgsim_client.photos.index import EXACT_BELOW, VectorIndex
 
     _check_similarity(vectors, min_similarity)
@@ -114,7 +133,10 @@ def match_against(
         )
     index = VectorIndex.build(reference, exact_below=exact_below or EXACT_BELOW)
     pairs, capped = [], 0
-    sims, ids = index.search(vectors.matrix, k)
+    if versions is None:
+        sims, ids = index.search(vectors.matrix, k)
+    else:
+        sims, ids = index.query([vectors.matrix, *versions], k, qe_k=0)
     for i, (srow, irow) in enumerate(zip(sims, ids, strict=True)):
         hit = (srow >= min_similarity) & (irow >= 0)
         capped += bool(hit.all() and k < len(index))
@@ -126,13 +148,17 @@ def match_against(
 @dataclass(frozen=True)
 class VerifyRule:
     """How `dedup` decides its candidates (pairs at or above `floor`): accepted at once from
-    `sure`, else only with at least `min_inliers` geometric inliers (`imgsim_verify`) that span
-    at least `min_coverage` of one of the two images."""
+    `sure`, else by geometric verification (`imgsim_verify`): kept with at least `min_inliers`
+    inliers spanning at least `min_coverage` of one of the two images; when either image has
+    fewer than `min_features` features verification cannot tell, and the descriptor decides
+    alone: kept from `unsure`."""
 
     floor: float
     sure: float
     min_inliers: int
     min_coverage: float = 0.0
+    min_features: int = 0
+    unsure: float = 1.01  # a cosine no pair reaches: a cannot-tell pair is never kept
 
 
 @dataclass(frozen=True)
@@ -163,6 +189,7 @@ def rule_at(measured: VerifyRule | None, floor: float, min_inliers: int | None) 
     from imgsim_client.photos.defaults import DEDUP_MIN_COVERAGE, DEDUP_MIN_INLIERS
 
     base = measured or VerifyRule(floor, VERIFY_ALL, DEDUP_MIN_INLIERS, DEDUP_MIN_COVERAGE)
+    # (a model without a measured rule never keeps a pair verification cannot judge)
     return replace(base, floor=floor, min_inliers=min_inliers or base.min_inliers)
 
 
@@ -209,8 +236,7 @@ def verify_duplicates(
     by_group: dict[int, list[DuplicatePair]] = {}
     for p in todo:
         by_group.setdefault(p.group, []).append(p)
-    inliers: dict[tuple[str, str], int] = {}
-    coverage: dict[tuple[str, str], float] = {}
+    checks: dict[tuple[str, str], imgsim_verify.Verification] = {}
     unreadable: list[str] = []
     images = 0
     bar = tqdm(total=len(todo), unit="pair", desc="verifying", disable=not progress)
@@ -221,12 +247,14 @@ def verify_duplicates(
         except Exception:  # an unreadable file fails its pairs' verification, not the run
             return None
 
-    def match(feats: dict, p: DuplicatePair) -> tuple[int, float]:
+    def match(feats: dict, p: DuplicatePair) -> imgsim_verify.Verification:
         a, b = feats[p.image_a], feats[p.image_b]
         if not (a and b):
-            return 0, 0.0
-        v = imgsim_verify.match(a, b)
-        return v.inliers, v.coverage
+            return imgsim_verify.Verification(0, 0, False)  # unreadable: no, not cannot tell
+        return imgsim_verify.match(
+            a, b, min_inliers=rule.min_inliers, min_coverage=rule.min_coverage,
+            min_features=rule.min_features,
+        )  # fmt: skip
 
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         for pairs in by_group.values():
@@ -234,28 +262,31 @@ def verify_duplicates(
             images += len(keys)
             feats = dict(zip(keys, pool.map(read, keys), strict=True))
             unreadable += [k for k in keys if feats[k] is None]
-            for p, (n, c) in zip(pairs, pool.map(partial(match, feats), pairs), strict=True):
-                inliers[p.image_a, p.image_b], coverage[p.image_a, p.image_b] = n, c
+            for p, v in zip(pairs, pool.map(partial(match, feats), pairs), strict=True):
+                checks[p.image_a, p.image_b] = v
             bar.update(len(pairs))
     bar.close()
-    kept = [
-        p
-        for p in found.pairs
-        if p.score >= rule.sure
-        or (
-            inliers[p.image_a, p.image_b] >= rule.min_inliers
-            and coverage[p.image_a, p.image_b] >= rule.min_coverage
-        )
-    ]
-    keys = sorted({k for p in kept for k in (p.image_a, p.image_b)})
+
+    def how(p: DuplicatePair) -> str:
+        """How `p` is kept ("" when it is not)."""
+        if p.score >= rule.sure:
+            return "sure score"
+        answer = checks[p.image_a, p.image_b].answer
+        if answer == imgsim_verify.YES:
+            return answer
+        if answer == imgsim_verify.CANNOT_TELL and p.score >= rule.unsure:
+            return answer
+        return ""
+
+    kept = [(p, h) for p in found.pairs if (h := how(p))]
+    keys = sorted({k for p, _ in kept for k in (p.image_a, p.image_b)})
     at = {k: i for i, k in enumerate(keys)}
-    label = groups(len(keys), [(at[p.image_a], at[p.image_b], p.score) for p in kept])
-    pairs = [
-        DuplicatePair(
-            p.image_a, p.image_b, p.score, label[at[p.image_a]], inliers.get((p.image_a, p.image_b))
-        )
-        for p in kept
-    ]
+    label = groups(len(keys), [(at[p.image_a], at[p.image_b], p.score) for p, _ in kept])
+    pairs = []
+    for p, h in kept:
+        check = checks.get((p.image_a, p.image_b))
+        inliers = check.inliers if check is not None else None
+        pairs.append(DuplicatePair(p.image_a, p.image_b, p.score, label[at[p.image_a]], inliers, h))
     done = Verification(rule, len(todo), len(kept), images, time.perf_counter() - started,
                         tuple(unreadable))  # fmt: skip
     return Duplicates(pairs, found.threshold, found.exact, found.k, found.capped, done)
@@ -299,6 +330,30 @@ def reference_vectors(client, against: Path, model: str, progress: bool):
     return ref, {k: k for k in ref.keys}
 
 
+def _embed_versions(client, paths: list[str], model: str, rotations: int, progress: bool):
+    """(vectors of the upright images, their other versions as (R-1, n, d) or None)."""
+    import numpy as np
+
+    from imgsim_client.photos.embed import VERSIONS, embed_paths, embed_rotations
+    from imgsim_client.photos.vectors import to_vectors
+
+    if rotations <= 1:
+        return to_vectors(embed_paths(client, paths, model, progress), paths), None
+    if rotations not in VERSIONS:
+        raise DedupError(f"rotations must be one of {sorted(VERSIONS)}, not {rotations}")
+    per = embed_rotations(client, paths, model, VERSIONS[rotations], progress)
+    vectors = to_vectors({p: per[p][0] for p in paths}, paths)
+    ok = [p for p in paths if per[p][0].ok]  # the rows of `vectors`, in order
+    versions = np.array(
+        [
+            [per[p][r].vector if per[p][r].ok else per[p][0].vector for p in ok]
+            for r in range(1, len(VERSIONS[rotations]))
+        ],
+        dtype=np.float32,
+    )
+    return vectors, versions
+
+
 def dedup(
     paths: list[str | Path],
     client=None,
@@ -312,22 +367,25 @@ def dedup(
     exact_below: int | None = None,
     workers: int | None = None,
     progress: bool = False,
+    rotations: int | None = None,
 ) -> DedupResult:
     """Near-duplicate pairs and groups of the images in `paths` (files, folders, lists), the
     whole pipeline of `imgsim-client dedup`: embed (with the server's collection descriptor
     unless `model` says otherwise), every pair at or above the candidate `threshold` (default:
     the model's measured floor), against the images of `against` if given, then geometric
-    verification by the measured rule (unless `verify` is False).
+    verification by the measured rule (unless `verify` is False). `rotations` (1, 4 or 8;
+    default defaults.DEDUP_ROTATIONS): candidates score the best of each image's turned (and
+    mirrored) versions, so that a turned copy is found as upright; each version is embedded.
 
     `client`: an ImgsimClient, an address, or None for a private local server for the call.
     DedupError when it cannot run as asked.
     """
     from imgsim_client.local import connected
-    from imgsim_client.photos.embed import embed_paths
+    from imgsim_client.photos.defaults import DEDUP_ROTATIONS
     from imgsim_client.photos.files import display_path, list_images
-    from imgsim_client.photos.vectors import to_vectors
 
     found_paths = list_images([Path(p) for p in paths])
+    rotations = rotations or DEDUP_ROTATIONS
     started = time.perf_counter()
     reference, ref_files = None, {}
     with connected(client) as c:
@@ -339,7 +397,7 @@ def dedup(
             except FileNotFoundError as exc:
                 raise DedupError(str(exc)) from None
             model = reference.model or model  # the new images as the reference
-        vectors = to_vectors(embed_paths(c, found_paths, model, progress), found_paths)
+        vectors, versions = _embed_versions(c, found_paths, model, rotations, progress)
     measured = verify_rule(vectors.model) if verify else None
     if threshold is None:
         threshold = (
@@ -349,9 +407,9 @@ def dedup(
         raise DedupError(f"no default threshold for {vectors.model}; give --threshold")
     rule = rule_at(measured, threshold, min_inliers) if verify else None
     if reference is not None:
-        found = match_against(vectors, reference, threshold, k, exact_below)
+        found = match_against(vectors, reference, threshold, k, exact_below, versions)
     else:
-        found = find_duplicates(vectors, threshold, k, exact_below)
+        found = find_duplicates(vectors, threshold, k, exact_below, versions)
     files = {**ref_files, **{display_path(p): p for p in found_paths}}
     if rule is not None:
         found = verify_duplicates(found, files, rule, workers, progress)

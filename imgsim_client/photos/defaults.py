@@ -23,5 +23,8 @@ DEDUP_VERIFY: dict[str, tuple[float, float, int, float]] = {
 # inliers and coverage.
 DEDUP_MIN_INLIERS = 22
 DEDUP_MIN_COVERAGE = 0.2
+# Versions of each image dedup embeds (1 upright; 4 with its turns; 8 with their mirrors): a
+# pair scores its best, so that turned copies are candidates (results/dedup_rules.md).
+DEDUP_ROTATIONS = 1
 # Which image of a duplicate group `dedup --keep` keeps (imgsim_client.photos.keeper).
 KEEP_POLICIES = ("largest", "oldest", "first", "shortest-path")

@@ -225,28 +225,36 @@ class VectorIndex:
         return self.search(expanded, k)
 
     def self_pairs(
-        self, x: np.ndarray, threshold: float, batch: int = 4096
+        self,
+        x: np.ndarray,
+        threshold: float,
+        batch: int = 4096,
+        versions: np.ndarray | None = None,
     ) -> tuple[list[tuple[int, int, float]], int]:
         """Every pair (i < j) of the indexed vectors `x` scoring at or above `threshold` (and 0:
         no vector is capped), by FAISS's range search on an exact index, however many copies.
-        Past the exact size, `dedup` self-joins with `self_knn` and `knn_pairs` instead."""
+        `versions` (R, n, d): other versions of each image (its turns): a pair scores the best
+        of either image's versions against the other upright. Past the exact size, `dedup`
+        self-joins with `self_knn` and `knn_pairs` instead."""
         if self.params.kind != "exact":
             raise ValueError(
                 "range search needs an exact index; use self_knn for an approximate one"
             )
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        pairs: list[tuple[int, int, float]] = []
+        best: dict[tuple[int, int], float] = {}
         raw_t = self._threshold_to_raw(threshold)
-        for start in range(0, len(self), batch):
-            q = x[start : start + batch]
-            lims, raw, ids = self.index.range_search(q, raw_t)
-            sims = self._to_similarity(raw)
-            for row in range(len(q)):
-                i, span = start + row, slice(lims[row], lims[row + 1])
-                for s, j in zip(sims[span], ids[span], strict=True):
-                    if j > i and s >= threshold:
-                        pairs.append((i, int(j), float(s)))
-        return sorted(pairs), 0
+        for queries in [x, *(versions if versions is not None else [])]:
+            queries = np.ascontiguousarray(queries, dtype=np.float32)
+            for start in range(0, len(self), batch):
+                q = queries[start : start + batch]
+                lims, raw, ids = self.index.range_search(q, raw_t)
+                sims = self._to_similarity(raw)
+                for row in range(len(q)):
+                    i, span = start + row, slice(lims[row], lims[row + 1])
+                    for s, j in zip(sims[span], ids[span], strict=True):
+                        if j != i and s >= threshold:
+                            key = (i, int(j)) if i < j else (int(j), i)
+                            best[key] = max(best.get(key, -1.0), float(s))
+        return sorted((a, b, s) for (a, b), s in best.items()), 0
 
     def save(self, folder: Path, vectors: Vectors | None = None) -> None:
         """`index.faiss`, `keys.json` and `index.json` (the parameters) in `folder`, each

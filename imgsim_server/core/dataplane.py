@@ -208,7 +208,7 @@ class Dataplane:
                     v = await asyncio.wait_for(check, token.remaining())
                 except asyncio.TimeoutError:
                     raise DeadlineExceededError("deadline passed while verifying") from None
-                pair = replace(pair, inliers=v.inliers, verified=v.verified)
+                pair = replace(pair, inliers=v.inliers, verified=v.verified, verification=v.answer)
             return pair
         finally:
             token.cancel()  # whatever is still queued for this call is no longer wanted

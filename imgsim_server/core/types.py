@@ -46,6 +46,7 @@ class PairScore:
     # best similarity transform between the images, and whether they reach the minimum.
     inliers: int | None = None
     verified: bool | None = None
+    verification: str = ""  # "yes", "no" or "cannot tell" (too few features to judge)
     # A model that matches several faces per image (`face`): the pair of faces that scored.
     face_a: FaceBox | None = None
     face_b: FaceBox | None = None

@@ -79,37 +79,38 @@ def missing_graph(cfg: ModelCfg, opts: EmbedderOptions) -> str:
     return why
 
 
-def _die_with_parent() -> None:
-    """In the export child, before it runs: on Linux, SIGTERM when the thread that started it
-    ends, so that an export never outlives a server that was stopped meanwhile."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def export_in_child(cfg: ModelCfg, opts: EmbedderOptions, timeout: float = 1800.0) -> None:
     """Export `cfg`'s graph for `opts` with `imgsim-server export` in a child process, so that
     torch and the export's memory never enter the calling (serving) process. ModelFailedError
-    with the child's last output lines when it fails."""
+    with the child's last output lines when it fails.
+
+    The child is spawned without Python code between fork and exec (no `preexec_fn`: forking a
+    process that runs gRPC threads runs gRPC's fork handlers, which broke exports), and it
+    stops when its standard input closes (`--exit-with-stdin`): this process holds the other
+    end until the export is done, so an export never outlives a server that was stopped."""
     import subprocess
+    import tempfile
 
     cmd = [sys.executable, "-m", "imgsim_server", "export", "--model", cfg.name]
-    cmd += ["--precision", opts.precision]
+    cmd += ["--precision", opts.precision, "--exit-with-stdin"]
     if opts.onnx_dir is not None:
         cmd += ["--output-dir", str(opts.onnx_dir)]
     if opts.weights_file is not None:
         cmd += ["--weights", str(opts.weights_file)]
-    try:
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=_die_with_parent
-        )
-    except subprocess.TimeoutExpired:
-        raise ModelFailedError(f"exporting {cfg.name} took over {timeout:g}s") from None
-    if done.returncode != 0:
-        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise ModelFailedError(f"exporting {cfg.name} took over {timeout:g}s") from None
+        finally:
+            proc.stdin.close()
+        log.seek(0)
+        output = log.read()
+    if code != 0:
+        tail = " | ".join(output.strip().splitlines()[-3:])
         raise ModelFailedError(f"exporting {cfg.name} failed ({' '.join(cmd[1:])}): {tail}")
 
 
@@ -151,13 +152,37 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--force", action="store_true", help="export again even if a matching graph exists"
     )
+    ap.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="stop when standard input closes (a server exporting in a child process holds it)",
+    )
     return ap
+
+
+def _exit_when_stdin_closes() -> None:
+    """A thread that ends this process when standard input closes: the parent that started
+    the export has gone (stopped or killed), and the graph it wanted is no longer wanted."""
+    import os
+    import threading
+
+    def watch() -> None:
+        try:
+            while os.read(0, 4096):  # the raw fd: no buffer lock held at exit
+                pass
+        except (OSError, ValueError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="stdin-watchdog", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Export the chosen models; prints one line per graph."""
     ap = build_parser()
     args = ap.parse_args(argv)
+    if args.exit_with_stdin:
+        _exit_when_stdin_closes()
     if not _graphs.can_export():
         ap.error('export needs torch and onnx: python -m pip install "imgsim[torch]"')
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]

@@ -377,6 +377,7 @@ def _compare_response(pair_id: str, pair: PairScore) -> pb.CompareResponse:
     )
     if pair.inliers is not None:
         resp.inliers, resp.verified = pair.inliers, bool(pair.verified)
+        resp.verification = pair.verification
     if pair.face_a is not None:
         resp.face_a.CopyFrom(pb.FaceBox(**asdict(pair.face_a)))
         resp.face_b.CopyFrom(pb.FaceBox(**asdict(pair.face_b)))

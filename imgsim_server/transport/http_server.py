@@ -243,7 +243,8 @@ def build_app(core: Dataplane, settings: HttpSettings) -> FastAPI:
     )
     async def compare(request: Request) -> dict:
         """`score`, `model` and `verdict` (calibrated models) as in CompareResponse; with
-        `?verify=true`, also `inliers` and `verified` (geometric verification); with the face
+        `?verify=true`, also `inliers`, `verified` and `verification` (geometric verification:
+        "yes", "no" or "cannot tell"); with the face
         model, `face_a` and `face_b`, the boxes of the faces that matched (422
         FAILED_PRECONDITION when an image has no face)."""
         images, model = await _read_images(request, ("image_a", "image_b"), settings.max_body_bytes)
@@ -252,7 +253,11 @@ def build_app(core: Dataplane, settings: HttpSettings) -> FastAPI:
         pair = await core.compare(a, b, model, REQUEST_TIMEOUT_S, verify=verify)
         out = {"score": pair.score, "model": pair.model, "verdict": pair.verdict}
         if pair.inliers is not None:
-            out |= {"inliers": pair.inliers, "verified": pair.verified}
+            out |= {
+                "inliers": pair.inliers,
+                "verified": pair.verified,
+                "verification": pair.verification,
+            }
         if pair.face_a is not None:
             out |= {"face_a": asdict(pair.face_a), "face_b": asdict(pair.face_b)}
         return out

@@ -39,7 +39,7 @@ class PairError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class CompareResponse(_message.Message):
-    __slots__ = ("pair_id", "score", "model", "error", "verdict", "inliers", "verified", "face_a", "face_b")
+    __slots__ = ("pair_id", "score", "model", "error", "verdict", "inliers", "verified", "verification", "face_a", "face_b")
     PAIR_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class CompareResponse(_message.Message):
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     INLIERS_FIELD_NUMBER: _ClassVar[int]
     VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     FACE_A_FIELD_NUMBER: _ClassVar[int]
     FACE_B_FIELD_NUMBER: _ClassVar[int]
     pair_id: str
@@ -56,9 +57,10 @@ class CompareResponse(_message.Message):
     verdict: str
     inliers: int
     verified: bool
+    verification: str
     face_a: FaceBox
     face_b: FaceBox
-    def __init__(self, pair_id: _Optional[str] = ..., score: _Optional[float] = ..., model: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ..., verdict: _Optional[str] = ..., inliers: _Optional[int] = ..., verified: _Optional[bool] = ..., face_a: _Optional[_Union[FaceBox, _Mapping]] = ..., face_b: _Optional[_Union[FaceBox, _Mapping]] = ...) -> None: ...
+    def __init__(self, pair_id: _Optional[str] = ..., score: _Optional[float] = ..., model: _Optional[str] = ..., error: _Optional[_Union[PairError, _Mapping]] = ..., verdict: _Optional[str] = ..., inliers: _Optional[int] = ..., verified: _Optional[bool] = ..., verification: _Optional[str] = ..., face_a: _Optional[_Union[FaceBox, _Mapping]] = ..., face_b: _Optional[_Union[FaceBox, _Mapping]] = ...) -> None: ...
 
 class FaceBox(_message.Message):
     __slots__ = ("left", "top", "right", "bottom")
