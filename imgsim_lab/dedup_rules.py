@@ -41,7 +41,7 @@ TODAY = {"floor": 0.65, "sure": 0.95, "min_inliers": 22, "min_coverage": 0.2,
          "min_features": 0, "unsure": 1.01, "transform": "similarity",
          "scoring": "upright"}  # fmt: skip
 TODAY_NO_VERIFY = 0.78
-FLOORS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
+FLOORS = (0.6, 0.65, 0.7, 0.75)
 SURES = (0.9, 0.95, 0.98, 1.01)
 INLIERS = (8, 10, 12, 15, 18, 22, 26, 30, 40)
 COVERAGES = (0.0, 0.1, 0.2)

@@ -91,19 +91,17 @@ def product_facts() -> dict:
             "thresholds": [asdict(t) for t in thresholds(name)],
         }
 
-    floor, sure, inliers, coverage = defaults.DEDUP_VERIFY[COLLECTION_MODEL]
+    from imgsim_client.photos.dedup import verify_rule
+
+    rule = asdict(verify_rule(COLLECTION_MODEL))
     return {
         "pair_model": model(DEFAULT_MODEL),
         "collection_model": model(COLLECTION_MODEL),
         "face_model": model("face"),
         "registered": [m.name for m in list_models()],
         "classical": [m.name for m in list_models(kind="classical")],
-        "dedup_rule": {
-            "floor": floor,
-            "sure": sure,
-            "min_inliers": inliers,
-            "min_coverage": coverage,
-        },
+        "dedup_rule": rule,
+        "dedup_rotations": defaults.DEDUP_ROTATIONS,
         "search": {
             "rotations": defaults.SEARCH_ROTATIONS,
             "dba_k": defaults.DBA_K,

@@ -193,8 +193,10 @@ async def _serve(cfg: ServerConfig, core: Dataplane) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if cfg.exit_with_stdin:
-        _stop_when_stdin_closes(loop, stop)
+    if cfg.exit_with_stdin:  # a parent's watchdog pipe (imgsim-client's private server)
+        from imgsim_server.parent import when_stdin_closes
+
+        when_stdin_closes(lambda: loop.call_soon_threadsafe(stop.set))
     started = time.perf_counter()
     default = asyncio.wrap_future(core.engines.preparation(cfg.core.default_model))
     stopped = asyncio.ensure_future(stop.wait())
@@ -223,23 +225,6 @@ async def _serve(cfg: ServerConfig, core: Dataplane) -> int:
     await running.stop(cfg.grace_s)
     log.info("stopped")
     return 0
-
-
-def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """A thread that reads standard input until it closes, then stops the server: the parent
-    that started it holds the pipe's other end, and the kernel closes it whenever the parent
-    ends, killed (SIGKILL) included."""
-
-    def watch() -> None:
-        try:
-            while os.read(0, 4096):  # the raw fd: no buffer lock held at exit
-                pass
-        except (OSError, ValueError):
-            pass
-        log.info("standard input closed: the parent has gone; stopping")
-        loop.call_soon_threadsafe(stop.set)
-
-    threading.Thread(target=watch, name="stdin-watchdog", daemon=True).start()
 
 
 def serve(cfg: ServerConfig, preparer: Preparer | None = None) -> int:

@@ -148,3 +148,32 @@ def test_dedup_verifies_a_heic_copy(address, photos, tmp_path):
         ("chelsea.png", "copy.heic")], run.stderr  # fmt: skip
     assert int(rows[0]["inliers"]) >= verify.MIN_INLIERS
     assert "cannot be read" not in run.stderr
+
+
+def test_squashed_turned_and_mirrored_copies_are_verified(photos):
+    """A copy squashed to a square (thumbnails, social sites) changes the aspect ratio, which no
+    similarity transform fits; the affine fit with two scales does, turned and mirrored too."""
+    from PIL import ImageOps
+
+    original = Image.open(photos["chelsea"]).convert("RGB")  # 451 x 300: not square
+    square = original.resize((256, 256))
+    a = verify.features(original, mirror=False)
+    for name, copy in {
+        "squashed": square,
+        "squashed, turned": square.rotate(90),
+        "squashed, mirrored": ImageOps.mirror(square),
+        "turned": original.rotate(270, expand=True),
+    }.items():
+        v = verify.match(a, verify.features(copy))
+        assert v.answer == verify.YES and v.verified, (name, v)
+    old = verify.match(a, verify.features(square), transform="similarity")
+    assert old.inliers < verify.MIN_INLIERS  # why today's rule rejected squashed copies
+
+
+def test_unrelated_photos_are_no_under_the_affine_fit_too(photos):
+    names = ("chelsea", "rocket", "coffee", "astronaut", "camera")
+    feats = {n: verify.features(Image.open(photos[n]).convert("RGB")) for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            v = verify.match(feats[a], feats[b])
+            assert v.answer == verify.NO and v.inliers < verify.MIN_INLIERS, (a, b, v)

@@ -160,29 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _exit_when_stdin_closes() -> None:
-    """A thread that ends this process when standard input closes: the parent that started
-    the export has gone (stopped or killed), and the graph it wanted is no longer wanted."""
-    import os
-    import threading
-
-    def watch() -> None:
-        try:
-            while os.read(0, 4096):  # the raw fd: no buffer lock held at exit
-                pass
-        except (OSError, ValueError):
-            pass
-        os._exit(1)
-
-    threading.Thread(target=watch, name="stdin-watchdog", daemon=True).start()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Export the chosen models; prints one line per graph."""
     ap = build_parser()
     args = ap.parse_args(argv)
-    if args.exit_with_stdin:
-        _exit_when_stdin_closes()
+    if args.exit_with_stdin:  # the server that wanted the graph has gone: so has the need
+        import os
+
+        from imgsim_server.parent import when_stdin_closes
+
+        when_stdin_closes(lambda: os._exit(1))
     if not _graphs.can_export():
         ap.error('export needs torch and onnx: python -m pip install "imgsim[torch]"')
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
