@@ -34,6 +34,11 @@ MIN_COVERAGE = 0.2
 MIN_FEATURES = 0  # fewer SIFT features in either image: cannot tell
 SCALES = (1 / 16, 16)  # each scale of a plausible affine fit
 MAX_ANISOTROPY = 4.0  # the larger scale over the smaller: a 4:1 image squashed to a square
+# An affine fit is plausible only where the two images' shapes call for one: its two scales
+# must differ as much as the images' aspect ratios do (upright or turned), within this share.
+# Two images of one shape are fitted by a similarity transform only: an affine fit there only
+# lets other views of a 3-D object (near-misses, not copies) gain inliers.
+ASPECT_TOLERANCE = 0.2
 YES, NO, CANNOT_TELL = "yes", "no", "cannot tell"
 
 
@@ -82,6 +87,7 @@ class Features:
     mirror_points: np.ndarray | None = None
     mirror_descriptors: np.ndarray | None = None
     area: float = 1.0  # pixels of the grey image the points are in
+    aspect: float = 1.0  # its width over its height
 
 
 def _detect(cv2, sift, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -96,35 +102,50 @@ def features(img: Image.Image, mirror: bool = True) -> Features:
     sift = cv2.SIFT_create(nfeatures=1000)
     grey = _grey(img)
     mirrored = _detect(cv2, sift, np.ascontiguousarray(grey[:, ::-1])) if mirror else (None, None)
-    return Features(*_detect(cv2, sift, grey), *mirrored, area=float(grey.size))
+    aspect = grey.shape[1] / grey.shape[0]
+    return Features(*_detect(cv2, sift, grey), *mirrored, area=float(grey.size), aspect=aspect)
 
 
 def _hull(cv2, points: np.ndarray) -> float:
     return float(cv2.contourArea(cv2.convexHull(points))) if len(points) >= 3 else 0.0
 
 
-def plausible(m: np.ndarray) -> bool:
-    """Whether an affine fit's 2x2 part is a copy's: scales within SCALES, not more than
-    MAX_ANISOTROPY apart (a reflection is allowed: mirrored copies)."""
+def squash(a: Features, b: Features) -> tuple[float, ...]:
+    """The change of aspect ratio from image `a` to `b`, upright and turned by 90 degrees, as
+    larger-over-smaller scale ratios; only those that are a change (past ASPECT_TOLERANCE)."""
+    ratios = (a.aspect / b.aspect, a.aspect * b.aspect)
+    ratios = tuple(max(r, 1 / r) for r in ratios)
+    return tuple(r for r in ratios if r > 1 + ASPECT_TOLERANCE)
+
+
+def plausible(m: np.ndarray, squashes: tuple[float, ...]) -> bool:
+    """Whether an affine fit's 2x2 part is a copy's: each scale within SCALES, and the two as
+    far apart as one of the `squashes` the images' shapes show, within ASPECT_TOLERANCE (a
+    reflection is allowed: mirrored copies)."""
     if not np.all(np.isfinite(m)):
         return False
     s = np.linalg.svd(m[:, :2], compute_uv=False)
-    return bool(
-        s[1] > 0 and SCALES[0] <= s[1] and s[0] <= SCALES[1] and s[0] / s[1] <= MAX_ANISOTROPY
+    if not (s[1] > 0 and SCALES[0] <= s[1] and s[0] <= SCALES[1]):
+        return False
+    anisotropy = s[0] / s[1]
+    return anisotropy <= MAX_ANISOTROPY and any(
+        abs(anisotropy / r - 1) <= ASPECT_TOLERANCE for r in squashes
     )
 
 
-def _fit(cv2, src: np.ndarray, dst: np.ndarray, transform: str):
-    """The RANSAC inlier mask of the `transform` ("affine" or "similarity") fit, or None."""
+def _fit(cv2, src: np.ndarray, dst: np.ndarray, transform: str, squashes: tuple[float, ...]):
+    """The RANSAC inlier mask of the `transform` ("affine" or "similarity") fit, or None. The
+    affine fit is tried only where the images' shapes changed (`squashes`) and kept only if
+    plausible; else the similarity transform."""
     kw = {"method": cv2.RANSAC, "ransacReprojThreshold": RANSAC_PX, "maxIters": 2000}
-    if transform == "affine":
+    if transform == "affine" and squashes:
         m, mask = cv2.estimateAffine2D(src, dst, **kw)
-        if m is not None and plausible(m):
+        if m is not None and plausible(m, squashes):
             return mask
     return cv2.estimateAffinePartial2D(src, dst, **kw)[1]
 
 
-def _inliers(cv2, pa, da, pb, db, area_a, area_b, transform) -> tuple[int, int, float]:
+def _inliers(cv2, pa, da, pb, db, area_a, area_b, transform, squashes=()) -> tuple[int, int, float]:
     if da is None or db is None or len(pa) < 2 or len(pb) < 2:
         return 0, 0, 0.0
     pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
@@ -133,7 +154,7 @@ def _inliers(cv2, pa, da, pb, db, area_a, area_b, transform) -> tuple[int, int, 
         return 0, len(good), 0.0
     src = pa[[m.queryIdx for m in good]]
     dst = pb[[m.trainIdx for m in good]]
-    mask = _fit(cv2, src, dst, transform)
+    mask = _fit(cv2, src, dst, transform, squashes)
     if mask is None:
         return 0, len(good), 0.0
     keep = mask.ravel().astype(bool)
@@ -152,12 +173,14 @@ def match(
     """Inliers of the best plausible `transform` ("affine", or "similarity") from image `a` to
     image `b` or its mirror (`b` needs its mirror's features), and the answer by the rule."""
     cv2 = _cv2()
+    squashes = squash(a, b)
     plain = _inliers(
-        cv2, a.points, a.descriptors, b.points, b.descriptors, a.area, b.area, transform
-    )
+        cv2, a.points, a.descriptors, b.points, b.descriptors, a.area, b.area, transform,
+        squashes,
+    )  # fmt: skip
     mirrored = _inliers(
         cv2, a.points, a.descriptors, b.mirror_points, b.mirror_descriptors, a.area, b.area,
-        transform,
+        transform, squashes,
     )  # fmt: skip
     inliers, matches, coverage = max(plain, mirrored)
     fewest = min(len(a.points), len(b.points))
