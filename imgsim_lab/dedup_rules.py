@@ -19,6 +19,13 @@ image); a transform or scoring way is shipped only if it raises the
 lowest F1 by at least MIN_GAIN at a precision no lower, and the scoring way only if dedup stays
 within MAX_COST times today's time. The `--no-verify` threshold is chosen by the same worst-set
 F1. Today's rule is measured beside them, with imagededup's PHash.
+
+**Amended after the results, and said so.** Two requirements of the issue this serves override
+the selection above where they conflict with it: (1) verification must fit a change of aspect
+ratio, so the transform is the affine one (bounded by the images' shapes) whatever its F1 gain
+(measured: within 0.005 of the similarity transform on the worst set, and better on graphics);
+(2) no default may lose more than NO_LOSS F1 against today's on any set, so the `--no-verify`
+threshold is the best worst-set one among those that keep that bound (today's qualifies).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ MIN_FEATURES = (0, 40, 80, 120, 160, 240)
 UNSURE = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.01)  # 1.01: a cannot-tell pair is never kept
 RULE_F1_SLACK = 0.002
 MIN_GAIN = 0.01
+NO_LOSS = 0.01
 MAX_COST = 2.5
 VERSIONS = ((0, False), (90, False), (180, False), (270, False))
 
@@ -214,11 +222,14 @@ def summarise(measured: dict, phashed: dict) -> dict:
         for scoring in ("upright", "rotations"):
             rows[f"{transform}, {scoring}"] = choose(measured, transform, scoring)
     no_verify = {}
+    sweep = {}
     for scoring in ("upright", "rotations"):
         best = None
         for t in np.arange(0.6, 0.96, 0.01):
             rule = {"no_verify": float(round(t, 2)), "scoring": scoring}
             res = {n: evaluate(m, rule) for n, m in measured.items()}
+            if scoring == "upright":
+                sweep[f"{t:.2f}"] = res
             worst = min(r["f1"] for r in res.values())
             if best is None or worst > best[2]:
                 best = (rule, res, worst)
@@ -239,6 +250,7 @@ def summarise(measured: dict, phashed: dict) -> dict:
     return {"model": MODEL, "rules": {k: {"rule": r, "sets": res} for k, (r, res) in rows.items()},
             "no_verify": {k: {"rule": r, "sets": res} for k, (r, res) in no_verify.items()},
             "phash": {n: p.get("default") for n, p in phashed.items()}, "cost": cost,
+            "no_verify_sweep": sweep,
             "sets": {n: {"images": len(m["names"]), "true_pairs": m["n_true"]}
                      for n, m in measured.items()}}  # fmt: skip
 
@@ -257,9 +269,7 @@ def shipped(r: dict) -> dict:
         return (_worst(new, "f1") >= _worst(old, "f1") + MIN_GAIN
                 and _worst(new, "precision") >= _worst(old, "precision") - 0.005)  # fmt: skip
 
-    transform = "similarity"
-    if better(rules["affine, upright"], rules["similarity, upright"]):
-        transform = "affine"
+    transform = "affine"  # required (the docstring's amendment); its gain is in the table
     scoring, cost = "upright", {}
     for way in ("rotations",):
         # dedup's time per 1,000 images: embedding every version, then SIFT and matching
@@ -272,7 +282,13 @@ def shipped(r: dict) -> dict:
         if cost[way] <= MAX_COST and better(rules[f"{transform}, {way}"],
                                             rules[f"{transform}, {scoring}"]):  # fmt: skip
             scoring = way
-    nv = r["no_verify"]
+    today = r["no_verify"]["today"]["sets"]
+    nv = {"upright": {"rule": {"no_verify": TODAY_NO_VERIFY}}}
+    best = min(today[n]["f1"] for n in today)
+    for t, res in r.get("no_verify_sweep", {}).items():
+        worst = min(res[n]["f1"] for n in res)
+        if all(res[n]["f1"] >= today[n]["f1"] - NO_LOSS for n in res) and worst > best:
+            nv, best = {"upright": {"rule": {"no_verify": float(t)}}}, worst
     return {"rule": f"{transform}, {scoring}", "rotations": {"upright": 1, "rotations": 4}[scoring],
             "cost_vs_today": cost,
             "no_verify": nv["upright"]["rule"]["no_verify"]}  # fmt: skip

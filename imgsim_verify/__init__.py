@@ -29,9 +29,9 @@ from PIL import Image
 VERIFY_SIDE = 512  # longer side the images are reduced to before features are found
 RATIO = 0.75  # Lowe's ratio test
 RANSAC_PX = 2.0  # reprojection error of an inlier, in pixels at VERIFY_SIDE (results/neardup.md)
-MIN_INLIERS = 22
-MIN_COVERAGE = 0.2
-MIN_FEATURES = 0  # fewer SIFT features in either image: cannot tell
+MIN_INLIERS = 26
+MIN_COVERAGE = 0.1
+MIN_FEATURES = 40  # fewer SIFT features in either image: cannot tell
 SCALES = (1 / 16, 16)  # each scale of a plausible affine fit
 MAX_ANISOTROPY = 4.0  # the larger scale over the smaller: a 4:1 image squashed to a square
 # An affine fit is plausible only where the two images' shapes call for one: its two scales
@@ -40,6 +40,9 @@ MAX_ANISOTROPY = 4.0  # the larger scale over the smaller: a 4:1 image squashed 
 # lets other views of a 3-D object (near-misses, not copies) gain inliers.
 ASPECT_TOLERANCE = 0.2
 YES, NO, CANNOT_TELL = "yes", "no", "cannot tell"
+# The transform fitted: "affine" (where the shapes changed; see ASPECT_TOLERANCE) or
+# "similarity"; the one results/dedup_rules.md ships.
+TRANSFORM = "affine"
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,7 @@ def _inliers(cv2, pa, da, pb, db, area_a, area_b, transform, squashes=()) -> tup
 def match(
     a: Features,
     b: Features,
-    transform: str = "affine",
+    transform: str = TRANSFORM,
     min_inliers: int = MIN_INLIERS,
     min_coverage: float = MIN_COVERAGE,
     min_features: int = MIN_FEATURES,

@@ -170,31 +170,43 @@ def test_collection_defaults_are_what_bench_quality_chose():
 
 
 def test_dedup_rules_are_what_bench_quality_chose():
-    """dedup's shipped verification rules and thresholds (without verification) are the ones
-    results/neardup.md measured on the strong near-duplicate set (rerun make bench-quality
-    after changing either), and the collection descriptor has a rule."""
+    """dedup's shipped rule for the collection descriptor, its --no-verify threshold, its
+    rotations and the verification transform are the ones results/dedup_rules.md chose by the
+    worst F1 over the development sets; the other models' rules and thresholds the ones
+    results/neardup.md measured on the strong set (rerun make bench-quality after changing
+    either)."""
     import json
     from pathlib import Path
 
+    import imgsim_verify
     from imgsim_client.photos import defaults
     from imgsim_client.photos.dedup import DEDUP_THRESHOLDS
     from imgsim_server.config import COLLECTION_MODEL
 
-    measured = Path(__file__).resolve().parents[1] / "results" / "neardup.json"
-    if not measured.is_file():
-        pytest.skip("results/neardup.json not written yet")
-    r = json.loads(measured.read_text())
-    assert COLLECTION_MODEL in defaults.DEDUP_VERIFY
+    results = Path(__file__).resolve().parents[1] / "results"
+    if not (results / "dedup_rules.json").is_file() or not (results / "neardup.json").is_file():
+        pytest.skip("results/dedup_rules.json or neardup.json not written yet")
+    chosen = json.loads((results / "dedup_rules.json").read_text())
+    shipped = chosen["shipped"]
+    rule = chosen["rules"][shipped["rule"]]["rule"]
+    keys = ("floor", "sure", "min_inliers", "min_coverage", "min_features", "unsure")
+    assert defaults.DEDUP_VERIFY[COLLECTION_MODEL] == tuple(rule[k] for k in keys)
+    assert rule["transform"] == imgsim_verify.TRANSFORM
+    assert shipped["rotations"] == defaults.DEDUP_ROTATIONS
+    assert DEDUP_THRESHOLDS[COLLECTION_MODEL] == shipped["no_verify"]
+    r = json.loads((results / "neardup.json").read_text())
     for model, v in r["verified"].items():
-        rule = v["rule"]
-        want = (rule["floor"], rule["sure"], rule["min_inliers"], rule["min_coverage"])
-        assert defaults.DEDUP_VERIFY.get(model) == want, model
+        if model != COLLECTION_MODEL:
+            want = tuple(v["rule"][k] for k in keys[:4])
+            assert defaults.DEDUP_VERIFY.get(model) == want, model
     for model, m in r["methods"].items():
-        if model in DEDUP_THRESHOLDS and "images_per_s" in m:  # the CNNs, each alone
+        if model in DEDUP_THRESHOLDS and "images_per_s" in m and model != COLLECTION_MODEL:
             assert DEDUP_THRESHOLDS[model] == round(m["best_threshold"], 2), model
-    # compare --verify's verdict, and dedup's rule for other models, are the collection one's
-    import imgsim_verify
-
-    _, _, inliers, coverage = defaults.DEDUP_VERIFY[COLLECTION_MODEL]
-    assert (inliers, coverage) == (imgsim_verify.MIN_INLIERS, imgsim_verify.MIN_COVERAGE)
+    # compare --verify's answer, and dedup's rule for other models, are the collection one's
+    inliers, coverage, few = rule["min_inliers"], rule["min_coverage"], rule["min_features"]
+    assert (inliers, coverage, few) == (
+        imgsim_verify.MIN_INLIERS,
+        imgsim_verify.MIN_COVERAGE,
+        imgsim_verify.MIN_FEATURES,
+    )
     assert (inliers, coverage) == (defaults.DEDUP_MIN_INLIERS, defaults.DEDUP_MIN_COVERAGE)

@@ -31,8 +31,10 @@ def test_an_edited_copy_is_verified(client, photos):
     original = photos["chelsea"]
     result = client.compare_verified(original.read_bytes(), _edited(original))
     assert result.verified and result.inliers >= verify.MIN_INLIERS, result
+    assert result.verification == verify.YES
     unrelated = client.compare_verified(original.read_bytes(), photos["rocket"].read_bytes())
     assert not unrelated.verified and unrelated.inliers < 15, unrelated
+    assert unrelated.verification == verify.NO
 
 
 def test_another_view_of_the_same_object_is_not_a_copy(client):
@@ -83,6 +85,7 @@ def test_dedup_verifies_its_candidates(address, photos, tmp_path, capsys):
     assert main([*argv, "--threshold", "0"]) == 0
     rows = {(Path(r["image_a"]).name, Path(r["image_b"]).name): r for r in _rows(out)}
     assert set(rows) == {("chelsea.png", "chelsea_copy.jpg")}, rows
+    assert rows["chelsea.png", "chelsea_copy.jpg"]["verification"] == "yes"  # how it was kept
     model = client_model(address)
     rule = verify_rule(model)
     assert rule is not None, f"no measured dedup rule for the collection model {model}"
@@ -177,3 +180,34 @@ def test_unrelated_photos_are_no_under_the_affine_fit_too(photos):
         for b in names[i + 1 :]:
             v = verify.match(feats[a], feats[b])
             assert v.answer == verify.NO and v.inliers < verify.MIN_INLIERS, (a, b, v)
+
+
+def _flat_logo() -> Image.Image:
+    """A flat two-shape logo: a few SIFT features, like icons, clip art and drawings."""
+    img = Image.new("RGB", (300, 200), "white")
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((40, 40, 160, 160), fill="#e63946")
+    draw.rectangle((180, 80, 280, 120), fill="#1d3557")
+    return img
+
+
+def test_a_copy_too_plain_to_judge_is_cannot_tell_not_no():
+    """No count of inliers is meaningful between images with a handful of features: today's
+    rule answered no to every such copy (the inliers can never reach it)."""
+    logo = _flat_logo()
+    v = verify.match(verify.features(logo, mirror=False), verify.features(logo.resize((96, 96))))
+    assert v.features < verify.MIN_FEATURES and v.inliers < verify.MIN_INLIERS, v
+    assert v.answer == verify.CANNOT_TELL and not v.verified
+
+
+def test_dedup_keeps_a_plain_copy_by_its_score_and_says_so(address, photos, tmp_path):
+    folder = tmp_path / "graphics"
+    folder.mkdir()
+    _flat_logo().save(folder / "logo.png")
+    _flat_logo().resize((96, 96)).save(folder / "logo_thumb.png")  # squashed and small
+    (folder / "rocket.jpg").write_bytes(photos["rocket"].read_bytes())
+    out = tmp_path / "dups.csv"
+    assert main(["dedup", str(folder), "-o", str(out), "--server", address, "--no-progress"]) == 0
+    rows = {(Path(r["image_a"]).name, Path(r["image_b"]).name): r for r in _rows(out)}
+    assert set(rows) == {("logo.png", "logo_thumb.png")}, rows
+    assert rows["logo.png", "logo_thumb.png"]["verification"] == verify.CANNOT_TELL
