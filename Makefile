@@ -72,9 +72,10 @@ bench-scale: $(STAMP) ## Replicas, Dask, failover, memory, perf sweep, capacity 
 bench-collections: $(STAMP) ## Near-dup F1 vs imagededup, UKBench N-S by search, FAISS vs usearch, 10k-1M scale -> results/collections.md
 	$(PY) -m imgsim_lab.collections_bench
 
-bench-quality: $(STAMP) ## Holidays (evaluation only), UKBench, rotated UKBench: descriptors, rotations, DBA/QE, Holidays through the CLI; strong near-duplicates -> results/quality.md, neardup.md
+bench-quality: $(STAMP) ## Holidays (evaluation only), UKBench, rotated UKBench: descriptors, rotations, DBA/QE, Holidays through the CLI; strong near-duplicates; dedup's rule by the worst of three development sets -> results/quality.md, neardup.md, dedup_rules.md
 	$(PY) -m imgsim_lab.quality
 	$(PY) -m imgsim_lab.neardup
+	$(PY) -m imgsim_lab.dedup_rules
 
 study: $(STAMP) ## Model/preprocessing grid, the default's rule, thresholds; then every approach via the server -> results/study.md, models.json, ROC charts
 	$(PY) -m imgsim_lab.model_study
