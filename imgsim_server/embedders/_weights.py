@@ -19,14 +19,24 @@ def torch_hub_dir() -> Path:
     return Path(home) / "hub"
 
 
+def _imported(ref: str):
+    """The attribute a `module:name` reference names, or None when the package is absent."""
+    module, _, name = ref.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        return None
+
+
+def _absent(ref: str) -> Path:
+    module = ref.partition(":")[0]
+    return Path(f"<package {module.replace('_', '-')} not installed>")
+
+
 def _package_file(ref: str) -> Path:
     """The file that a weights package's class `module:Class` names."""
-    module, _, cls = ref.partition(":")
-    try:
-        files = getattr(importlib.import_module(module), cls)
-    except ImportError:
-        return Path(f"<package {module.replace('_', '-')} not installed>")
-    return Path(files.get_model_file_path())
+    files = _imported(ref)
+    return Path(files.get_model_file_path()) if files is not None else _absent(ref)
 
 
 def _hub_file(ref: str) -> Path:
@@ -35,12 +45,8 @@ def _hub_file(ref: str) -> Path:
 
 def _function_file(ref: str) -> Path:
     """The file that a package's function `module:function` returns the path of."""
-    module, _, fn = ref.partition(":")
-    try:
-        where = getattr(importlib.import_module(module), fn)
-    except ImportError:
-        return Path(f"<package {module.replace('_', '-')} not installed>")
-    return Path(where())
+    where = _imported(ref)
+    return Path(where()) if where is not None else _absent(ref)
 
 
 LOCATORS: dict[str, Callable[[str], Path]] = {
