@@ -301,8 +301,8 @@ def build_parser(epilog: str) -> argparse.ArgumentParser:
         choices=(1, 4, 8),
         default=defaults.DEDUP_ROTATIONS,
         help="versions of each image embedded: upright only (1), its 4 turns (4), and their "
-        "mirrors (8); a pair scores its best, so that a turned copy is found as upright "
-        "(each version costs one more embedding)",
+        "mirrors (8); a pair scores its best, so that a turned copy is found as upright; "
+        "each version costs one more embedding",
     )
     de.add_argument(
         "--min-inliers",
