@@ -260,3 +260,12 @@ def test_library_api_returns_typed_records_and_checks_bounds():
     with pytest.raises(ValueError, match="outside"):
         find_duplicates(Vectors(["a"], x[:1], "m", "cosine"), min_similarity=1.5)
     assert {"search", "match_against", "verify_duplicates"} <= set(imgsim_client.__all__)
+
+
+def test_search_of_a_missing_index_names_it(tmp_path, capsys):
+    missing = tmp_path / "no-such.index"
+    query = tmp_path / "q.png"
+    query.write_bytes(b"not read: the index is checked first")
+    assert main(["search", str(missing), str(query), "--no-local-server"]) == 2
+    err = capsys.readouterr().err
+    assert f"no index at {missing}" in err and "Traceback" not in err

@@ -171,6 +171,13 @@ def run_search(args: argparse.Namespace) -> int:
     from imgsim_client import photos
     from imgsim_client._csv import write_csv_atomic
 
+    if not args.index.exists():
+        print(
+            f"imgsim-client: error: no index at {args.index}: give an index folder "
+            "(imgsim-client index) or a vectors .parquet (imgsim-client embed)",
+            file=sys.stderr,
+        )
+        return common.USAGE
     index = _load_index(args.index)
     with common.connect(args) as client:
         matches, failed = photos.search_paths(
