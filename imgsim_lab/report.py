@@ -203,7 +203,7 @@ class _Doc:
         self.story += [KeepTogether([t]), Spacer(1, 4)]
 
     def figure(self, png: bytes, width: float, caption: str) -> None:
-        """A figure drawn by the report itself (PNG bytes)."""
+        """A figure from PNG bytes (drawn by the report itself, or read from results/)."""
         import io
 
         from PIL import Image as PILImage
@@ -217,18 +217,7 @@ class _Doc:
         if not path.is_file():
             self.p(f"(figure {path.name} not built yet)", self.small)
             return
-        from PIL import Image as PILImage
-
-        w, h = PILImage.open(path).size
-        self.text.append(caption)
-        self.story.append(
-            KeepTogether(
-                [
-                    Image(str(path), width=width, height=width * h / w),
-                    Paragraph(caption, self.small),
-                ]
-            )
-        )
+        self.figure(path.read_bytes(), width, caption)
 
 
 def _load(results: Path, name: str) -> dict | None:

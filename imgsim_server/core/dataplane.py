@@ -297,8 +297,9 @@ class Dataplane:
         )
 
     def warm_up(self, name: str) -> Engine:
-        """Load a model and run one image through it (see Engines.warm_up)."""
-        return self.engines.warm_up(name)
+        """The model prepared (loaded and run once: see Engines), waiting for it: for a caller
+        that must not report ready before its first call will be quick."""
+        return self.engines.get(name)
 
     def readiness(self) -> tuple[bool, str]:
         """Whether the default model is ready (loaded and run once), and if not, why: the one

@@ -308,12 +308,12 @@ class Engines:
 
     def _failure(self, model: str, exc: BaseException) -> CoreError:
         """`exc` as the CoreError every later caller of `model` gets, logged once."""
-        if isinstance(exc, CoreError):
+        if isinstance(exc, CoreError):  # a reason to report (missing weights, no graph)
             failure = exc
-        else:
-            log.error("preparing model %s failed", model, exc_info=exc)
+            log.error("model %s failed: %s", model, failure)
+        else:  # a bug or a broken install: its traceback is for the log
             failure = ModelFailedError(f"model {model!r} could not be prepared: {exc}")
-        log.error("model %s failed: %s", model, failure)
+            log.error("preparing model %s failed", model, exc_info=exc)
         with self._lock:
             self._doing.pop(model, None)
             self.version += 1
@@ -361,11 +361,6 @@ class Engines:
             eng.policy.describe(),
         )
         return eng
-
-    def warm_up(self, name: str) -> Engine:
-        """The model prepared (loaded and run once), waiting for it: a caller that must not
-        report ready before its first call will be quick."""
-        return self.get(name)
 
     def _unload_beyond(self, keep: int) -> None:
         """Unload the least recently used models (never the default) until at most `keep`

@@ -54,15 +54,13 @@ def export_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path:
 
 
 def ensure_graph(cfg: ModelCfg, opts: EmbedderOptions) -> Path | None:
-    """Export `cfg`'s graph if it will be served from one under `opts` and none is usable yet,
-    where torch is installed. Returns the graph (None when the model needs none or this
-    install cannot export: loading it then says what is missing)."""
-    if cfg.kind != "cnn" or _graphs.resolved_backend(opts) != "onnx":
+    """Export `cfg`'s graph here if it will be served from one under `opts` and none is
+    usable yet, where torch is installed (`missing_graph` decides). Returns the graph it
+    exported, None when none was needed or this install cannot export (loading the model then
+    says what is missing)."""
+    why = missing_graph(cfg, opts)
+    if not why:
         return None
-    graph, why = _graphs.find_graph(cfg, opts, opts.precision)
-    if graph is not None or not _graphs.can_export():
-        return graph
-    require_weights(cfg, opts)
     log.info("exporting %s (%s) to ONNX: %s", cfg.name, opts.precision, why)
     return export_graph(cfg, opts)
 
